@@ -1,0 +1,38 @@
+# Recipes run inside the project venv (created by `bash .ci/run`).
+set shell := ["bash", "-euo", "pipefail", "-c"]
+export PATH := justfile_directory() + "/.venv/bin:" + env_var("PATH")
+
+# Lint, type-check, then the whole test suite in parallel (real redis, SMTP, IMAP, browser).
+test: lint
+    pytest -n 2 -q -p no:cacheprovider --durations=15
+
+# ruff and mypy, clean.
+lint:
+    ruff check worker tests bench settings.py
+    ruff format --check worker tests bench settings.py
+    mypy worker settings.py
+
+# Format the code in place.
+fmt:
+    ruff format worker tests bench settings.py
+    ruff check --fix worker tests bench settings.py
+
+# Run workers for all four queues in one process (embedded redis when REDIS_URL is unset).
+run *ARGS:
+    python -m worker run {{ARGS}}
+
+# The end-to-end demo: local redis, SMTP sink, IMAP server, workers, API; prints a summary.
+demo:
+    python -m worker demo
+
+# Serve the HTTP API and dashboard.
+api:
+    python -m worker api
+
+# Full side-by-side benchmark against arq, SAQ and BullMQ.
+bench:
+    python -m bench.run --full
+
+# The quick benchmark (< 3 minutes).
+bench-quick:
+    python -m bench.run --quick

@@ -1,0 +1,94 @@
+"""Every knob of the worker, read from the environment (prefix-free names) with sane defaults.
+
+`Settings()` is cheap to build; `get_settings()` caches one instance per process. Per-queue policy
+is set with `QUEUES__<QUEUE>__<FIELD>` style variables, e.g. ``QUEUES__SEND_EMAIL__CONCURRENCY=20``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from typing import Any
+
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+QUEUE_NAMES = ("email-sync", "send-email", "ai-analysis", "scheduled-emails")
+
+
+class QueuePolicy(BaseModel):
+    """Per-queue worker policy; every job function on the queue inherits it unless it overrides."""
+
+    concurrency: int = Field(5, ge=1, le=1000)
+    rate_limit: float | None = Field(10.0, gt=0, description="jobs/s across all workers; None = unlimited")
+    rate_burst: int = Field(10, ge=1)
+    max_attempts: int = Field(3, ge=1)
+    backoff_base: float = Field(1.0, ge=0)
+    backoff_cap: float = Field(300.0, ge=0)
+    timeout: float = Field(300.0, gt=0)
+    result_ttl: int = Field(3600, ge=1, description="seconds results and job info are kept")
+
+
+_QUEUE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "email-sync": {"timeout": 600},
+    "send-email": {"timeout": 120},
+    "ai-analysis": {"timeout": 120},
+    "scheduled-emails": {"timeout": 120},
+}
+
+
+def _default_queues() -> dict[str, QueuePolicy]:
+    return {name: QueuePolicy(**values) for name, values in _QUEUE_DEFAULTS.items()}
+
+
+class Settings(BaseSettings):
+    """Worker configuration. Field names map to environment variables (case-insensitive)."""
+
+    model_config = SettingsConfigDict(env_nested_delimiter="__", extra="ignore")
+
+    redis_url: str | None = Field(None, description="redis:// URL; unset = local redis (started if absent)")
+    queues: dict[str, QueuePolicy] = Field(default_factory=_default_queues)
+
+    lease_ms: int = Field(5000, ge=500, description="claim lease; a dead worker's jobs return after this")
+    heartbeat_ms: int = Field(1500, ge=100)
+    shutdown_grace_s: float = Field(10.0, ge=0)
+    idle_poll_ms: int = Field(1000, ge=10, description="fallback wake-up for producers that skip the marker")
+    claim_batch: int = Field(100, ge=1)
+
+    idempotency_ttl: int = Field(86400, ge=1)
+    events_maxlen: int = Field(100_000, ge=100)
+    dead_letter_retention_s: int = Field(14 * 86400, ge=60)
+    dead_letter_max: int = Field(100_000, ge=10)
+
+    secret_key: SecretStr = Field(
+        SecretStr("dev-only-insecure-key-change-me"), description="encrypts stored credentials"
+    )
+    api_admin_token: SecretStr = Field(SecretStr("dev-admin-token"))
+
+    anthropic_api_key: SecretStr | None = None
+    anthropic_base_url: str | None = None
+    anthropic_model: str = "claude-haiku-4-5"
+
+    @field_validator("queues", mode="before")
+    @classmethod
+    def _merge_queue_overrides(cls, value: Any) -> Any:
+        """Partial overrides (e.g. one field of one queue) are merged into the per-queue defaults."""
+        if not isinstance(value, dict):
+            return value
+        merged: dict[str, Any] = {name: dict(d) for name, d in _QUEUE_DEFAULTS.items()}
+        for name, override in value.items():
+            key = name.replace("_", "-").lower()
+            if isinstance(override, QueuePolicy):
+                override = override.model_dump()
+            merged[key] = {**merged.get(key, {}), **override}
+        return merged
+
+    def queue(self, name: str) -> QueuePolicy:
+        """Policy of one queue (defaults for unknown names)."""
+        return self.queues.get(name) or QueuePolicy()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings instance."""
+    return Settings()
