@@ -1,0 +1,14 @@
+"""Generic job runtime on arq's data model; knows nothing about mail. See docs/runtime-contract.md."""
+
+from worker.runtime.client import Client, Enqueued, JobStatus, create_pool
+from worker.runtime.context import JobContext
+from worker.runtime.deadletter import DeadLetter, DeadLetters
+from worker.runtime.errors import Defer, PermanentError, RetryLater, UnknownFunction
+from worker.runtime.events import Events
+from worker.runtime.loop import Worker
+from worker.runtime.spec import JobSpec, Registry, job, registry
+
+__all__ = [
+    "Client", "DeadLetter", "DeadLetters", "Defer", "Enqueued", "Events", "JobContext", "JobSpec", "JobStatus",
+    "PermanentError", "Registry", "RetryLater", "UnknownFunction", "Worker", "create_pool", "job", "registry",
+]

@@ -1,0 +1,98 @@
+"""Realistic job functions for runtime tests, on test queues. Each records what it did in Redis so tests
+(and subprocess workers) can observe side effects."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from pydantic import BaseModel
+
+from worker.runtime import Defer, JobContext, PermanentError, RetryLater, job
+
+Q = "rt-test"
+Q2 = "rt-other"
+
+
+class Work(BaseModel):
+    key: str
+    fail_times: int = 0
+    sleep: float = 0.0
+
+
+@job(queue=Q, payload=Work, backoff=0.2, max_attempts=3)
+async def flaky(ctx: JobContext, p: Work) -> dict[str, object]:
+    """Fails (transiently) on its first ``fail_times`` runs (counted across jobs with the same key)."""
+    runs = await ctx.redis.rpush(f"t:{p.key}:starts", f"{time.time():.6f}")
+    if runs <= p.fail_times:
+        raise ConnectionError(f"upstream unavailable (attempt {ctx.attempt})")
+    return {"attempt": ctx.attempt}
+
+
+@job(queue=Q, payload=Work)
+async def always_permanent(ctx: JobContext, p: Work) -> None:
+    await ctx.redis.incr(f"t:{p.key}:runs")
+    raise PermanentError("550 mailbox does not exist")
+
+
+@job(queue=Q, payload=Work, timeout=0.3, max_attempts=2, backoff=0.05)
+async def too_slow(ctx: JobContext, p: Work) -> None:
+    await ctx.redis.incr(f"t:{p.key}:runs")
+    await asyncio.sleep(5)
+
+
+@job(queue=Q, payload=Work, max_attempts=5, timeout=60)
+async def slow(ctx: JobContext, p: Work) -> str:
+    """Marks its start, sleeps, then records completion."""
+    await ctx.redis.rpush(f"t:{p.key}:starts", f"{time.time():.6f}")
+    await asyncio.sleep(p.sleep)
+    await ctx.redis.incr(f"t:{p.key}:done")
+    return "slept"
+
+
+@job(queue=Q, payload=Work, idempotency_key=lambda p: p.key, max_attempts=5, timeout=60)
+async def side_effect_once(ctx: JobContext, p: Work) -> int:
+    """The side effect (INCR) must happen exactly once per key."""
+    await asyncio.sleep(p.sleep)
+    n = await ctx.redis.incr(f"t:{p.key}:effects")
+    return int(n)
+
+
+@job(queue=Q, payload=Work)
+async def with_progress(ctx: JobContext, p: Work) -> str:
+    for pct in (25, 50, 75):
+        await ctx.progress(pct)
+    await ctx.progress({"stage": "done", "items": 3})
+    return "ok"
+
+
+@job(queue=Q, payload=Work)
+async def record_order(ctx: JobContext, p: Work) -> None:
+    await ctx.redis.rpush("t:order", p.key)
+
+
+@job(queue=Q, payload=Work, rate_limit=(5, 1.0), rate_limit_key=lambda p: p.key.split("-")[0])
+async def per_key_limited(ctx: JobContext, p: Work) -> None:
+    await ctx.redis.rpush(f"t:{p.key.split('-')[0]}:starts", f"{time.time():.6f}")
+
+
+@job(queue=Q, payload=Work, max_attempts=2)
+async def retry_later(ctx: JobContext, p: Work) -> int:
+    await ctx.redis.rpush(f"t:{p.key}:starts", f"{time.time():.6f}")
+    if ctx.attempt == 1:
+        raise RetryLater("429 slow down", delay=0.5)
+    return ctx.attempt
+
+
+@job(queue=Q, payload=Work, max_attempts=1)
+async def deferring(ctx: JobContext, p: Work) -> int:
+    """Defers twice without consuming its single attempt."""
+    n = await ctx.redis.incr(f"t:{p.key}:runs")
+    if n < 3:
+        raise Defer("budget exhausted", delay=0.1)
+    return ctx.attempt
+
+
+@job(queue=Q2, payload=Work)
+async def noop_other(ctx: JobContext, p: Work) -> str:
+    return p.key

@@ -1,0 +1,455 @@
+"""An IMAP session over aioimaplib that fails fast, bounds every reply and never marks mail as read.
+
+aioimaplib (GPL-3.0-only) is imported here and nowhere else. Its traps are handled here: every call
+runs under `asyncio.timeout`, a lost connection fails the pending call at once (aioimaplib leaves it
+hanging), FETCHes are kept to <= MAX_BATCH messages (its recursive parser breaks on big replies),
+mailbox names are sent as quoted modified UTF-7, and capabilities are re-read after LOGIN.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import re
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import aioimaplib
+from pydantic import SecretStr
+
+from worker.mail.smtp import TlsMode, is_loopback
+
+MAX_BATCH = 200
+MAX_BATCH_BYTES = 16 * 1024 * 1024
+MIN_RATE = 1024 * 1024  # bytes/s a FETCH is given on top of the base timeout
+
+T = TypeVar("T")
+FetchValue = bytes | str | list[Any]
+
+_FETCH_LINE = re.compile(rb"^\d+ FETCH ")
+_LITERAL_END = re.compile(rb"\{\d+\+?\}$")
+_TOKEN = re.compile(rb'\s*(?:(\()|(\))|"((?:[^"\\]|\\.)*)"|([^\s()"\[]*(?:\[[^\]]*\][^\s()]*)?))')
+_STATUS_CODES = {
+    "uidvalidity": re.compile(rb"\[UIDVALIDITY (\d+)\]"),
+    "uidnext": re.compile(rb"\[UIDNEXT (\d+)\]"),
+    "highestmodseq": re.compile(rb"\[HIGHESTMODSEQ (\d+)\]"),
+}
+_EXISTS = re.compile(rb"^(\d+) EXISTS")
+_VANISHED = re.compile(rb"^VANISHED \(EARLIER\) ([0-9:,]+)")
+
+
+class ImapError(Exception):
+    """Base of the IMAP adapter's errors."""
+
+
+class ImapConnectionError(ImapError):
+    """Connection refused, lost or silent past the timeout: transient, retry with a new session."""
+
+
+class ImapAuthError(ImapError):
+    """The server refused the credentials."""
+
+
+class ImapCommandError(ImapError):
+    """The server answered NO/BAD (e.g. no such mailbox)."""
+
+
+@dataclass(frozen=True)
+class ImapConfig:
+    """Where and how to read mail. STARTTLS is unsupported by aioimaplib: use implicit TLS (993)."""
+
+    host: str
+    port: int
+    tls_mode: TlsMode
+    username: str
+    password: SecretStr = field(repr=False)
+    timeout: float = 30.0
+    ssl_context: ssl.SSLContext | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.tls_mode is TlsMode.STARTTLS:
+            raise ValueError("IMAP STARTTLS is not supported: use implicit TLS (port 993)")
+        if self.tls_mode is TlsMode.PLAIN and not is_loopback(self.host):
+            raise ValueError("plain (unencrypted) IMAP is only allowed to a loopback host, for local use")
+
+
+@dataclass
+class MailboxStatus:
+    """What SELECT reported; `vanished`/`changed_flags` are filled by a QRESYNC select only."""
+
+    uidvalidity: int
+    uidnext: int | None
+    exists: int
+    highestmodseq: int | None
+    vanished: list[int] = field(default_factory=list)
+    changed_flags: dict[int, tuple[str, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FetchedMessage:
+    """One message as fetched with BODY.PEEK[]."""
+
+    uid: int
+    flags: tuple[str, ...]
+    raw: bytes
+
+
+def encode_mailbox(name: str) -> str:
+    """`name` in IMAP modified UTF-7 (RFC 3501 5.1.3)."""
+    out: list[str] = []
+    pending: list[str] = []
+
+    def flush() -> None:
+        if pending:
+            b64 = base64.b64encode("".join(pending).encode("utf-16-be")).decode().rstrip("=")
+            out.append("&" + b64.replace("/", ",") + "-")
+            pending.clear()
+
+    for ch in name:
+        if 0x20 <= ord(ch) <= 0x7E:
+            flush()
+            out.append("&-" if ch == "&" else ch)
+        else:
+            pending.append(ch)
+    flush()
+    return "".join(out)
+
+
+def quote(value: str) -> str:
+    """An IMAP quoted string."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def quote_mailbox(name: str) -> str:
+    """A mailbox name ready for the wire: modified UTF-7, quoted."""
+    return quote(encode_mailbox(name))
+
+
+def uid_set(uids: Iterable[int]) -> str:
+    """A compact IMAP sequence set, e.g. [1, 2, 3, 7] -> '1:3,7'."""
+    ordered = sorted(set(uids))
+    if not ordered:
+        raise ValueError("empty UID set")
+    parts: list[str] = []
+    start = prev = ordered[0]
+    for uid in ordered[1:]:
+        if uid != prev + 1:
+            parts.append(f"{start}:{prev}" if start != prev else str(start))
+            start = uid
+        prev = uid
+    parts.append(f"{start}:{prev}" if start != prev else str(start))
+    return ",".join(parts)
+
+
+def parse_uid_set(text: str) -> list[int]:
+    """The UIDs of a sequence set such as '1:3,7' (no '*')."""
+    uids: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.partition(":")
+        uids.extend(range(int(lo), int(hi or lo) + 1))
+    return uids
+
+
+def plan_batches(sizes: dict[int, int], max_count: int = MAX_BATCH, max_bytes: int = MAX_BATCH_BYTES) -> list[list[int]]:
+    """UIDs (ascending) cut into FETCH batches of <= max_count messages and <= max_bytes (or one message)."""
+    batches: list[list[int]] = []
+    current: list[int] = []
+    total = 0
+    for uid in sorted(sizes):
+        size = sizes[uid]
+        if current and (len(current) >= max_count or total + size > max_bytes):
+            batches.append(current)
+            current, total = [], 0
+        current.append(uid)
+        total += size
+    if current:
+        batches.append(current)
+    return batches
+
+
+def _chunks(items: Sequence[int], size: int) -> Iterable[Sequence[int]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _tokens(text: bytes) -> list[FetchValue | None]:
+    """Tokens of response text: '(' and ')' as themselves, atoms and quoted strings as str."""
+    out: list[FetchValue | None] = []
+    pos = 0
+    while pos < len(text):
+        m = _TOKEN.match(text, pos)
+        if m is None or m.end() == pos:
+            break
+        pos = m.end()
+        if m.group(1):
+            out.append("(")
+        elif m.group(2):
+            out.append(")")
+        elif m.group(3) is not None:
+            out.append(re.sub(rb"\\(.)", rb"\1", m.group(3)).decode("utf-8", "replace"))
+        elif m.group(4):
+            out.append(m.group(4).decode("utf-8", "replace"))
+    return out
+
+
+def _parse_fetch(parts: list[bytes | bytearray]) -> dict[str, FetchValue]:
+    """The items of one `n FETCH (...)` response whose literals arrive as separate bytearray parts."""
+    tokens: list[FetchValue | None] = []
+    for part in parts:
+        if isinstance(part, bytearray):
+            tokens.append(bytes(part))
+            continue
+        text = _FETCH_LINE.sub(b"", part, count=1)
+        tokens.extend(_tokens(_LITERAL_END.sub(b"", text)))
+    root: list[Any] = []
+    stack = [root]
+    for tok in tokens:
+        if tok == "(":
+            new: list[Any] = []
+            stack[-1].append(new)
+            stack.append(new)
+        elif tok == ")":
+            if len(stack) > 1:
+                stack.pop()
+        else:
+            stack[-1].append(tok)
+    items = root[0] if root and isinstance(root[0], list) else root
+    return {str(items[i]).upper(): items[i + 1] for i in range(0, len(items) - 1, 2)}
+
+
+def _fetch_items(lines: list[Any]) -> list[dict[str, FetchValue]]:
+    """Every FETCH response in a command's reply lines (the last line is the tagged status text)."""
+    groups: list[list[bytes | bytearray]] = []
+    for line in lines[:-1]:
+        if isinstance(line, bytes) and _FETCH_LINE.match(line):
+            groups.append([line])
+        elif groups:
+            groups[-1].append(line)
+    return [_parse_fetch(g) for g in groups]
+
+
+def _uid_of(item: dict[str, FetchValue]) -> int | None:
+    value = item.get("UID")
+    return int(value) if isinstance(value, str) and value.isdigit() else None
+
+
+def _flags_of(item: dict[str, FetchValue]) -> tuple[str, ...] | None:
+    value = item.get("FLAGS")
+    return tuple(sorted(str(f) for f in value)) if isinstance(value, list) else None
+
+
+class ImapSession:
+    """One authenticated connection. Any ImapConnectionError leaves it unusable: open a new one."""
+
+    def __init__(self, config: ImapConfig) -> None:
+        self.config = config
+        self.capabilities: frozenset[str] = frozenset()
+        self._lost: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
+        self._client: aioimaplib.IMAP4 | None = None
+
+    @classmethod
+    async def connect(cls, config: ImapConfig) -> ImapSession:
+        """Connect, LOGIN and read the capabilities; raises ImapConnectionError or ImapAuthError."""
+        session = cls(config)
+        ctx = None
+        if config.tls_mode is TlsMode.IMPLICIT:
+            ctx = config.ssl_context or ssl.create_default_context()
+        try:
+            session._client = aioimaplib.IMAP4(
+                config.host, config.port, timeout=config.timeout, conn_lost_cb=session._on_lost, ssl_context=ctx
+            )
+            await session._call("connect", session._client.wait_hello_from_server())
+            resp = await session._call(
+                "LOGIN", session._client.login(quote(config.username), config.password.get_secret_value())
+            )
+            if resp.result != "OK":
+                raise ImapAuthError(f"LOGIN refused for {config.username!r}: {_text(resp.lines)}")
+            await session._call("CAPABILITY", session._client.protocol.capability())
+        except BaseException:
+            session.abort()
+            raise
+        session.capabilities = frozenset(c.upper() for c in session._client.protocol.capabilities)
+        return session
+
+    def _on_lost(self, exc: Exception | None) -> None:
+        if not self._lost.done():
+            self._lost.set_result(exc)
+
+    @property
+    def client(self) -> aioimaplib.IMAP4:
+        if self._client is None:
+            raise ImapConnectionError("session is closed")
+        return self._client
+
+    def has(self, capability: str) -> bool:
+        """True when the server advertised `capability` after login."""
+        return capability.upper() in self.capabilities
+
+    async def _call(self, what: str, awaitable: Awaitable[T], timeout: float | None = None) -> T:
+        """Await one protocol call under a deadline; a lost connection fails it immediately."""
+        if self._lost.done():
+            raise ImapConnectionError(f"{what}: connection lost")
+        task = asyncio.ensure_future(awaitable)
+        limit = timeout or self.config.timeout
+        try:
+            async with asyncio.timeout(limit):
+                await asyncio.wait({task, self._lost}, return_when=asyncio.FIRST_COMPLETED)
+        except TimeoutError:
+            task.cancel()
+            self.abort()
+            raise ImapConnectionError(f"{what}: no answer within {limit:g}s") from None
+        except BaseException:
+            task.cancel()
+            raise
+        if not task.done():
+            task.cancel()
+            self.abort()
+            raise ImapConnectionError(f"{what}: connection lost")
+        try:
+            return task.result()
+        except (TimeoutError, aioimaplib.CommandTimeout, OSError) as exc:
+            self.abort()
+            raise ImapConnectionError(f"{what}: {type(exc).__name__}: {exc}") from None
+        except aioimaplib.AioImapException as exc:
+            raise ImapCommandError(f"{what}: {exc}") from None
+
+    async def _ok(self, what: str, awaitable: Awaitable[Any], timeout: float | None = None) -> list[Any]:
+        resp = await self._call(what, awaitable, timeout)
+        if resp.result != "OK":
+            raise ImapCommandError(f"{what} failed: {resp.result} {_text(resp.lines)}")
+        return list(resp.lines)
+
+    async def enable(self, *capabilities: str) -> set[str]:
+        """ENABLE the given extensions the server has (before SELECT); returns those requested."""
+        wanted = [c for c in capabilities if self.has(c)]
+        if not wanted or not self.has("ENABLE"):
+            return set()
+        await self._ok("ENABLE", self.client.protocol.simple_command("ENABLE", *wanted))
+        return set(wanted)
+
+    async def select(self, mailbox: str, qresync: tuple[int, int] | None = None) -> MailboxStatus:
+        """SELECT (read-write, so flags can be read; bodies are fetched with PEEK)."""
+        arg = quote_mailbox(mailbox)
+        if qresync is not None:
+            arg += f" (QRESYNC ({qresync[0]} {qresync[1]}))"
+        lines = await self._ok(f"SELECT {mailbox!r}", self.client.select(arg))
+        found: dict[str, int] = {}
+        exists = 0
+        vanished: list[int] = []
+        for line in lines:
+            if not isinstance(line, bytes):
+                continue
+            for key, rx in _STATUS_CODES.items():
+                if m := rx.search(line):
+                    found[key] = int(m.group(1))
+            if m := _EXISTS.match(line):
+                exists = int(m.group(1))
+            if m := _VANISHED.match(line):
+                vanished.extend(parse_uid_set(m.group(1).decode()))
+        if "uidvalidity" not in found:
+            raise ImapCommandError(f"SELECT {mailbox!r}: server sent no UIDVALIDITY")
+        changed: dict[int, tuple[str, ...]] = {}
+        for item in _fetch_items(lines):
+            uid, flags = _uid_of(item), _flags_of(item)
+            if uid is not None and flags is not None:
+                changed[uid] = flags
+        return MailboxStatus(
+            uidvalidity=found["uidvalidity"],
+            uidnext=found.get("uidnext"),
+            exists=exists,
+            highestmodseq=found.get("highestmodseq"),
+            vanished=vanished,
+            changed_flags=changed,
+        )
+
+    async def noop(self) -> None:
+        """NOOP: lets the server report mail that arrived since SELECT."""
+        await self._ok("NOOP", self.client.noop())
+
+    async def uid_search(self, criteria: str) -> list[int]:
+        """UID SEARCH with ASCII criteria (e.g. 'UID 5:*', 'ALL', 'MODSEQ 12'); ascending UIDs."""
+        lines = await self._ok(f"UID SEARCH {criteria}", self.client.uid_search(criteria, charset=None))
+        uids: set[int] = set()
+        for line in lines[:-1]:
+            if isinstance(line, bytes):
+                text = line.split(b"(MODSEQ", 1)[0]
+                uids.update(int(tok) for tok in text.split() if tok.isdigit())
+        return sorted(uids)
+
+    async def _fetch(self, uids: Sequence[int], items: str, expected_bytes: int = 0) -> list[dict[str, FetchValue]]:
+        timeout = self.config.timeout + expected_bytes / MIN_RATE
+        lines = await self._ok("UID FETCH", self.client.uid("fetch", uid_set(uids), items), timeout)
+        return _fetch_items(lines)
+
+    async def fetch_sizes(self, uids: Sequence[int]) -> dict[int, int]:
+        """RFC822.SIZE of each UID that still exists (fetched <= MAX_BATCH at a time)."""
+        sizes: dict[int, int] = {}
+        for chunk in _chunks(uids, MAX_BATCH):
+            wanted = set(chunk)
+            for item in await self._fetch(chunk, "(UID RFC822.SIZE)"):
+                uid, size = _uid_of(item), item.get("RFC822.SIZE")
+                if uid in wanted and isinstance(size, str) and size.isdigit():
+                    sizes[uid] = int(size)
+        return sizes
+
+    async def fetch_flags(self, uids: Sequence[int], changedsince: int | None = None) -> dict[int, tuple[str, ...]]:
+        """FLAGS of each UID (only those changed since `changedsince` with CONDSTORE)."""
+        modifier = f" (CHANGEDSINCE {changedsince})" if changedsince is not None else ""
+        flags: dict[int, tuple[str, ...]] = {}
+        for chunk in _chunks(uids, MAX_BATCH):
+            wanted = set(chunk)
+            for item in await self._fetch(chunk, "(UID FLAGS)" + modifier):
+                uid, value = _uid_of(item), _flags_of(item)
+                if uid in wanted and value is not None:
+                    flags[uid] = value
+        return flags
+
+    async def fetch_messages(self, uids: Sequence[int], expected_bytes: int = 0) -> list[FetchedMessage]:
+        """Bodies of <= MAX_BATCH UIDs with BODY.PEEK[] (\\Seen untouched); missing UIDs are skipped."""
+        if len(uids) > MAX_BATCH:
+            raise ValueError(f"at most {MAX_BATCH} messages per FETCH")
+        wanted = set(uids)
+        found: dict[int, FetchedMessage] = {}
+        for item in await self._fetch(uids, "(UID FLAGS BODY.PEEK[])", expected_bytes):
+            uid, body = _uid_of(item), item.get("BODY[]")
+            if uid in wanted and isinstance(body, bytes | str):
+                raw = body if isinstance(body, bytes) else body.encode()
+                found[uid] = FetchedMessage(uid, _flags_of(item) or (), raw)
+        return [found[uid] for uid in sorted(found)]
+
+    async def logout(self) -> None:
+        """Polite LOGOUT, then close; errors are ignored (the session is finished anyway)."""
+        if self._client is not None and not self._lost.done():
+            try:
+                await self._call("LOGOUT", self._client.logout(), timeout=min(self.config.timeout, 5.0))
+            except ImapError:
+                pass
+        self.abort()
+
+    def abort(self) -> None:
+        """Drop the connection now; the session cannot be used afterwards."""
+        client, self._client = self._client, None
+        if client is not None and client.protocol is not None and client.protocol.transport is not None:
+            client.protocol.transport.close()
+        if client is not None and not client._client_task.done():
+            client._client_task.cancel()
+        if not self._lost.done():
+            self._lost.set_result(None)
+
+
+def _text(lines: Sequence[Any]) -> str:
+    last = lines[-1] if lines else b""
+    return bytes(last).decode("utf-8", "replace")[:200]
+
+
+@asynccontextmanager
+async def open_imap(config: ImapConfig) -> AsyncIterator[ImapSession]:
+    """An authenticated session, logged out (or dropped) on exit."""
+    session = await ImapSession.connect(config)
+    try:
+        yield session
+    finally:
+        await session.logout()

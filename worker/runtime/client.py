@@ -1,0 +1,302 @@
+"""The producer API: enqueue (one or many), status, wait, cancel, reschedule, pause/resume.
+
+Works from any asyncio app (e.g. FastAPI) with a plain ``redis.asyncio.Redis``. ``create_pool`` returns an
+arq ``ArqRedis`` with the msgpack serializer for code that wants arq's own ``enqueue_job``/``Job`` API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import json
+import secrets
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from arq.connections import ArqRedis, RedisSettings
+from arq.connections import create_pool as arq_create_pool
+from pydantic import BaseModel
+from redis.asyncio import Redis
+
+from settings import Settings, get_settings
+from worker.runtime import keys
+from worker.runtime.errors import UnknownFunction
+from worker.runtime.scripts import Scripts
+from worker.runtime.serializer import PayloadError, pack, unpack
+from worker.runtime.spec import JobSpec, Registry, registry
+
+JOB_EXPIRY_MS = 7 * 86400 * 1000  # a queued job record lives this long past its run time
+State = Literal["queued", "deferred", "active", "complete", "dead", "cancelled", "not_found"]
+TERMINAL: frozenset[str] = frozenset({"complete", "dead", "cancelled"})
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def new_job_id() -> str:
+    """16 lowercase base32 characters (80 random bits): short ids keep Redis memory per job low."""
+    return base64.b32encode(secrets.token_bytes(10)).decode().lower()
+
+
+@dataclass(frozen=True)
+class Enqueued:
+    """The outcome of one enqueue: ``duplicate`` means an existing job (same idempotency key or id) was returned."""
+
+    job_id: str
+    duplicate: bool
+
+
+class JobStatus(BaseModel):
+    """Everything known about one job."""
+
+    job_id: str
+    state: State
+    function: str | None = None
+    queue: str | None = None
+    attempts: int = 0
+    progress: float | dict[str, Any] | None = None
+    result: Any = None
+    error: str | None = None
+    enqueued_at: dt.datetime | None = None
+    run_at: dt.datetime | None = None
+    finished_at: dt.datetime | None = None
+
+
+def _ms_to_dt(ms: int | float | None) -> dt.datetime | None:
+    return None if ms is None else dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC)
+
+
+def _run_at_ms(defer_by: float | dt.timedelta | None, defer_until: dt.datetime | None, now: int) -> int:
+    if defer_by is not None and defer_until is not None:
+        raise ValueError("use either defer_by or defer_until, not both")
+    if defer_until is not None:
+        if defer_until.tzinfo is None:
+            raise ValueError("defer_until must be timezone-aware (UTC inside)")
+        return int(defer_until.timestamp() * 1000)
+    if defer_by is not None:
+        seconds = defer_by.total_seconds() if isinstance(defer_by, dt.timedelta) else float(defer_by)
+        if seconds < 0:
+            raise ValueError("defer_by must not be negative")
+        return now + int(seconds * 1000)
+    return now
+
+
+class Client:
+    """Enqueue and inspect jobs. Cheap to construct; share one per app."""
+
+    def __init__(self, redis: Redis, settings: Settings | None = None, registry: Registry = registry) -> None:
+        self.redis = redis
+        self.settings = settings or get_settings()
+        self.registry = registry
+        self.scripts = Scripts(redis)
+
+    def spec(self, function: str) -> JobSpec:
+        spec = self.registry.get(function)
+        if spec is None:
+            raise UnknownFunction(f"no job named {function!r} is registered")
+        return spec
+
+    def _record(self, spec: JobSpec, payload: dict[str, Any] | BaseModel | None, now: int,
+                priority: int, idem: str | None) -> bytes:
+        if spec.payload is not None:
+            model = payload if isinstance(payload, spec.payload) else spec.payload.model_validate(payload or {})
+            kwargs = model.model_dump(mode="json")
+        elif isinstance(payload, BaseModel):
+            kwargs = payload.model_dump(mode="json")
+        else:
+            kwargs = dict(payload or {})
+        record: dict[str, Any] = {"t": None, "f": spec.name, "a": [], "k": kwargs, "et": now}
+        if priority:
+            record["p"] = priority
+        if idem:
+            record["ik"] = idem
+        return pack(record)
+
+    async def enqueue(
+        self,
+        function: str,
+        payload: dict[str, Any] | BaseModel | None = None,
+        *,
+        idempotency_key: str | None = None,
+        priority: int | None = None,
+        defer_by: float | dt.timedelta | None = None,
+        defer_until: dt.datetime | None = None,
+        job_id: str | None = None,
+    ) -> Enqueued:
+        """Validate the payload against the function's model and enqueue one job (1 round trip).
+
+        Raises pydantic.ValidationError or ValueError on bad input; nothing is written then.
+        """
+        return (await self._enqueue(function, [payload], idempotency_key=idempotency_key, priority=priority,
+                                    defer_by=defer_by, defer_until=defer_until, job_ids=[job_id]))[0]
+
+    async def enqueue_many(
+        self,
+        function: str,
+        payloads: Iterable[dict[str, Any] | BaseModel],
+        *,
+        priority: int | None = None,
+        defer_by: float | dt.timedelta | None = None,
+        chunk: int = 1000,
+    ) -> list[Enqueued]:
+        """Enqueue many jobs of one function in few round trips (one script call per ``chunk`` jobs)."""
+        items = list(payloads)
+        out: list[Enqueued] = []
+        for start in range(0, len(items), chunk):
+            part = items[start:start + chunk]
+            out += await self._enqueue(function, part, idempotency_key=None, priority=priority, defer_by=defer_by,
+                                       defer_until=None, job_ids=[None] * len(part))
+        return out
+
+    async def _enqueue(self, function: str, payloads: list[Any], *, idempotency_key: str | None,
+                       priority: int | None, defer_by: float | dt.timedelta | None,
+                       defer_until: dt.datetime | None, job_ids: list[str | None]) -> list[Enqueued]:
+        spec = self.spec(function)
+        prio = spec.priority if priority is None else priority
+        if not 0 <= prio <= keys.MAX_PRIORITY:
+            raise ValueError(f"priority must be 0..{keys.MAX_PRIORITY}")
+        now = now_ms()
+        run_at = _run_at_ms(defer_by, defer_until, now)
+        argv: list[Any] = [now, self.settings.events_maxlen, spec.name, spec.queue, JOB_EXPIRY_MS,
+                           self.settings.idempotency_ttl]
+        for payload, jid in zip(payloads, job_ids, strict=True):
+            record = self._record(spec, payload, now, prio, idempotency_key)
+            ik = keys.idempotency(spec.name, idempotency_key) if idempotency_key else ""
+            argv += [jid or new_job_id(), record, run_at, prio, ik]
+        res = await self.scripts.enqueue(
+            keys=[keys.EVENTS, keys.wake(spec.queue), keys.queue(spec.queue), keys.delayed(spec.queue)], args=argv)
+        return [Enqueued(_s(res[i]), not int(res[i + 1])) for i in range(0, len(res), 2)]
+
+    async def status(self, job_id: str) -> JobStatus:
+        """State, attempts, progress, result or error of one job."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.get(keys.job(job_id))
+            pipe.hgetall(keys.info(job_id))
+            pipe.get(keys.result(job_id))
+            pipe.exists(keys.in_progress(job_id))
+            pipe.get(keys.dead_letter(job_id))
+            raw_job, info, raw_result, active, dead = await pipe.execute()
+        info = {_s(k): _s(v) for k, v in info.items()}
+        st = JobStatus(job_id=job_id, state="not_found", attempts=int(info.get("a", 0)))
+        if "p" in info:
+            st.progress = json.loads(info["p"])
+        st.error = info.get("e")
+        st.finished_at = _ms_to_dt(int(info["ft"])) if "ft" in info else None
+        record = _safe_unpack(raw_job) if raw_job else None
+        if isinstance(record, dict):
+            st.function = record.get("f")
+            st.enqueued_at = _ms_to_dt(record.get("et"))
+            spec = self.registry.get(st.function or "")
+            st.queue = spec.queue if spec else None
+        if raw_result:
+            res = _safe_unpack(raw_result)
+            if isinstance(res, dict):
+                st.function, st.queue = res.get("f"), res.get("q")
+                st.enqueued_at = _ms_to_dt(res.get("et"))
+                st.finished_at = _ms_to_dt(res.get("ft"))
+                if res.get("s"):
+                    st.state, st.result = "complete", res.get("r")
+                else:
+                    st.state, st.error = "dead", st.error or str(res.get("r"))
+            return st
+        if dead or info.get("s") == "dead":
+            st.state = "dead"
+            return st
+        if info.get("s") == "cancelled":
+            st.state = "cancelled"
+            return st
+        if active:
+            st.state = "active"
+            return st
+        if st.queue:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.zscore(keys.queue(st.queue), job_id)
+                pipe.zscore(keys.delayed(st.queue), job_id)
+                in_queue, in_delayed = await pipe.execute()
+            now = now_ms()
+            if in_delayed is not None:
+                st.state, st.run_at = "deferred", _ms_to_dt(int(in_delayed) // 16)
+            elif in_queue is not None:
+                band = (now - in_queue) // keys.PRIORITY_BAND_MS if in_queue < now - keys.PRIORITY_BAND_MS // 2 else 0
+                run_at = in_queue + band * keys.PRIORITY_BAND_MS
+                st.state = "deferred" if run_at > now else "queued"
+                st.run_at = _ms_to_dt(run_at)
+            else:
+                st.state = "queued"  # between two state moves (e.g. claimed, lease being set)
+        return st
+
+    async def wait(self, job_id: str, timeout: float = 30.0) -> JobStatus:
+        """Poll until the job is complete, dead or cancelled; raise TimeoutError after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        delay = 0.005
+        while True:
+            st = await self.status(job_id)
+            if st.state in TERMINAL:
+                return st
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still {st.state} after {timeout}s")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.1)
+
+    async def _queued_record(self, job_id: str) -> tuple[JobSpec, dict[str, Any]] | None:
+        raw = await self.redis.get(keys.job(job_id))
+        record = _safe_unpack(raw) if raw else None
+        if not isinstance(record, dict):
+            return None
+        spec = self.registry.get(str(record.get("f")))
+        return (spec, record) if spec else None
+
+    async def cancel(self, job_id: str) -> bool:
+        """Remove a job that has not started yet; it will never run. False if it is running, done or unknown."""
+        found = await self._queued_record(job_id)
+        if found is None:
+            return False
+        spec, record = found
+        ik = keys.idempotency(spec.name, record["ik"]) if record.get("ik") else keys.NONE
+        done = await self.scripts.cancel(
+            keys=[keys.queue(spec.queue), keys.delayed(spec.queue), keys.EVENTS, ik],
+            args=[job_id, self.settings.events_maxlen, spec.queue, now_ms()])
+        return bool(done)
+
+    async def reschedule(self, job_id: str, *, defer_until: dt.datetime | None = None,
+                         defer_by: float | dt.timedelta | None = None) -> bool:
+        """Move a job that has not started to a new time. False if it is running, done or unknown."""
+        found = await self._queued_record(job_id)
+        if found is None:
+            return False
+        spec, record = found
+        now = now_ms()
+        run_at = _run_at_ms(defer_by, defer_until, now)
+        done = await self.scripts.reschedule(
+            keys=[keys.queue(spec.queue), keys.delayed(spec.queue), keys.EVENTS, keys.wake(spec.queue)],
+            args=[job_id, run_at, int(record.get("p", 0)), now, self.settings.events_maxlen, spec.queue,
+                  JOB_EXPIRY_MS])
+        return bool(done)
+
+    async def pause(self, queue: str) -> None:
+        """Stop workers from claiming new jobs of ``queue`` (running ones finish)."""
+        await self.redis.sadd(keys.PAUSED, queue)
+
+    async def resume(self, queue: str) -> None:
+        await self.redis.srem(keys.PAUSED, queue)
+        await self.redis.lpush(keys.wake(queue), 1)
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _safe_unpack(raw: bytes) -> Any:
+    try:
+        return unpack(raw)
+    except PayloadError:
+        return None
+
+
+async def create_pool(redis_url: str) -> ArqRedis:
+    """An arq pool using the msgpack serializer (never pickle), for ``enqueue_job`` and arq's ``Job``."""
+    return await arq_create_pool(RedisSettings.from_dsn(redis_url), job_serializer=pack, job_deserializer=unpack)

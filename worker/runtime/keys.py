@@ -1,0 +1,69 @@
+"""Every Redis key the runtime touches, in one place.
+
+arq's own keys are kept so plain arq producers, arq's ``Job`` and arq's worker loop keep working:
+``arq:job:<id>`` (job record), ``<queue>`` (zset, score = run-at ms minus priority band),
+``arq:in-progress:<id>`` (lease), ``arq:result:<id>``. Our additions live under ``rt:``.
+"""
+
+from __future__ import annotations
+
+PRIORITY_BAND_MS = 100_000_000_000  # ~3.2 years: a job of priority p is scored run_at - p * band
+MAX_PRIORITY = 9
+NONE = "rt:none"  # placeholder for an absent optional key in Lua KEYS
+
+EVENTS = "rt:events"
+DEAD_LETTERS = "rt:dlq"
+PAUSED = "rt:paused"
+CRON_PREFIX = "rt:cron:"
+
+
+def job(job_id: str) -> str:
+    return f"arq:job:{job_id}"
+
+
+def result(job_id: str) -> str:
+    return f"arq:result:{job_id}"
+
+
+def in_progress(job_id: str) -> str:
+    return f"arq:in-progress:{job_id}"
+
+
+def info(job_id: str) -> str:
+    """Hash: a = attempts, s = final state, e = last error, p = progress, ft = finish ms."""
+    return f"rt:info:{job_id}"
+
+
+def dead_letter(job_id: str) -> str:
+    return f"rt:dlq:{job_id}"
+
+
+def queue(name: str) -> str:
+    return name
+
+
+def delayed(name: str) -> str:
+    """Zset of deferred jobs with a priority: score = run_at_ms * 16 + priority."""
+    return f"rt:delayed:{name}"
+
+
+def active(name: str) -> str:
+    """Zset of claimed jobs: score = lease deadline ms * 16 + priority."""
+    return f"rt:active:{name}"
+
+
+def wake(name: str) -> str:
+    """One-element list workers block on (BLPOP) instead of polling."""
+    return f"rt:wake:{name}"
+
+
+def stats(name: str) -> str:
+    return f"rt:stats:{name}"
+
+
+def ratelimit(name: str) -> str:
+    return f"rt:rl:{name}"
+
+
+def idempotency(function: str, key: str) -> str:
+    return f"rt:idem:{function}:{key}"

@@ -1,0 +1,284 @@
+"""Our worker loop on arq's data model: batched Lua claims, blocking wake-up, leases with heartbeats,
+pipelined finishes, fast stalled-job recovery and graceful shutdown.
+
+One ``Worker`` serves several queues in one process (one claim loop per queue, shared Redis pool).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from settings import Settings, get_settings
+from worker.runtime import keys
+from worker.runtime.client import new_job_id
+from worker.runtime.executor import Executor, Outcome
+from worker.runtime.scripts import Scripts
+from worker.runtime.spec import Registry, registry
+
+log = logging.getLogger("worker.runtime")
+REAP_EVERY_S = 1.0
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class _Running:
+    task: asyncio.Task[Outcome]
+    attempt: int
+    priority: int
+    lost: bool = False
+
+
+class QueueLoop:
+    """Claims and runs the jobs of one queue with bounded concurrency."""
+
+    def __init__(self, worker: Worker, queue: str, concurrency: int) -> None:
+        self.w = worker
+        self.queue = queue
+        self.concurrency = concurrency
+        self.running: dict[str, _Running] = {}
+        self._slot_free = asyncio.Event()
+        self._finished: list[tuple[str, Outcome]] = []
+        self._flush = asyncio.Event()
+        self._keys = [keys.queue(queue), keys.delayed(queue), keys.active(queue), keys.EVENTS,
+                      keys.ratelimit(f"queue:{queue}"), keys.PAUSED, keys.wake(queue)]
+        policy = worker.settings.queue(queue)
+        self._rate = policy.rate_limit or 0
+        self._burst = policy.rate_burst
+        self.processed = 0
+
+    async def claim_loop(self) -> None:
+        w, s = self.w, self.w.settings
+        while not w.stopping:
+            free = self.concurrency - len(self.running)
+            if free <= 0:
+                self._slot_free.clear()
+                await self._slot_free.wait()
+                continue
+            now = _now_ms()
+            try:
+                res = await w.scripts.claim(
+                    keys=self._keys,
+                    args=[now, min(free, s.claim_batch), s.lease_ms, w.worker_id, s.events_maxlen, self._rate,
+                          self._burst, self.queue])
+            except RedisError as exc:
+                log.error("claim on %s failed (%s); retrying in 1s", self.queue, exc)
+                await asyncio.sleep(1)
+                continue
+            retry_after, next_due = int(res[0]), int(res[1])
+            for i in range(2, len(res), 4):
+                job_id = res[i].decode()
+                attempt, prio = int(res[i + 2]), int(res[i + 3])
+                task = asyncio.create_task(self._run(job_id, res[i + 1], attempt))
+                self.running[job_id] = _Running(task, attempt, prio)
+            if len(res) > 2:
+                continue
+            wait_ms = s.idle_poll_ms
+            if next_due >= 0:
+                wait_ms = min(wait_ms, max(next_due - now, 1))
+            if retry_after > 0:
+                wait_ms = min(wait_ms, retry_after)
+                await asyncio.sleep(wait_ms / 1000)
+                continue
+            await w.blocking.blpop([keys.wake(self.queue)], timeout=wait_ms / 1000)
+
+    async def _run(self, job_id: str, raw: bytes | None, attempt: int) -> Outcome:
+        out = await self.w.executor.run_raw(job_id, raw, attempt, self.queue)
+        self._finished.append((job_id, out))
+        self._flush.set()
+        return out
+
+    async def finish_loop(self) -> None:
+        """Record finished jobs in pipelined batches (one round trip for everything finished meanwhile)."""
+        w = self.w
+        while True:
+            await self._flush.wait()
+            self._flush.clear()
+            batch, self._finished = self._finished, []
+            if not batch:
+                continue
+            async with w.redis.pipeline(transaction=False) as pipe:
+                for job_id, out in batch:
+                    run = self.running.get(job_id)
+                    attempt, prio = (run.attempt, run.priority) if run else (0, 0)
+                    k, a = w.executor.finish_args(job_id, out, attempt, prio, w.worker_id)
+                    await w.scripts.finish(keys=k, args=a, client=pipe)
+                results = await pipe.execute(raise_on_error=False)
+            for (job_id, out), ok in zip(batch, results, strict=True):
+                if isinstance(ok, Exception):
+                    log.error("recording outcome of job %s failed: %s", job_id, ok)
+                elif not ok:
+                    log.warning("job %s: lease lost to another worker; outcome %s discarded", job_id, out.kind)
+                self.running.pop(job_id, None)
+                self.processed += 1
+            self._slot_free.set()
+
+    async def renew(self) -> None:
+        if not self.running:
+            return
+        args: list[Any] = [_now_ms(), self.w.settings.lease_ms, self.w.worker_id]
+        locks = self.w.executor.idem_locks
+        for job_id, run in list(self.running.items()):
+            lock_key, token = locks.get(job_id, ("", ""))
+            args += [job_id, run.priority, lock_key, token]
+        lost = await self.w.scripts.renew(keys=[keys.active(self.queue)], args=args)
+        for raw_id in lost:
+            job_id = raw_id.decode()
+            run = self.running.get(job_id)
+            if run and not run.lost and not run.task.done():
+                log.warning("job %s: lease lost (worker stalled?); cancelling the local execution", job_id)
+                run.lost = True
+                run.task.cancel()
+
+    async def reap(self) -> int:
+        return int(await self.w.scripts.reap(
+            keys=[keys.active(self.queue), keys.queue(self.queue), keys.EVENTS, keys.wake(self.queue)],
+            args=[_now_ms(), self.w.settings.events_maxlen, self.queue]))
+
+    async def drain(self, grace: float) -> None:
+        """Wait up to ``grace`` s for running jobs, cancel the rest (they are re-queued), record everything."""
+        tasks = [r.task for r in self.running.values()]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=grace)
+            for t in pending:
+                t.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=5)
+        deadline = time.monotonic() + 5
+        while self.running and time.monotonic() < deadline:
+            self._flush.set()
+            await asyncio.sleep(0.01)
+
+
+class Worker:
+    """Runs the jobs of ``queues`` (default: every queue with registered jobs) until stopped."""
+
+    def __init__(
+        self,
+        redis_url: str | None = None,
+        *,
+        queues: Sequence[str] | None = None,
+        concurrency: int | None = None,
+        settings: Settings | None = None,
+        registry: Registry = registry,
+    ) -> None:
+        self.settings = settings or get_settings()
+        url = redis_url or self.settings.redis_url
+        if not url:
+            raise ValueError("no Redis URL: pass redis_url or set REDIS_URL")
+        self.redis: Redis = Redis.from_url(url)
+        self.blocking: Redis = Redis.from_url(url)
+        self.registry = registry
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{new_job_id()[:6]}"
+        self.scripts = Scripts(self.redis)
+        self.executor = Executor(self.redis, self.settings, registry, self.worker_id)
+        names = list(queues) if queues else registry.queues()
+        self.loops = [QueueLoop(self, q, concurrency or self.settings.queue(q).concurrency) for q in names]
+        self.stopping = False
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._stopped = asyncio.Event()
+
+    @property
+    def queues(self) -> list[str]:
+        return [lp.queue for lp in self.loops]
+
+    async def start(self) -> None:
+        await self.redis.ping()
+        for lp in self.loops:
+            self._tasks.append(asyncio.create_task(lp.finish_loop(), name=f"finish:{lp.queue}"))
+            self._tasks.append(asyncio.create_task(lp.claim_loop(), name=f"claim:{lp.queue}"))
+        self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
+        log.info("worker %s serving %s", self.worker_id, ", ".join(self.queues))
+
+    async def _housekeeping(self) -> None:
+        """Heartbeats (lease renewal), stalled-job reaping and the periodic schedule."""
+        hb = self.settings.heartbeat_ms / 1000
+        last_reap = 0.0
+        while True:
+            try:
+                for lp in self.loops:
+                    await lp.renew()
+                if time.monotonic() - last_reap >= REAP_EVERY_S:
+                    last_reap = time.monotonic()
+                    for lp in self.loops:
+                        n = await lp.reap()
+                        if n:
+                            log.warning("recovered %d stalled job(s) on %s", n, lp.queue)
+                    await self._periodic()
+            except Exception:  # housekeeping must survive a Redis blip
+                log.exception("housekeeping failed; retrying")
+            await asyncio.sleep(min(hb, REAP_EVERY_S))
+
+    async def _periodic(self) -> None:
+        now = time.time()
+        served = set(self.queues)
+        for p in self.registry.periodic:
+            spec = self.registry.get(p.function)
+            if spec is None or spec.queue not in served:
+                continue
+            slot = int(now // p.every)
+            if await self.redis.set(f"{keys.CRON_PREFIX}{p.function}:{slot}", 1, nx=True, ex=int(p.every * 2) + 1):
+                await self.executor.client.enqueue(p.function, p.payload, job_id=f"cron-{p.function}-{slot}")
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Graceful shutdown: stop claiming, let running jobs finish within ``grace`` s, re-queue the rest."""
+        if self.stopping:
+            await self._stopped.wait()
+            return
+        self.stopping = True
+        grace = self.settings.shutdown_grace_s if grace is None else grace
+        for t in self._tasks:
+            if t.get_name().startswith("claim:"):
+                t.cancel()
+        await asyncio.gather(*(lp.drain(grace) for lp in self.loops))
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.redis.aclose()
+        await self.blocking.aclose()
+        self._stopped.set()
+
+    async def run_forever(self) -> None:
+        """Start, then run until SIGTERM/SIGINT, then shut down gracefully."""
+        await self.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        crashed = asyncio.create_task(self._watch())
+        done, _ = await asyncio.wait([asyncio.create_task(stop.wait()), crashed],
+                                     return_when=asyncio.FIRST_COMPLETED)
+        log.info("shutting down (grace %.1fs)", self.settings.shutdown_grace_s)
+        crashed.cancel()
+        await self.stop()
+        for t in done:
+            if t is crashed and t.exception():
+                raise t.exception()  # type: ignore[misc]
+
+    async def _watch(self) -> None:
+        """Fail loudly if a loop task dies (instead of hanging with a dead claim loop)."""
+        done, _ = await asyncio.wait(self._tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for t in done:
+            if not t.cancelled() and t.exception():
+                raise RuntimeError(f"worker task {t.get_name()} crashed") from t.exception()
+
+    async def __aenter__(self) -> Worker:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()

@@ -1,0 +1,49 @@
+-- Enqueue N jobs atomically per job (arq-compatible data model plus our extras).
+-- KEYS: 1 events stream, 2 wake list, 3 queue zset, 4 delayed zset
+-- ARGV: 1 now_ms, 2 events_maxlen (0 = no events), 3 function, 4 queue name, 5 expires_ms, 6 idem_ttl_s,
+--       then groups of 5: job_id, payload, run_at_ms, priority, idem_key ('' = none)
+-- Returns a flat list: job_id, created (1) / duplicate (0) per job.
+local now = tonumber(ARGV[1])
+local maxlen = tonumber(ARGV[2])
+local fn, queue = ARGV[3], ARGV[4]
+local expires = tonumber(ARGV[5])
+local idem_ttl = tonumber(ARGV[6])
+local BAND = 100000000000
+local out = {}
+local added = 0
+for i = 7, #ARGV, 5 do
+  local id, payload, run_at, prio, ik = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]), ARGV[i + 4]
+  local existing = false
+  if ik ~= '' then
+    local owner = redis.call('HGET', ik, 'j')
+    if owner then
+      out[#out + 1] = owner; out[#out + 1] = 0; existing = true
+    end
+  end
+  if not existing and redis.call('EXISTS', 'arq:job:' .. id, 'arq:result:' .. id) > 0 then
+    out[#out + 1] = id; out[#out + 1] = 0; existing = true
+  end
+  if not existing then
+    redis.call('SET', 'arq:job:' .. id, payload, 'PX', expires + math.max(run_at - now, 0))
+    if prio > 0 and run_at > now then
+      redis.call('ZADD', KEYS[4], run_at * 16 + prio, id)
+    else
+      redis.call('ZADD', KEYS[3], run_at - prio * BAND, id)
+    end
+    if ik ~= '' then
+      redis.call('HSET', ik, 'j', id, 's', 'queued')
+      redis.call('EXPIRE', ik, idem_ttl)
+    end
+    if maxlen > 0 then
+      redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', 'type', 'enqueued', 'job_id', id,
+        'function', fn, 'queue', queue, 'run_at', run_at)
+    end
+    out[#out + 1] = id; out[#out + 1] = 1
+    added = added + 1
+  end
+end
+if added > 0 then
+  redis.call('LPUSH', KEYS[2], 1)
+  redis.call('LTRIM', KEYS[2], 0, 0)
+end
+return out

@@ -1,0 +1,12 @@
+-- GCRA limiter: take one token from KEYS[1]. ARGV: 1 now_ms, 2 rate (tokens per period), 3 period_ms, 4 burst
+-- Returns 0 when allowed, else the milliseconds to wait before a token is free.
+local now, rate, period, burst = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local interval = period / rate
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+if tat + interval - now > burst * interval then
+  return math.ceil(tat + interval - burst * interval - now)
+end
+tat = tat + interval
+redis.call('SET', KEYS[1], tat, 'PX', math.ceil(tat - now) + 1000)
+return 0

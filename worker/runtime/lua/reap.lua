@@ -1,0 +1,24 @@
+-- Return jobs whose worker died (lease expired) to the front of their priority band.
+-- KEYS: 1 active, 2 queue, 3 events, 4 wake list
+-- ARGV: 1 now_ms, 2 events_maxlen, 3 queue name
+local now, maxlen = tonumber(ARGV[1]), tonumber(ARGV[2])
+local BAND = 100000000000
+local stale = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now * 16, 'WITHSCORES', 'LIMIT', 0, 100)
+local n = 0
+for i = 1, #stale, 2 do
+  local id = stale[i]
+  if redis.call('EXISTS', 'arq:in-progress:' .. id) == 0 then
+    local prio = tonumber(stale[i + 1]) % 16
+    redis.call('ZREM', KEYS[1], id)
+    redis.call('ZADD', KEYS[2], now - prio * BAND, id)
+    if maxlen > 0 then
+      redis.call('XADD', KEYS[3], 'MAXLEN', '~', maxlen, '*', 'type', 'stalled', 'job_id', id, 'queue', ARGV[3])
+    end
+    n = n + 1
+  end
+end
+if n > 0 then
+  redis.call('LPUSH', KEYS[4], 1)
+  redis.call('LTRIM', KEYS[4], 0, 0)
+end
+return n
