@@ -6,7 +6,9 @@ thousand messages in well under a second on either server.
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -16,9 +18,6 @@ import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from email.message import EmailMessage
-from email.utils import format_datetime
-from datetime import UTC, datetime
 from pathlib import Path
 
 from worker.devstack import free_port, wait_for_port
@@ -28,15 +27,19 @@ PASSWORD = "pw"
 
 
 def make_mail(i: int, *, subject: str | None = None, body: str | None = None, domain: str = "example.com") -> bytes:
-    """A small, distinct, well-formed message numbered `i`."""
-    msg = EmailMessage()
-    msg["From"] = f"sender{i % 7}@{domain}"
-    msg["To"] = f"{USER}@{domain}"
-    msg["Subject"] = subject if subject is not None else f"message {i}"
-    msg["Message-ID"] = f"<m{i}.{os.getpid()}@{domain}>"
-    msg["Date"] = format_datetime(datetime(2026, 1, 1, tzinfo=UTC))
-    msg.set_content(body if body is not None else f"Body of message {i}.\n" + "lorem ipsum " * 20)
-    return msg.as_bytes()
+    """A small, distinct, well-formed message numbered `i` (templated: fast for thousands)."""
+    text = body if body is not None else f"Body of message {i}.\n" + "lorem ipsum " * 20
+    return (
+        f"From: sender{i % 7}@{domain}\r\n"
+        f"To: {USER}@{domain}\r\n"
+        f"Subject: {subject if subject is not None else f'message {i}'}\r\n"
+        f"Message-ID: <m{i}.{os.getpid()}@{domain}>\r\n"
+        "Date: Thu, 01 Jan 2026 00:00:00 +0000\r\n"
+        "MIME-Version: 1.0\r\n"
+        "Content-Type: text/plain; charset=utf-8\r\n"
+        "Content-Transfer-Encoding: 8bit\r\n"
+        "\r\n" + text.replace("\n", "\r\n")
+    ).encode()
 
 
 def _read_until(sock: socket.socket, buf: bytearray, needle: bytes, timeout: float = 30.0) -> bytes:
@@ -57,8 +60,10 @@ def _read_until(sock: socket.socket, buf: bytearray, needle: bytes, timeout: flo
     return out
 
 
-def append_messages(port: int, messages: Iterable[bytes], mailbox: str = "INBOX", flags: str = "") -> int:
-    """APPEND every message (pipelined, LITERAL+) to `mailbox` of USER; returns how many were stored."""
+def append_messages(
+    port: int, messages: Iterable[bytes], mailbox: str = "INBOX", flags: str = "", chunk: int = 250
+) -> int:
+    """Store every message in `mailbox` of USER with MULTIAPPEND + LITERAL+; returns how many."""
     msgs = list(messages)
     box = '"' + mailbox.replace("\\", "\\\\").replace('"', '\\"') + '"'
     flag_part = f"({flags}) " if flags else ""
@@ -69,16 +74,16 @@ def append_messages(port: int, messages: Iterable[bytes], mailbox: str = "INBOX"
         reply = _read_until(sock, buf, b"L ")
         if b"L OK" not in reply:
             raise RuntimeError(f"login failed: {reply!r}")
-        payload = bytearray()
-        for n, raw in enumerate(msgs):
-            payload += f"A{n} APPEND {box} {flag_part}{{{len(raw)}+}}\r\n".encode() + raw + b"\r\n"
-        sock.sendall(payload)
-        ok = 0
-        for n in range(len(msgs)):
+        for n in range(0, len(msgs), chunk):
+            payload = bytearray(f"A{n} APPEND {box}".encode())
+            for raw in msgs[n : n + chunk]:
+                payload += f" {flag_part}{{{len(raw)}+}}\r\n".encode() + raw
+            sock.sendall(payload + b"\r\n")
             reply = _read_until(sock, buf, f"A{n} ".encode())
-            ok += b"OK" in reply.split(f"A{n} ".encode(), 1)[1][:3]
+            if f"A{n} OK".encode() not in reply:
+                raise RuntimeError(f"APPEND failed: {reply[-300:]!r}")
         sock.sendall(b"Z LOGOUT\r\n")
-    return ok
+    return len(msgs)
 
 
 @dataclass
@@ -176,9 +181,6 @@ class DovecotServer(ImapServer):
     def start(self) -> DovecotServer:
         if self.workdir is None:
             self.workdir = Path(tempfile.mkdtemp(prefix="test-dovecot-"))
-            import grp
-            import pwd
-
             if os.geteuid() == 0:
                 pw, gr = pwd.getpwnam("nobody"), grp.getgrnam("nogroup")
             else:
@@ -238,8 +240,19 @@ class PymapServer(ImapServer):
     def start(self) -> PymapServer:
         pymap = Path(sys.executable).with_name("pymap")
         self.proc = subprocess.Popen(
-            [str(pymap), "--port", str(self.port), "--host", "127.0.0.1", "--no-tls", "dict",
-             "--demo-user", self.user, "--demo-password", self.password],
+            [
+                str(pymap),
+                "--port",
+                str(self.port),
+                "--host",
+                "127.0.0.1",
+                "--no-tls",
+                "dict",
+                "--demo-user",
+                self.user,
+                "--demo-password",
+                self.password,
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,

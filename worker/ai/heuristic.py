@@ -57,6 +57,14 @@ _PHISHING_LURE = _words(
     r"(?:log|sign) ?in (?:now |immediately )?to (?:restore|unlock|reactivate)",
     r"your password (?:expires|will expire)",
 )
+_INJECTION = _words(
+    r"ignore (?:all |any )?(?:previous|prior|above) (?:instructions|prompts?)",
+    r"disregard (?:all |any )?(?:previous|prior|your) instructions",
+    r"you are now (?:a|an|the)",
+    r"system prompt",
+    r"as an (?:ai|llm|assistant)",
+    r"(?:ai|llm) assistant[,:]",
+)
 _SPAM = _words(
     r"you (?:have|'ve) won",
     r"lottery",
@@ -275,6 +283,9 @@ def _phishing_reasons(email: EmailInput, body: str, links: list[Link]) -> list[s
     lure = _PHISHING_LURE.search(f"{email.subject}\n{body}")
     if lure:
         reasons.append(f'credential lure "{lure.group(0)}"')
+    injection = _INJECTION.search(f"{email.subject}\n{body}")
+    if injection:
+        reasons.append(f'instructions aimed at an AI ("{injection.group(0)}")')
     reply_to = _domain(email.reply_to)
     if reply_to and reply_to != _domain(email.from_addr):
         reasons.append(f"replies go to {reply_to}")
@@ -282,9 +293,10 @@ def _phishing_reasons(email: EmailInput, body: str, links: list[Link]) -> list[s
 
 
 def _is_phishing(reasons: list[str], *, urgent: bool) -> bool:
-    """Two independent signals, or a lure pressed with urgency."""
+    """Two independent signals, a lure pressed with urgency, or text that tries to steer an AI."""
     lure = any(r.startswith("credential lure") for r in reasons)
-    return len(reasons) >= 2 or (lure and urgent)
+    injection = any(r.startswith("instructions aimed at an AI") for r in reasons)
+    return len(reasons) >= 2 or (lure and urgent) or injection
 
 
 def _category(email: EmailInput, body: str, automated: bool) -> Category:

@@ -1,0 +1,176 @@
+"""Bad paths: malformed payloads, killed workers, graceful shutdown, rate limits across processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import msgpack
+from redis.asyncio import Redis
+
+from settings import Settings
+from tests.runtime.conftest import env_for
+from worker.runtime import Client, DeadLetters, Events, Worker, create_pool
+
+
+@contextmanager
+def worker_process(redis_url: str, *extra: str, **env: object) -> Iterator[subprocess.Popen[bytes]]:
+    """`python -m worker run` with the test jobs, in its own process."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "worker", "run", "--import", "tests.runtime.jobs", "--queues", "rt-test", *extra],
+        env={**os.environ, **env_for(redis_url, **env)},
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+async def _wait_for(predicate: object, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await predicate():  # type: ignore[operator]
+            return
+        await asyncio.sleep(0.02)
+    raise TimeoutError("condition not met")
+
+
+async def test_malformed_payloads_are_dead_lettered_and_worker_survives(
+        redis_url: str, redis: Redis, client: Client, worker: Worker) -> None:
+    dlq = DeadLetters(redis, client)
+    now = int(time.time() * 1000)
+    # 1. a pickle payload (what a vanilla arq client writes by default): never unpickled
+    await redis.set("arq:job:pickled", pickle.dumps({"t": 1, "f": "flaky", "a": [], "k": {}, "et": now}))
+    # 2. junk bytes
+    await redis.set("arq:job:junk", b"\xc1\xff not msgpack")
+    # 3. valid msgpack but not a job record
+    await redis.set("arq:job:shape", msgpack.packb([1, 2, 3]))
+    for jid in ("pickled", "junk", "shape"):
+        await redis.zadd("rt-test", {jid: now})
+    # 4. wrong types and 5. unknown function, from a plain arq producer
+    pool = await create_pool(redis_url)
+    try:
+        wrong = await pool.enqueue_job("flaky", key=["not", "a", "string"], fail_times="x", _queue_name="rt-test")
+        unknown = await pool.enqueue_job("does_not_exist", 1, _queue_name="rt-test")
+    finally:
+        await pool.aclose()
+    assert wrong is not None and unknown is not None
+    # 6. a queued id whose job record expired
+    await redis.zadd("rt-test", {"vanished": now})
+    await redis.lpush("rt:wake:rt-test", 1)
+
+    expected = {"pickled": "undeserializable payload", "junk": "undeserializable payload",
+                "shape": "malformed job record", wrong.job_id: "invalid payload for flaky",
+                unknown.job_id: "unknown function 'does_not_exist'", "vanished": "job record missing"}
+
+    async def all_dead() -> bool:
+        return await dlq.count() == len(expected)
+
+    await _wait_for(all_dead)
+    for jid, fragment in expected.items():
+        entry = await dlq.get(jid)
+        assert entry is not None, jid
+        assert fragment in entry.error, (jid, entry.error)
+    wrong_entry = await dlq.get(wrong.job_id)
+    assert wrong_entry is not None and "key: Input should be a valid string" in wrong_entry.error
+    pickled = await dlq.get("pickled")
+    assert pickled is not None and pickled.raw is not None and pickled.raw.startswith("80")
+    # the worker is still healthy
+    r = await client.enqueue("record_order", {"key": "after"})
+    assert (await client.wait(r.job_id, timeout=5)).state == "complete"
+
+
+async def test_worker_killed_mid_job_job_runs_again_quickly(redis_url: str, redis: Redis,
+                                                            client: Client) -> None:
+    """SIGKILL a worker process mid-job: a second worker runs the job again within lease + reap interval."""
+    r = await client.enqueue("slow", {"key": "k1", "sleep": 30})
+    with worker_process(redis_url) as victim, worker_process(redis_url):
+        async def started() -> bool:
+            return await redis.llen("t:k1:starts") == 1
+
+        await _wait_for(started)
+        victim.send_signal(signal.SIGKILL)
+        killed_at = time.time()
+
+        async def restarted() -> bool:
+            return await redis.llen("t:k1:starts") == 2
+
+        await _wait_for(restarted, timeout=20)
+        second_start = float((await redis.lrange("t:k1:starts", 1, 1))[0])
+        recovery = second_start - killed_at
+        print(f"\ncrash recovery: job started again {recovery:.2f}s after SIGKILL (lease 1.0 s)")
+        st = await client.status(r.job_id)
+        assert st.state == "active" and st.attempts == 2
+    events = [e["type"] for _, e in await Events(redis).read("0", 1000) if e["job_id"] == r.job_id]
+    assert events == ["enqueued", "started", "stalled", "started"]
+
+
+async def test_sigterm_lets_running_job_finish_and_requeues_the_rest(redis_url: str, redis: Redis,
+                                                                     client: Client) -> None:
+    short = await client.enqueue("slow", {"key": "g1", "sleep": 0.8})
+    with worker_process(redis_url, "--concurrency", "1", SHUTDOWN_GRACE_S=5) as proc:
+        async def started() -> bool:
+            return await redis.llen("t:g1:starts") == 1
+
+        await _wait_for(started)
+        queued = await client.enqueue("slow", {"key": "g2", "sleep": 0.1})
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 15) == 0
+    assert (await client.status(short.job_id)).state == "complete"  # finished within the grace period
+    assert await redis.get("t:g2:done") is None  # not taken after SIGTERM
+    assert (await client.status(queued.job_id)).state == "queued"
+
+
+async def test_sigterm_past_grace_requeues_running_job_without_losing_it(redis_url: str, redis: Redis,
+                                                                         client: Client) -> None:
+    long = await client.enqueue("slow", {"key": "g3", "sleep": 30})
+    with worker_process(redis_url, SHUTDOWN_GRACE_S=0.5) as proc:
+        async def started() -> bool:
+            return await redis.llen("t:g3:starts") == 1
+
+        await _wait_for(started)
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 15) == 0
+    st = await client.status(long.job_id)
+    assert st.state == "queued" and st.attempts == 0  # re-queued, the interrupted attempt not counted
+    assert await redis.exists(f"arq:in-progress:{long.job_id}") == 0
+
+
+async def test_queue_rate_limit_holds_across_two_worker_processes(redis_url: str, redis: Redis) -> None:
+    client = Client(redis, Settings())
+    ids = [r.job_id for r in await client.enqueue_many("slow", [{"key": f"r{i}"} for i in range(30)])]
+    # 10 jobs/s with a burst of 5, shared by two processes
+    limit = {"QUEUES": '{"rt-test": {"rate_limit": 10, "rate_burst": 5, "concurrency": 10}}'}
+    with worker_process(redis_url, **limit), worker_process(redis_url, **limit):
+        for i in ids:
+            await client.wait(i, timeout=30)
+    starts = sorted([float(x) for i in range(30) for x in await redis.lrange(f"t:r{i}:starts", 0, -1)])
+    assert len(starts) == 30
+    span = starts[-1] - starts[0]
+    # 30 jobs, 5 allowed at once, then 10/s: the last can start no earlier than 2.5 s after the first
+    assert span >= 2.3, span
+    # no 1-second window holds more than burst + rate jobs
+    assert max(sum(1 for t in starts if s <= t < s + 1.0) for s in starts) <= 15
+
+
+async def test_per_key_rate_limit_defers_without_consuming_attempts(client: Client, redis: Redis,
+                                                                    worker: Worker) -> None:
+    ids = [(await client.enqueue("per_key_limited", {"key": f"tenantA-{i}"})).job_id for i in range(8)]
+    other = (await client.enqueue("per_key_limited", {"key": "tenantB-0"})).job_id
+    sts = [await client.wait(i, timeout=10) for i in [*ids, other]]
+    assert all(s.state == "complete" and s.attempts == 1 for s in sts)
+    a = sorted(float(x) for x in await redis.lrange("t:tenantA:starts", 0, -1))
+    b = [float(x) for x in await redis.lrange("t:tenantB:starts", 0, -1)]
+    assert len(a) == 8 and len(b) == 1
+    assert a[-1] - a[0] >= 0.5  # 5/s with burst 5: jobs 6..8 wait
+    assert b[0] - a[0] < 0.5  # another key is not held back
