@@ -155,6 +155,16 @@ CORPUS: dict[str, tuple[EmailInput, Category]] = {
         ),
         Category.personal,
     ),
+    "work-es-fyi": (
+        EmailInput(
+            subject="Informe del proyecto",
+            from_addr="Lucía <lucia@empresa.example>",
+            to=["yo@empresa.example"],
+            text="Hola equipo, el informe del proyecto está listo y se encuentra en la carpeta compartida "
+            "para su lectura. Es solo para su información, no hace falta responder.",
+        ),
+        Category.work,
+    ),
     "html-hidden-spam-words": (
         EmailInput(
             subject="Meeting notes",

@@ -390,7 +390,7 @@ def _summary(email: EmailInput, body: str, category: Category, reasons: list[str
     if category is Category.phishing_suspect:
         detail = "Signals: " + "; ".join(reasons) + "."
     else:
-        detail = next((s.strip() for s in _SENTENCE.split(body) if len(s.strip()) > 3), "")
+        detail = next((s.strip() for s in _SENTENCE.split(body) if len(s.split()) >= 4), "")
     return cap_text(f'{label} mail from {sender}: "{subject}". {detail}'.strip(), SUMMARY_MAX)
 
 

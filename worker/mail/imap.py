@@ -13,7 +13,7 @@ import base64
 import re
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -153,7 +153,9 @@ def parse_uid_set(text: str) -> list[int]:
     return uids
 
 
-def plan_batches(sizes: dict[int, int], max_count: int = MAX_BATCH, max_bytes: int = MAX_BATCH_BYTES) -> list[list[int]]:
+def plan_batches(
+    sizes: dict[int, int], max_count: int = MAX_BATCH, max_bytes: int = MAX_BATCH_BYTES
+) -> list[list[int]]:
     """UIDs (ascending) cut into FETCH batches of <= max_count messages and <= max_bytes (or one message)."""
     batches: list[list[int]] = []
     current: list[int] = []
@@ -259,7 +261,11 @@ class ImapSession:
             ctx = config.ssl_context or ssl.create_default_context()
         try:
             session._client = aioimaplib.IMAP4(
-                config.host, config.port, timeout=config.timeout, conn_lost_cb=session._on_lost, ssl_context=ctx
+                config.host,
+                config.port,
+                timeout=config.timeout,
+                conn_lost_cb=session._on_lost,
+                ssl_context=ctx,
             )
             await session._call("connect", session._client.wait_hello_from_server())
             resp = await session._call(
@@ -288,15 +294,16 @@ class ImapSession:
         """True when the server advertised `capability` after login."""
         return capability.upper() in self.capabilities
 
-    async def _call(self, what: str, awaitable: Awaitable[T], timeout: float | None = None) -> T:
+    async def _call(self, what: str, awaitable: Awaitable[T], limit: float | None = None) -> T:
         """Await one protocol call under a deadline; a lost connection fails it immediately."""
         if self._lost.done():
             raise ImapConnectionError(f"{what}: connection lost")
         task = asyncio.ensure_future(awaitable)
-        limit = timeout or self.config.timeout
+        limit = limit or self.config.timeout
         try:
             async with asyncio.timeout(limit):
-                await asyncio.wait({task, self._lost}, return_when=asyncio.FIRST_COMPLETED)
+                waiting: set[asyncio.Future[Any]] = {task, self._lost}
+                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
         except TimeoutError:
             task.cancel()
             self.abort()
@@ -316,8 +323,8 @@ class ImapSession:
         except aioimaplib.AioImapException as exc:
             raise ImapCommandError(f"{what}: {exc}") from None
 
-    async def _ok(self, what: str, awaitable: Awaitable[Any], timeout: float | None = None) -> list[Any]:
-        resp = await self._call(what, awaitable, timeout)
+    async def _ok(self, what: str, awaitable: Awaitable[Any], limit: float | None = None) -> list[Any]:
+        resp = await self._call(what, awaitable, limit)
         if resp.result != "OK":
             raise ImapCommandError(f"{what} failed: {resp.result} {_text(resp.lines)}")
         return list(resp.lines)
@@ -379,9 +386,11 @@ class ImapSession:
                 uids.update(int(tok) for tok in text.split() if tok.isdigit())
         return sorted(uids)
 
-    async def _fetch(self, uids: Sequence[int], items: str, expected_bytes: int = 0) -> list[dict[str, FetchValue]]:
-        timeout = self.config.timeout + expected_bytes / MIN_RATE
-        lines = await self._ok("UID FETCH", self.client.uid("fetch", uid_set(uids), items), timeout)
+    async def _fetch(
+        self, uids: Sequence[int], items: str, expected_bytes: int = 0
+    ) -> list[dict[str, FetchValue]]:
+        limit = self.config.timeout + expected_bytes / MIN_RATE
+        lines = await self._ok("UID FETCH", self.client.uid("fetch", uid_set(uids), items), limit)
         return _fetch_items(lines)
 
     async def fetch_sizes(self, uids: Sequence[int]) -> dict[int, int]:
@@ -395,7 +404,9 @@ class ImapSession:
                     sizes[uid] = int(size)
         return sizes
 
-    async def fetch_flags(self, uids: Sequence[int], changedsince: int | None = None) -> dict[int, tuple[str, ...]]:
+    async def fetch_flags(
+        self, uids: Sequence[int], changedsince: int | None = None
+    ) -> dict[int, tuple[str, ...]]:
         """FLAGS of each UID (only those changed since `changedsince` with CONDSTORE)."""
         modifier = f" (CHANGEDSINCE {changedsince})" if changedsince is not None else ""
         flags: dict[int, tuple[str, ...]] = {}
@@ -423,10 +434,8 @@ class ImapSession:
     async def logout(self) -> None:
         """Polite LOGOUT, then close; errors are ignored (the session is finished anyway)."""
         if self._client is not None and not self._lost.done():
-            try:
-                await self._call("LOGOUT", self._client.logout(), timeout=min(self.config.timeout, 5.0))
-            except ImapError:
-                pass
+            with suppress(ImapError):
+                await self._call("LOGOUT", self._client.logout(), min(self.config.timeout, 5.0))
         self.abort()
 
     def abort(self) -> None:

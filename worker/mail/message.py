@@ -123,7 +123,7 @@ class ParsedMessage(BaseModel):
 
     message_id_header: str | None = None
     subject: str = ""
-    from_: str = Field("", alias="from")
+    from_: str = Field(default="", alias="from")
     to: list[str] = Field(default_factory=list)
     cc: list[str] = Field(default_factory=list)
     date: datetime | None = None

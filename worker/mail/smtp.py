@@ -179,4 +179,3 @@ async def send(
         raise PermanentSmtpError(f"{stage}: {exc}", None, stage) from None
     finally:
         client.close()
-

@@ -57,21 +57,24 @@ local out = {retry_after, -1}
 for i = 1, count * 2, 2 do
   local id = due[i]
   local score = tonumber(due[i + 1])
-  local prio = 0
-  if score < now - BAND / 2 then prio = math.floor((now - score) / BAND + 0.5) end
-  redis.call('ZREM', KEYS[1], id)
-  redis.call('ZADD', KEYS[3], (now + lease) * 16 + prio, id)
-  redis.call('SET', 'arq:in-progress:' .. id, ARGV[4], 'PX', lease)
-  local attempt = redis.call('HINCRBY', 'rt:info:' .. id, 'a', 1)
-  local payload = redis.call('GET', 'arq:job:' .. id)
-  if maxlen > 0 then
-    redis.call('XADD', KEYS[4], 'MAXLEN', '~', maxlen, '*', 'type', 'started', 'job_id', id, 'queue', ARGV[8],
-      'attempt', attempt)
+  -- an id with an in-progress key is being run by arq's own loop (compat mode on this queue): not ours
+  if redis.call('EXISTS', 'arq:in-progress:' .. id) == 0 then
+    local prio = 0
+    if score < now - BAND / 2 then prio = math.floor((now - score) / BAND + 0.5) end
+    redis.call('ZREM', KEYS[1], id)
+    redis.call('ZADD', KEYS[3], (now + lease) * 16 + prio, id)
+    redis.call('SET', 'arq:in-progress:' .. id, ARGV[4], 'PX', lease)
+    local attempt = redis.call('HINCRBY', 'rt:info:' .. id, 'a', 1)
+    local payload = redis.call('GET', 'arq:job:' .. id)
+    if maxlen > 0 then
+      redis.call('XADD', KEYS[4], 'MAXLEN', '~', maxlen, '*', 'type', 'started', 'job_id', id, 'queue', ARGV[8],
+        'attempt', attempt)
+    end
+    out[#out + 1] = id
+    out[#out + 1] = payload or false
+    out[#out + 1] = attempt
+    out[#out + 1] = prio
   end
-  out[#out + 1] = id
-  out[#out + 1] = payload or false
-  out[#out + 1] = attempt
-  out[#out + 1] = prio
 end
 if count == n then
   -- a full batch: more may be due, wake another worker

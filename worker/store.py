@@ -1,0 +1,618 @@
+"""The email data store: accounts, outbox, synced messages, sync state and analyses, per tenant.
+
+Job payloads carry IDs only; everything else lives here. Every method takes the tenant id and every
+Redis key is `store:{tenant}:...`, so a job can only reach its own tenant's data. Account secrets are
+encrypted with AES-GCM (key derived from settings.secret_key via HKDF, tenant and account bound in
+as associated data) and are only ever handed out as SecretStr.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Protocol, TypeVar, cast
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from redis.asyncio import Redis
+from redis.exceptions import WatchError
+
+from worker.mail.message import ParsedMessage, new_message_id, validate_address, validate_addresses
+from worker.mail.smtp import TlsMode
+
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+ACTIVE_INDEX = "store:_index:active_accounts"  # "tenant:account" members; IDs only
+T = TypeVar("T")
+
+
+def check_id(kind: str, value: str) -> str:
+    """`value` when it is a safe identifier (no ':' or other key syntax); raises ValueError otherwise."""
+    if not isinstance(value, str) or not _ID.match(value):
+        raise ValueError(f"invalid {kind} {value!r}")
+    return value
+
+
+async def _r(value: Awaitable[T] | T) -> T:
+    """redis-py types many commands as `Awaitable[T] | T`; on the asyncio client they are awaitable."""
+    return await cast(Awaitable[T], value)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def mailbox_key(mailbox: str) -> str:
+    """A key-safe, stable token for a mailbox name of any charset."""
+    return hashlib.sha256(mailbox.encode()).hexdigest()[:20]
+
+
+class SecretBox:
+    """AES-GCM encryption of account secrets; the tenant and account ids are authenticated data."""
+
+    def __init__(self, secret_key: SecretStr) -> None:
+        hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=b"worker-store-v1", info=b"account-secrets")
+        self._aead = AESGCM(hkdf.derive(secret_key.get_secret_value().encode()))
+
+    def encrypt(self, plaintext: str, aad: str) -> str:
+        nonce = os.urandom(12)
+        return base64.b64encode(nonce + self._aead.encrypt(nonce, plaintext.encode(), aad.encode())).decode()
+
+    def decrypt(self, token: str, aad: str) -> str:
+        blob = base64.b64decode(token)
+        return self._aead.decrypt(blob[:12], blob[12:], aad.encode()).decode()
+
+
+class AccountIn(BaseModel):
+    """What is needed to create a mail account."""
+
+    email: str
+    username: str
+    secret: SecretStr
+    imap_host: str
+    imap_port: int = 993
+    imap_tls: TlsMode = TlsMode.IMPLICIT
+    smtp_host: str
+    smtp_port: int = 465
+    smtp_tls: TlsMode = TlsMode.IMPLICIT
+    mailboxes: list[str] = Field(default_factory=lambda: ["INBOX"])
+    active: bool = True
+
+    @field_validator("email")
+    @classmethod
+    def _email(cls, value: str) -> str:
+        return validate_address(value)
+
+
+class Account(AccountIn):
+    """A stored account; `secret` is decrypted but stays a SecretStr (hidden in repr and dumps)."""
+
+    id: str
+    tenant_id: str
+    created_at: datetime
+
+
+class OutboxStatus(StrEnum):
+    """Delivery state of an outbox item."""
+
+    QUEUED = "queued"
+    SENDING = "sending"
+    SENT = "sent"
+    FAILED = "failed"
+    BOUNCED = "bounced"
+    CANCELLED = "cancelled"
+
+
+class RecipientOutcome(BaseModel):
+    """The server's answer for one recipient."""
+
+    state: str  # accepted | deferred | rejected
+    code: int
+    message: str
+
+
+class OutboxIn(BaseModel):
+    """A message to send; addresses are validated strictly on creation."""
+
+    account_id: str
+    sender: str
+    sender_name: str | None = None
+    to: list[str] = Field(default_factory=list)
+    cc: list[str] = Field(default_factory=list)
+    bcc: list[str] = Field(default_factory=list)
+    subject: str = ""
+    text: str | None = None
+    html: str | None = None
+
+    @field_validator("sender")
+    @classmethod
+    def _sender(cls, value: str) -> str:
+        return validate_address(value)
+
+    @field_validator("to", "cc", "bcc")
+    @classmethod
+    def _rcpts(cls, value: list[str]) -> list[str]:
+        return validate_addresses(value)
+
+
+class OutboxItem(OutboxIn):
+    """A stored outbox item. `message_id` is created once and reused by every delivery attempt."""
+
+    id: str
+    tenant_id: str
+    message_id: str
+    status: OutboxStatus = OutboxStatus.QUEUED
+    recipients: dict[str, RecipientOutcome] = Field(default_factory=dict)
+    attempts: int = 0
+    data_started: bool = False  # DATA was begun by some attempt: a resend could duplicate
+    ambiguous: bool = False
+    last_error: str | None = None
+    scheduled_at: datetime | None = None
+    scheduled_job_id: str | None = None
+    send_started_at: datetime | None = None
+    lateness_s: float | None = None
+    sent_at: datetime | None = None
+    created_at: datetime
+    updated_at: datetime
+
+    def envelope(self) -> list[str]:
+        """All envelope recipients (To, Cc and Bcc), each once."""
+        return validate_addresses([*self.to, *self.cc, *self.bcc])
+
+
+class StoredMessage(BaseModel):
+    """A synced message, stored once per content identity per account."""
+
+    id: str
+    tenant_id: str
+    account_id: str
+    mailbox: str
+    uidvalidity: int
+    uid: int
+    content_id: str
+    parsed: ParsedMessage
+    stored_at: datetime
+
+
+class SyncState(BaseModel):
+    """Incremental sync position of one (account, mailbox)."""
+
+    uidvalidity: int | None = None
+    uidnext: int | None = None
+    highest_uid: int = 0
+    highestmodseq: int | None = None
+    flag_cursor: int = 0
+    last_sync_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class InsertResult:
+    """Outcome of storing one fetched message."""
+
+    uid: int
+    message_id: str
+    content_id: str
+    new: bool
+
+
+class Store(Protocol):
+    """What jobs and the AI helper need from storage. Every call is scoped to one tenant."""
+
+    async def create_account(self, tenant_id: str, data: AccountIn) -> Account: ...
+    async def get_account(self, tenant_id: str, account_id: str) -> Account | None: ...
+    async def set_account_active(self, tenant_id: str, account_id: str, active: bool) -> bool: ...
+    async def list_accounts(self, tenant_id: str) -> list[Account]: ...
+    async def list_active_accounts(self) -> list[tuple[str, str]]: ...
+    async def delete_account(self, tenant_id: str, account_id: str) -> bool: ...
+
+    async def create_outbox(self, tenant_id: str, data: OutboxIn) -> OutboxItem: ...
+    async def get_outbox(self, tenant_id: str, outbox_id: str) -> OutboxItem | None: ...
+    async def transition_outbox(
+        self, tenant_id: str, outbox_id: str, expect: Iterable[OutboxStatus], to: OutboxStatus, **fields: Any
+    ) -> OutboxItem | None: ...
+    async def update_outbox(self, tenant_id: str, outbox_id: str, **fields: Any) -> OutboxItem: ...
+
+    async def insert_messages(
+        self,
+        tenant_id: str,
+        account_id: str,
+        mailbox: str,
+        uidvalidity: int,
+        items: Sequence[tuple[int, tuple[str, ...], ParsedMessage]],
+    ) -> list[InsertResult]: ...
+    async def get_message(self, tenant_id: str, message_id: str) -> StoredMessage | None: ...
+    async def count_messages(self, tenant_id: str, account_id: str) -> int: ...
+    async def known_uids(
+        self, tenant_id: str, account_id: str, mailbox: str, uidvalidity: int
+    ) -> list[int]: ...
+    async def get_flags(
+        self, tenant_id: str, account_id: str, mailbox: str, uidvalidity: int, uids: Sequence[int]
+    ) -> dict[int, tuple[str, ...]]: ...
+    async def set_flags(
+        self,
+        tenant_id: str,
+        account_id: str,
+        mailbox: str,
+        uidvalidity: int,
+        flags: dict[int, tuple[str, ...]],
+    ) -> None: ...
+    async def expunge_uids(
+        self, tenant_id: str, account_id: str, mailbox: str, uidvalidity: int, uids: Sequence[int]
+    ) -> int: ...
+    async def reset_mailbox(
+        self, tenant_id: str, account_id: str, mailbox: str, uidvalidity: int
+    ) -> None: ...
+    async def get_sync_state(self, tenant_id: str, account_id: str, mailbox: str) -> SyncState: ...
+    async def put_sync_state(
+        self, tenant_id: str, account_id: str, mailbox: str, state: SyncState
+    ) -> None: ...
+    async def mark_analysis_requested(self, tenant_id: str, content_ids: Sequence[str]) -> list[bool]: ...
+
+    async def put_analysis(self, tenant_id: str, content_id: str, data: dict[str, Any]) -> bool: ...
+    async def get_analysis(self, tenant_id: str, content_id: str) -> dict[str, Any] | None: ...
+
+    async def acquire_lock(self, tenant_id: str, name: str, owner: str, ttl_s: float) -> bool: ...
+    async def release_lock(self, tenant_id: str, name: str, owner: str) -> None: ...
+
+
+_INSERT = """
+local existing = redis.call('HGET', KEYS[1], ARGV[1])
+if existing then return {existing, 0} end
+local by_content = redis.call('HGET', KEYS[2], ARGV[2])
+local is_new = 0
+if not by_content then
+  redis.call('SET', KEYS[3], ARGV[4])
+  redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+  by_content = ARGV[3]
+  is_new = 1
+end
+redis.call('HSET', KEYS[1], ARGV[1], by_content)
+redis.call('HSET', KEYS[4], ARGV[1], ARGV[5])
+return {by_content, is_new}
+"""
+
+_LOCK = """
+local cur = redis.call('GET', KEYS[1])
+if cur == false or cur == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+
+_UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class RedisStore:
+    """The Redis implementation of `Store`."""
+
+    def __init__(self, redis: Redis, secret_key: SecretStr) -> None:
+        self.redis = redis
+        self._box = SecretBox(secret_key)
+        self._insert = redis.register_script(_INSERT)
+        self._lock = redis.register_script(_LOCK)
+        self._unlock = redis.register_script(_UNLOCK)
+
+    def __repr__(self) -> str:
+        return "RedisStore()"
+
+    @staticmethod
+    def _k(tenant_id: str, *parts: str) -> str:
+        return ":".join(("store", check_id("tenant id", tenant_id), *parts))
+
+    # -- accounts ---------------------------------------------------------------------------------
+
+    def _account_from(self, tenant_id: str, raw: bytes | None) -> Account | None:
+        if raw is None:
+            return None
+        doc = json.loads(raw)
+        if doc.get("tenant_id") != tenant_id:
+            return None
+        doc["secret"] = self._box.decrypt(doc.pop("secret_enc"), f"{tenant_id}:{doc['id']}")
+        return Account.model_validate(doc)
+
+    async def create_account(self, tenant_id: str, data: AccountIn) -> Account:
+        """Store a new account (secret encrypted) and index it when active."""
+        account_id = "a" + uuid.uuid4().hex[:20]
+        doc = data.model_dump(mode="json", exclude={"secret"})
+        doc |= {"id": account_id, "tenant_id": tenant_id, "created_at": utcnow().isoformat()}
+        doc["secret_enc"] = self._box.encrypt(data.secret.get_secret_value(), f"{tenant_id}:{account_id}")
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(self._k(tenant_id, "account", account_id), json.dumps(doc))
+            pipe.sadd(self._k(tenant_id, "accounts"), account_id)
+            if data.active:
+                pipe.sadd(ACTIVE_INDEX, f"{tenant_id}:{account_id}")
+            await pipe.execute()
+        account = await self.get_account(tenant_id, account_id)
+        assert account is not None
+        return account
+
+    async def get_account(self, tenant_id: str, account_id: str) -> Account | None:
+        """The account, or None (also for another tenant's account id)."""
+        raw = await self.redis.get(self._k(tenant_id, "account", check_id("account id", account_id)))
+        return self._account_from(tenant_id, raw)
+
+    async def set_account_active(self, tenant_id: str, account_id: str, active: bool) -> bool:
+        """Switch periodic syncing on or off; False when the account does not exist."""
+        key = self._k(tenant_id, "account", check_id("account id", account_id))
+
+        def change(doc: dict[str, Any]) -> dict[str, Any]:
+            return doc | {"active": active}
+
+        if await self._update_json(key, change) is None:
+            return False
+        member = f"{tenant_id}:{account_id}"
+        if active:
+            await _r(self.redis.sadd(ACTIVE_INDEX, member))
+        else:
+            await _r(self.redis.srem(ACTIVE_INDEX, member))
+        return True
+
+    async def list_accounts(self, tenant_id: str) -> list[Account]:
+        """All accounts of the tenant."""
+        ids = sorted(m.decode() for m in await _r(self.redis.smembers(self._k(tenant_id, "accounts"))))
+        accounts = [await self.get_account(tenant_id, i) for i in ids]
+        return [a for a in accounts if a is not None]
+
+    async def list_active_accounts(self) -> list[tuple[str, str]]:
+        """(tenant_id, account_id) of every active account across tenants, for the periodic sync."""
+        members = await _r(self.redis.smembers(ACTIVE_INDEX))
+        pairs = [m.decode().split(":", 1) for m in members]
+        return sorted((t, a) for t, a in pairs)
+
+    async def delete_account(self, tenant_id: str, account_id: str) -> bool:
+        """Remove the account record (synced messages are kept)."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self._k(tenant_id, "account", check_id("account id", account_id)))
+            pipe.srem(self._k(tenant_id, "accounts"), account_id)
+            pipe.srem(ACTIVE_INDEX, f"{tenant_id}:{account_id}")
+            deleted, _, _ = await pipe.execute()
+        return bool(deleted)
+
+    # -- outbox -----------------------------------------------------------------------------------
+
+    async def _update_json(
+        self, key: str, change: Callable[[dict[str, Any]], dict[str, Any] | None]
+    ) -> dict[str, Any] | None:
+        """Optimistic read-modify-write; `change` returning None aborts. None if the key is absent."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(key)
+                    raw = await pipe.get(key)
+                    if raw is None:
+                        return None
+                    new = change(json.loads(raw))
+                    if new is None:
+                        await pipe.unwatch()  # type: ignore[no-untyped-call]
+                        return None
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    pipe.set(key, json.dumps(new, default=str))
+                    await pipe.execute()
+                    return new
+                except WatchError:
+                    continue
+
+    async def create_outbox(self, tenant_id: str, data: OutboxIn) -> OutboxItem:
+        """Store a queued outbox item with its Message-ID, created here once."""
+        check_id("account id", data.account_id)
+        now = utcnow()
+        item = OutboxItem(
+            **data.model_dump(),
+            id="o" + uuid.uuid4().hex[:20],
+            tenant_id=tenant_id,
+            message_id=new_message_id(data.sender),
+            created_at=now,
+            updated_at=now,
+        )
+        await self.redis.set(self._k(tenant_id, "outbox", item.id), item.model_dump_json())
+        return item
+
+    async def get_outbox(self, tenant_id: str, outbox_id: str) -> OutboxItem | None:
+        """The outbox item, or None."""
+        raw = await self.redis.get(self._k(tenant_id, "outbox", check_id("outbox id", outbox_id)))
+        item = OutboxItem.model_validate_json(raw) if raw is not None else None
+        return item if item is not None and item.tenant_id == tenant_id else None
+
+    async def transition_outbox(
+        self, tenant_id: str, outbox_id: str, expect: Iterable[OutboxStatus], to: OutboxStatus, **fields: Any
+    ) -> OutboxItem | None:
+        """Atomically move the status from one of `expect` to `to` (and set `fields`); None if it was not."""
+        allowed = {OutboxStatus(s).value for s in expect}
+        key = self._k(tenant_id, "outbox", check_id("outbox id", outbox_id))
+
+        def change(doc: dict[str, Any]) -> dict[str, Any] | None:
+            if doc.get("status") not in allowed:
+                return None
+            return self._apply(doc, {"status": to, **fields})
+
+        new = await self._update_json(key, change)
+        return OutboxItem.model_validate(new) if new is not None else None
+
+    async def update_outbox(self, tenant_id: str, outbox_id: str, **fields: Any) -> OutboxItem:
+        """Set fields (not the status: use transition_outbox) atomically; KeyError if absent."""
+        if "status" in fields:
+            raise ValueError("use transition_outbox to change the status")
+        key = self._k(tenant_id, "outbox", check_id("outbox id", outbox_id))
+        new = await self._update_json(key, lambda doc: self._apply(doc, fields))
+        if new is None:
+            raise KeyError(outbox_id)
+        return OutboxItem.model_validate(new)
+
+    @staticmethod
+    def _apply(doc: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
+        merged = OutboxItem.model_validate(doc).model_copy(update=fields | {"updated_at": utcnow()})
+        return OutboxItem.model_validate(merged.model_dump()).model_dump(mode="json")
+
+    # -- synced messages --------------------------------------------------------------------------
+
+    def _box_keys(self, tenant_id: str, account_id: str, mailbox: str, uidvalidity: int) -> tuple[str, str]:
+        base = (check_id("account id", account_id), mailbox_key(mailbox), str(uidvalidity))
+        return self._k(tenant_id, "uids", *base), self._k(tenant_id, "flags", *base)
+
+    @staticmethod
+    def message_id_for(account_id: str, content_id: str) -> str:
+        """The store id of a message: stable for the same content in the same account."""
+        return "m" + hashlib.sha256(f"{account_id}\0{content_id}".encode()).hexdigest()[:32]
+
+    async def insert_messages(
+        self,
+        tenant_id: str,
+        account_id: str,
+        mailbox: str,
+        uidvalidity: int,
+        items: Sequence[tuple[int, tuple[str, ...], ParsedMessage]],
+    ) -> list[InsertResult]:
+        """Store each (uid, flags, parsed) once; idempotent by UID and by content identity."""
+        uids_key, flags_key = self._box_keys(tenant_id, account_id, mailbox, uidvalidity)
+        content_key = self._k(tenant_id, "content", account_id)
+        now = utcnow()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for uid, flags, parsed in items:
+                message_id = self.message_id_for(account_id, parsed.content_id)
+                doc = StoredMessage(
+                    id=message_id,
+                    tenant_id=tenant_id,
+                    account_id=account_id,
+                    mailbox=mailbox,
+                    uidvalidity=uidvalidity,
+                    uid=uid,
+                    content_id=parsed.content_id,
+                    parsed=parsed,
+                    stored_at=now,
+                )
+                await self._insert(
+                    keys=[uids_key, content_key, self._k(tenant_id, "msg", message_id), flags_key],
+                    args=[
+                        uid,
+                        parsed.content_id,
+                        message_id,
+                        doc.model_dump_json(by_alias=True),
+                        " ".join(flags),
+                    ],
+                    client=pipe,
+                )
+            replies = await pipe.execute()
+        return [
+            InsertResult(uid, mid.decode(), parsed.content_id, bool(new))
+            for (uid, _, parsed), (mid, new) in zip(items, replies, strict=True)
+        ]
+
+    async def get_message(self, tenant_id: str, message_id: str) -> StoredMessage | None:
+        """A synced message by its store id, or None."""
+        raw = await self.redis.get(self._k(tenant_id, "msg", check_id("message id", message_id)))
+        msg = StoredMessage.model_validate_json(raw) if raw is not None else None
+        return msg if msg is not None and msg.tenant_id == tenant_id else None
+
+    async def count_messages(self, tenant_id: str, account_id: str) -> int:
+        """How many distinct messages (by content) the account has stored."""
+        return int(
+            await _r(self.redis.hlen(self._k(tenant_id, "content", check_id("account id", account_id))))
+        )
+
+    async def known_uids(self, tenant_id: str, account_id: str, mailbox: str, uidvalidity: int) -> list[int]:
+        """UIDs stored for the mailbox under this UIDVALIDITY, ascending."""
+        uids_key, _ = self._box_keys(tenant_id, account_id, mailbox, uidvalidity)
+        return sorted(int(u) for u in await _r(self.redis.hkeys(uids_key)))
+
+    async def get_flags(
+        self, tenant_id: str, account_id: str, mailbox: str, uidvalidity: int, uids: Sequence[int]
+    ) -> dict[int, tuple[str, ...]]:
+        """Stored flags of the given UIDs (absent UIDs are left out)."""
+        if not uids:
+            return {}
+        _, flags_key = self._box_keys(tenant_id, account_id, mailbox, uidvalidity)
+        values = await _r(self.redis.hmget(flags_key, [str(u) for u in uids]))
+        return {u: tuple(v.decode().split()) for u, v in zip(uids, values, strict=True) if v is not None}
+
+    async def set_flags(
+        self,
+        tenant_id: str,
+        account_id: str,
+        mailbox: str,
+        uidvalidity: int,
+        flags: dict[int, tuple[str, ...]],
+    ) -> None:
+        """Record new flags of known UIDs (unknown UIDs are ignored)."""
+        uids_key, flags_key = self._box_keys(tenant_id, account_id, mailbox, uidvalidity)
+        known = await _r(self.redis.hmget(uids_key, [str(u) for u in flags])) if flags else []
+        mapping = {
+            str(u): " ".join(f) for (u, f), k in zip(flags.items(), known, strict=True) if k is not None
+        }
+        if mapping:
+            await _r(self.redis.hset(flags_key, mapping=mapping))
+
+    async def expunge_uids(
+        self, tenant_id: str, account_id: str, mailbox: str, uidvalidity: int, uids: Sequence[int]
+    ) -> int:
+        """Forget UIDs the server expunged (the message content stays); returns how many were known."""
+        if not uids:
+            return 0
+        uids_key, flags_key = self._box_keys(tenant_id, account_id, mailbox, uidvalidity)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hdel(uids_key, *[str(u) for u in uids])
+            pipe.hdel(flags_key, *[str(u) for u in uids])
+            removed, _ = await pipe.execute()
+        return int(removed)
+
+    async def reset_mailbox(self, tenant_id: str, account_id: str, mailbox: str, uidvalidity: int) -> None:
+        """Drop the UID-keyed state of an old UIDVALIDITY (messages stay, known by content)."""
+        await self.redis.delete(*self._box_keys(tenant_id, account_id, mailbox, uidvalidity))
+
+    async def get_sync_state(self, tenant_id: str, account_id: str, mailbox: str) -> SyncState:
+        """The sync position (a fresh one when the mailbox was never synced)."""
+        raw = await self.redis.get(
+            self._k(tenant_id, "sync", check_id("account id", account_id), mailbox_key(mailbox))
+        )
+        return SyncState.model_validate_json(raw) if raw is not None else SyncState()
+
+    async def put_sync_state(self, tenant_id: str, account_id: str, mailbox: str, state: SyncState) -> None:
+        """Commit the sync position (call only after the messages it covers are stored)."""
+        key = self._k(tenant_id, "sync", check_id("account id", account_id), mailbox_key(mailbox))
+        await self.redis.set(key, state.model_dump_json())
+
+    async def mark_analysis_requested(self, tenant_id: str, content_ids: Sequence[str]) -> list[bool]:
+        """Mark contents as sent to analysis; True for each one not marked before."""
+        if not content_ids:
+            return []
+        key = self._k(tenant_id, "analysis_requested")
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for cid in content_ids:
+                pipe.sadd(key, cid)
+            added = await pipe.execute()
+        return [bool(a) for a in added]
+
+    # -- analyses (used by the AI helper) ---------------------------------------------------------
+
+    async def put_analysis(self, tenant_id: str, content_id: str, data: dict[str, Any]) -> bool:
+        """Store the analysis of a content identity; False (and kept) when one already exists."""
+        key = self._k(tenant_id, "analysis", check_id("content id", content_id))
+        return bool(await self.redis.set(key, json.dumps(data), nx=True))
+
+    async def get_analysis(self, tenant_id: str, content_id: str) -> dict[str, Any] | None:
+        """The stored analysis, or None."""
+        raw = await self.redis.get(self._k(tenant_id, "analysis", check_id("content id", content_id)))
+        return json.loads(raw) if raw is not None else None
+
+    # -- locks ------------------------------------------------------------------------------------
+
+    async def acquire_lock(self, tenant_id: str, name: str, owner: str, ttl_s: float) -> bool:
+        """Take (or, for the same owner, extend) a lease-based lock; False when someone else holds it."""
+        key = self._k(tenant_id, "lock", name)
+        return bool(await self._lock(keys=[key], args=[owner, int(ttl_s * 1000)]))
+
+    async def release_lock(self, tenant_id: str, name: str, owner: str) -> None:
+        """Release the lock if `owner` still holds it."""
+        await self._unlock(keys=[self._k(tenant_id, "lock", name)], args=[owner])
