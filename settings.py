@@ -7,7 +7,6 @@ is set with `QUEUES__<QUEUE>__<FIELD>` style variables, e.g. ``QUEUES__SEND_EMAI
 from __future__ import annotations
 
 from functools import lru_cache
-
 from typing import Any
 
 from pydantic import BaseModel, Field, SecretStr, field_validator

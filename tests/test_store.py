@@ -141,6 +141,8 @@ async def test_sync_state_analysis_and_locks(store: RedisStore) -> None:
 
     assert await store.mark_analysis_requested("t1", ["c1", "c2"]) == [True, True]
     assert await store.mark_analysis_requested("t1", ["c2", "c3"]) == [False, True]
+    assert await store.analysis_requested("t1", ["c1", "c4"]) == [True, False]
+    assert await store.analysis_requested("t2", ["c1"]) == [False]
     assert await store.put_analysis("t1", "c1", {"score": 1})
     assert not await store.put_analysis("t1", "c1", {"score": 2})
     assert await store.get_analysis("t1", "c1") == {"score": 1}

@@ -49,14 +49,21 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run workers (all four queues in one process by default)")
     run.add_argument("--queues", help=f"comma-separated queues (default: {','.join(QUEUE_NAMES)})")
     run.add_argument("--concurrency", type=int, help="jobs at once per queue (default: per-queue setting)")
-    run.add_argument("--import", dest="imports", action="append", metavar="MODULE",
-                     help="module(s) that register jobs (default: worker.jobs)")
+    run.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        metavar="MODULE",
+        help="module(s) that register jobs (default: worker.jobs)",
+    )
     run.set_defaults(func=_run)
     return p
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     sys.exit(args.func(args))

@@ -86,6 +86,7 @@ class AccountIn(BaseModel):
     smtp_tls: TlsMode = TlsMode.IMPLICIT
     mailboxes: list[str] = Field(default_factory=lambda: ["INBOX"])
     active: bool = True
+    timeout_s: float = Field(30.0, gt=0, le=600, description="per protocol call (IMAP and SMTP)")
 
     @field_validator("email")
     @classmethod
@@ -231,9 +232,7 @@ class Store(Protocol):
     ) -> list[InsertResult]: ...
     async def get_message(self, tenant_id: str, message_id: str) -> StoredMessage | None: ...
     async def count_messages(self, tenant_id: str, account_id: str) -> int: ...
-    async def known_uids(
-        self, tenant_id: str, account_id: str, mailbox: str, uidvalidity: int
-    ) -> list[int]: ...
+    async def known_uids(self, tenant_id: str, account_id: str, mailbox: str, uidvalidity: int) -> list[int]: ...
     async def get_flags(
         self, tenant_id: str, account_id: str, mailbox: str, uidvalidity: int, uids: Sequence[int]
     ) -> dict[int, tuple[str, ...]]: ...
@@ -248,13 +247,10 @@ class Store(Protocol):
     async def expunge_uids(
         self, tenant_id: str, account_id: str, mailbox: str, uidvalidity: int, uids: Sequence[int]
     ) -> int: ...
-    async def reset_mailbox(
-        self, tenant_id: str, account_id: str, mailbox: str, uidvalidity: int
-    ) -> None: ...
+    async def reset_mailbox(self, tenant_id: str, account_id: str, mailbox: str, uidvalidity: int) -> None: ...
     async def get_sync_state(self, tenant_id: str, account_id: str, mailbox: str) -> SyncState: ...
-    async def put_sync_state(
-        self, tenant_id: str, account_id: str, mailbox: str, state: SyncState
-    ) -> None: ...
+    async def put_sync_state(self, tenant_id: str, account_id: str, mailbox: str, state: SyncState) -> None: ...
+    async def analysis_requested(self, tenant_id: str, content_ids: Sequence[str]) -> list[bool]: ...
     async def mark_analysis_requested(self, tenant_id: str, content_ids: Sequence[str]) -> list[bool]: ...
 
     async def put_analysis(self, tenant_id: str, content_id: str, data: dict[str, Any]) -> bool: ...
@@ -518,9 +514,7 @@ class RedisStore:
 
     async def count_messages(self, tenant_id: str, account_id: str) -> int:
         """How many distinct messages (by content) the account has stored."""
-        return int(
-            await _r(self.redis.hlen(self._k(tenant_id, "content", check_id("account id", account_id))))
-        )
+        return int(await _r(self.redis.hlen(self._k(tenant_id, "content", check_id("account id", account_id)))))
 
     async def known_uids(self, tenant_id: str, account_id: str, mailbox: str, uidvalidity: int) -> list[int]:
         """UIDs stored for the mailbox under this UIDVALIDITY, ascending."""
@@ -548,9 +542,7 @@ class RedisStore:
         """Record new flags of known UIDs (unknown UIDs are ignored)."""
         uids_key, flags_key = self._box_keys(tenant_id, account_id, mailbox, uidvalidity)
         known = await _r(self.redis.hmget(uids_key, [str(u) for u in flags])) if flags else []
-        mapping = {
-            str(u): " ".join(f) for (u, f), k in zip(flags.items(), known, strict=True) if k is not None
-        }
+        mapping = {str(u): " ".join(f) for (u, f), k in zip(flags.items(), known, strict=True) if k is not None}
         if mapping:
             await _r(self.redis.hset(flags_key, mapping=mapping))
 
@@ -573,15 +565,20 @@ class RedisStore:
 
     async def get_sync_state(self, tenant_id: str, account_id: str, mailbox: str) -> SyncState:
         """The sync position (a fresh one when the mailbox was never synced)."""
-        raw = await self.redis.get(
-            self._k(tenant_id, "sync", check_id("account id", account_id), mailbox_key(mailbox))
-        )
+        raw = await self.redis.get(self._k(tenant_id, "sync", check_id("account id", account_id), mailbox_key(mailbox)))
         return SyncState.model_validate_json(raw) if raw is not None else SyncState()
 
     async def put_sync_state(self, tenant_id: str, account_id: str, mailbox: str, state: SyncState) -> None:
         """Commit the sync position (call only after the messages it covers are stored)."""
         key = self._k(tenant_id, "sync", check_id("account id", account_id), mailbox_key(mailbox))
         await self.redis.set(key, state.model_dump_json())
+
+    async def analysis_requested(self, tenant_id: str, content_ids: Sequence[str]) -> list[bool]:
+        """For each content id: was it already sent to analysis?"""
+        if not content_ids:
+            return []
+        found = await _r(self.redis.smismember(self._k(tenant_id, "analysis_requested"), list(content_ids)))
+        return [bool(f) for f in found]
 
     async def mark_analysis_requested(self, tenant_id: str, content_ids: Sequence[str]) -> list[bool]:
         """Mark contents as sent to analysis; True for each one not marked before."""

@@ -130,7 +130,7 @@ CORPUS: dict[str, tuple[EmailInput, Category]] = {
             from_addr="PayPal Security <security@paypa1-alerts.example>",
             to=["me@example.org"],
             headers={"authentication-results": "mx.example.org; spf=fail smtp.mailfrom=paypa1-alerts.example"},
-            html='<p>We noticed unusual sign-in activity. Verify your account within 24 hours.</p>'
+            html="<p>We noticed unusual sign-in activity. Verify your account within 24 hours.</p>"
             '<p><a href="http://198.51.100.7/login">https://www.paypal.com/signin</a></p>',
         ),
         Category.phishing_suspect,

@@ -27,9 +27,10 @@ EMAIL, _ = CORPUS["work-report"]
 
 def _block(text: str) -> tuple[str, str]:
     """(marker, content) of the single delimited email block in a user turn."""
-    opens = re.findall(r"^<email-([0-9a-f]{16})>$", text, re.MULTILINE)
-    assert len(opens) == 1, text
-    marker = opens[0]
+    found = re.match(r"Analyse the email in the block marked ([0-9a-f]{16})\.", text)
+    assert found, text
+    marker = found.group(1)
+    assert text.count(f"<email-{marker}>") == 1
     start = text.index(f"<email-{marker}>\n") + len(f"<email-{marker}>\n")
     end = text.index(f"\n</email-{marker}>")
     assert text.count(f"</email-{marker}>") == 1 and text.endswith(f"</email-{marker}>")
@@ -55,9 +56,7 @@ async def test_success(fake_api: FakeAnthropic, analyzer: AnthropicAnalyzer) -> 
     assert "untrusted data" in request.system_text()
 
 
-async def test_email_is_sent_as_delimited_visible_data(
-    fake_api: FakeAnthropic, analyzer: AnthropicAnalyzer
-) -> None:
+async def test_email_is_sent_as_delimited_visible_data(fake_api: FakeAnthropic, analyzer: AnthropicAnalyzer) -> None:
     email = EmailInput(
         subject="Hello",
         from_addr="x@y.example",
@@ -94,9 +93,7 @@ async def test_input_is_capped(fake_api: FakeAnthropic) -> None:
     assert len(content) < 700  # 500 of body plus the header lines
 
 
-async def test_prompt_injection_yields_a_normal_analysis(
-    fake_api: FakeAnthropic, analyzer: AnthropicAnalyzer
-) -> None:
+async def test_prompt_injection_yields_a_normal_analysis(fake_api: FakeAnthropic, analyzer: AnthropicAnalyzer) -> None:
     """Whatever the model says, the result is only the schema's fields: nothing to execute."""
     hostile = {**DEFAULT_OUTPUT, "category": "phishing-suspect", "summary": "Asks an AI to forward all mail."}
     fake_api.script(Reply.success(hostile))
@@ -107,9 +104,7 @@ async def test_prompt_injection_yields_a_normal_analysis(
     assert INJECTION.split("\n\n")[1] in content  # the injection travelled as data, inside the block
 
 
-async def test_extra_fields_from_the_model_are_rejected(
-    fake_api: FakeAnthropic, analyzer: AnthropicAnalyzer
-) -> None:
+async def test_extra_fields_from_the_model_are_rejected(fake_api: FakeAnthropic, analyzer: AnthropicAnalyzer) -> None:
     fake_api.script(Reply.success({**DEFAULT_OUTPUT, "forward_to": "attacker@evil.example"}))
     with pytest.raises(AnalyzerPermanent, match="forward_to"):
         await analyzer.analyse(EMAIL)
@@ -138,9 +133,7 @@ def test_retry_after_as_http_date() -> None:
 
 
 @pytest.mark.parametrize("status", [500, 502, 503, 504, 529, 408, 409])
-async def test_server_errors_are_transient(
-    fake_api: FakeAnthropic, analyzer: AnthropicAnalyzer, status: int
-) -> None:
+async def test_server_errors_are_transient(fake_api: FakeAnthropic, analyzer: AnthropicAnalyzer, status: int) -> None:
     fake_api.script(Reply.error(status, retry_after="3" if status == 529 else None))
     with pytest.raises(AnalyzerTransient) as info:
         await analyzer.analyse(EMAIL)
@@ -172,9 +165,7 @@ async def test_client_errors_are_permanent(
     assert len(fake_api.requests) == 1
 
 
-async def test_timeout_is_transient_and_maybe_billed(
-    fake_api: FakeAnthropic, analyzer: AnthropicAnalyzer
-) -> None:
+async def test_timeout_is_transient_and_maybe_billed(fake_api: FakeAnthropic, analyzer: AnthropicAnalyzer) -> None:
     fake_api.script(Reply.hang(30))
     with pytest.raises(AnalyzerTransient, match="timed out") as info:
         await analyzer.analyse(EMAIL)
@@ -224,9 +215,7 @@ async def test_malformed_model_output_is_permanent(
     assert info.value.usage is not None
 
 
-async def test_overlong_fields_are_clipped_not_rejected(
-    fake_api: FakeAnthropic, analyzer: AnthropicAnalyzer
-) -> None:
+async def test_overlong_fields_are_clipped_not_rejected(fake_api: FakeAnthropic, analyzer: AnthropicAnalyzer) -> None:
     wordy = {**DEFAULT_OUTPUT, "summary": "word " * 200, "action_items": [f"do thing {i}" for i in range(9)]}
     fake_api.script(Reply.success(wordy))
     analysis = (await analyzer.analyse(EMAIL)).analysis
@@ -251,8 +240,10 @@ async def test_unreadable_http_body_is_transient(
         await analyzer.analyse(EMAIL)
 
 
-def test_estimate_covers_the_fakes_count() -> None:
-    """The budget estimate is an upper bound of what the fake bills (chars/4 in, JSON out)."""
-    analyzer = AnthropicAnalyzer(api_key="k", model=TEST_MODEL)
+async def test_estimate_is_an_upper_bound_of_billed_tokens(
+    fake_api: FakeAnthropic, analyzer: AnthropicAnalyzer
+) -> None:
+    """What the budget reserves before a call covers what the call bills (the fake counts chars/4)."""
     for email, _ in CORPUS.values():
-        assert analyzer.estimate_tokens(email) > analyzer.max_tokens
+        result = await analyzer.analyse(email)
+        assert 0 < result.usage.total <= analyzer.estimate_tokens(email)

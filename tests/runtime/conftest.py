@@ -19,16 +19,26 @@ TEST_QUEUES = {
 
 
 def test_settings(**overrides: object) -> Settings:
-    base: dict[str, object] = {"queues": TEST_QUEUES, "lease_ms": 1000, "heartbeat_ms": 300,
-                               "idle_poll_ms": 200, "shutdown_grace_s": 2.0}
+    base: dict[str, object] = {
+        "queues": TEST_QUEUES,
+        "lease_ms": 1000,
+        "heartbeat_ms": 300,
+        "idle_poll_ms": 200,
+        "shutdown_grace_s": 2.0,
+    }
     base.update(overrides)
     return Settings(**base)  # type: ignore[arg-type]
 
 
 def env_for(redis_url: str, **overrides: object) -> dict[str, str]:
     """Environment for a subprocess worker with the same settings."""
-    env = {"REDIS_URL": redis_url, "QUEUES": json.dumps(TEST_QUEUES), "LEASE_MS": "1000",
-           "HEARTBEAT_MS": "300", "IDLE_POLL_MS": "200"}
+    env = {
+        "REDIS_URL": redis_url,
+        "QUEUES": json.dumps(TEST_QUEUES),
+        "LEASE_MS": "1000",
+        "HEARTBEAT_MS": "300",
+        "IDLE_POLL_MS": "200",
+    }
     env.update({k.upper(): str(v) for k, v in overrides.items()})
     return env
 

@@ -13,6 +13,7 @@ from arq.worker import Worker as ArqWorker
 from redis.asyncio import Redis
 
 from settings import Settings
+from tests.helpers import eventually
 from worker.runtime import Client, DeadLetters, Events, create_pool
 from worker.runtime.arq_compat import worker_settings
 
@@ -32,8 +33,9 @@ async def arq_worker(redis_url: str, settings: Settings) -> AsyncIterator[ArqWor
         await asyncio.gather(task, return_exceptions=True)
 
 
-async def test_flaky_retries_and_permanent_failures_on_arq_loop(redis_url: str, redis: Redis,
-                                                                 settings: Settings) -> None:
+async def test_flaky_retries_and_permanent_failures_on_arq_loop(
+    redis_url: str, redis: Redis, settings: Settings
+) -> None:
     client = Client(redis, settings)
     async with arq_worker(redis_url, settings):
         flaky = await client.enqueue("flaky", {"key": "c1", "fail_times": 2})
@@ -50,8 +52,9 @@ async def test_flaky_retries_and_permanent_failures_on_arq_loop(redis_url: str, 
     assert types == ["enqueued", "retrying", "retrying", "completed"]
 
 
-async def test_malformed_and_unknown_are_dead_lettered_on_arq_loop(redis_url: str, redis: Redis,
-                                                                   settings: Settings) -> None:
+async def test_malformed_and_unknown_are_dead_lettered_on_arq_loop(
+    redis_url: str, redis: Redis, settings: Settings
+) -> None:
     now = int(time.time() * 1000)
     await redis.set("arq:job:pickled", pickle.dumps({"t": 1, "f": "flaky", "a": [], "k": {}, "et": now}))
     await redis.zadd("rt-test", {"pickled": now})
@@ -64,9 +67,11 @@ async def test_malformed_and_unknown_are_dead_lettered_on_arq_loop(redis_url: st
     assert unknown is not None and wrong is not None
     dlq = DeadLetters(redis)
     async with arq_worker(redis_url, settings):
-        deadline = time.monotonic() + 10
-        while await dlq.count() < 3 and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+
+        async def three_dead() -> bool:
+            return await dlq.count() == 3
+
+        await eventually(three_dead)
     errors = {e.job_id: e.error for e in await dlq.list()}
     assert "undeserializable payload" in errors["pickled"]
     assert "unknown function 'nope'" in errors[unknown.job_id]

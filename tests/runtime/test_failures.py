@@ -16,6 +16,7 @@ import msgpack
 from redis.asyncio import Redis
 
 from settings import Settings
+from tests.helpers import eventually
 from tests.runtime.conftest import env_for
 from worker.runtime import Client, DeadLetters, Events, Worker, create_pool
 
@@ -24,9 +25,20 @@ from worker.runtime import Client, DeadLetters, Events, Worker, create_pool
 def worker_process(redis_url: str, *extra: str, **env: object) -> Iterator[subprocess.Popen[bytes]]:
     """`python -m worker run` with the test jobs, in its own process."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "worker", "run", "--import", "tests.runtime.jobs", "--queues", "rt-test", *extra],
+        [
+            sys.executable,
+            "-m",
+            "worker",
+            "run",
+            "--import",
+            "tests.runtime.jobs",
+            "--queues",
+            "rt-test",
+            *extra,
+        ],
         env={**os.environ, **env_for(redis_url, **env)},
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     try:
         yield proc
@@ -36,17 +48,9 @@ def worker_process(redis_url: str, *extra: str, **env: object) -> Iterator[subpr
         proc.wait()
 
 
-async def _wait_for(predicate: object, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await predicate():  # type: ignore[operator]
-            return
-        await asyncio.sleep(0.02)
-    raise TimeoutError("condition not met")
-
-
 async def test_malformed_payloads_are_dead_lettered_and_worker_survives(
-        redis_url: str, redis: Redis, client: Client, worker: Worker) -> None:
+    redis_url: str, redis: Redis, client: Client, worker: Worker
+) -> None:
     dlq = DeadLetters(redis, client)
     now = int(time.time() * 1000)
     # 1. a pickle payload (what a vanilla arq client writes by default): never unpickled
@@ -69,14 +73,19 @@ async def test_malformed_payloads_are_dead_lettered_and_worker_survives(
     await redis.zadd("rt-test", {"vanished": now})
     await redis.lpush("rt:wake:rt-test", 1)
 
-    expected = {"pickled": "undeserializable payload", "junk": "undeserializable payload",
-                "shape": "malformed job record", wrong.job_id: "invalid payload for flaky",
-                unknown.job_id: "unknown function 'does_not_exist'", "vanished": "job record missing"}
+    expected = {
+        "pickled": "undeserializable payload",
+        "junk": "undeserializable payload",
+        "shape": "malformed job record",
+        wrong.job_id: "invalid payload for flaky",
+        unknown.job_id: "unknown function 'does_not_exist'",
+        "vanished": "job record missing",
+    }
 
     async def all_dead() -> bool:
         return await dlq.count() == len(expected)
 
-    await _wait_for(all_dead)
+    await eventually(all_dead)
     for jid, fragment in expected.items():
         entry = await dlq.get(jid)
         assert entry is not None, jid
@@ -90,22 +99,22 @@ async def test_malformed_payloads_are_dead_lettered_and_worker_survives(
     assert (await client.wait(r.job_id, timeout=5)).state == "complete"
 
 
-async def test_worker_killed_mid_job_job_runs_again_quickly(redis_url: str, redis: Redis,
-                                                            client: Client) -> None:
+async def test_worker_killed_mid_job_job_runs_again_quickly(redis_url: str, redis: Redis, client: Client) -> None:
     """SIGKILL a worker process mid-job: a second worker runs the job again within lease + reap interval."""
     r = await client.enqueue("slow", {"key": "k1", "sleep": 30})
     with worker_process(redis_url) as victim, worker_process(redis_url):
+
         async def started() -> bool:
             return await redis.llen("t:k1:starts") == 1
 
-        await _wait_for(started)
+        await eventually(started)
         victim.send_signal(signal.SIGKILL)
         killed_at = time.time()
 
         async def restarted() -> bool:
             return await redis.llen("t:k1:starts") == 2
 
-        await _wait_for(restarted, timeout=20)
+        await eventually(restarted, within=20)
         second_start = float((await redis.lrange("t:k1:starts", 1, 1))[0])
         recovery = second_start - killed_at
         print(f"\ncrash recovery: job started again {recovery:.2f}s after SIGKILL (lease 1.0 s)")
@@ -115,14 +124,16 @@ async def test_worker_killed_mid_job_job_runs_again_quickly(redis_url: str, redi
     assert events == ["enqueued", "started", "stalled", "started"]
 
 
-async def test_sigterm_lets_running_job_finish_and_requeues_the_rest(redis_url: str, redis: Redis,
-                                                                     client: Client) -> None:
+async def test_sigterm_lets_running_job_finish_and_requeues_the_rest(
+    redis_url: str, redis: Redis, client: Client
+) -> None:
     short = await client.enqueue("slow", {"key": "g1", "sleep": 0.8})
     with worker_process(redis_url, "--concurrency", "1", SHUTDOWN_GRACE_S=5) as proc:
+
         async def started() -> bool:
             return await redis.llen("t:g1:starts") == 1
 
-        await _wait_for(started)
+        await eventually(started)
         queued = await client.enqueue("slow", {"key": "g2", "sleep": 0.1})
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(proc.wait, 15) == 0
@@ -131,14 +142,16 @@ async def test_sigterm_lets_running_job_finish_and_requeues_the_rest(redis_url: 
     assert (await client.status(queued.job_id)).state == "queued"
 
 
-async def test_sigterm_past_grace_requeues_running_job_without_losing_it(redis_url: str, redis: Redis,
-                                                                         client: Client) -> None:
+async def test_sigterm_past_grace_requeues_running_job_without_losing_it(
+    redis_url: str, redis: Redis, client: Client
+) -> None:
     long = await client.enqueue("slow", {"key": "g3", "sleep": 30})
     with worker_process(redis_url, SHUTDOWN_GRACE_S=0.5) as proc:
+
         async def started() -> bool:
             return await redis.llen("t:g3:starts") == 1
 
-        await _wait_for(started)
+        await eventually(started)
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(proc.wait, 15) == 0
     st = await client.status(long.job_id)
@@ -163,8 +176,9 @@ async def test_queue_rate_limit_holds_across_two_worker_processes(redis_url: str
     assert max(sum(1 for t in starts if s <= t < s + 1.0) for s in starts) <= 15
 
 
-async def test_per_key_rate_limit_defers_without_consuming_attempts(client: Client, redis: Redis,
-                                                                    worker: Worker) -> None:
+async def test_per_key_rate_limit_defers_without_consuming_attempts(
+    client: Client, redis: Redis, worker: Worker
+) -> None:
     ids = [(await client.enqueue("per_key_limited", {"key": f"tenantA-{i}"})).job_id for i in range(8)]
     other = (await client.enqueue("per_key_limited", {"key": "tenantB-0"})).job_id
     sts = [await client.wait(i, timeout=10) for i in [*ids, other]]

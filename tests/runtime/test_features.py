@@ -26,8 +26,9 @@ async def test_idempotent_enqueue_twice_runs_once(client: Client, redis: Redis, 
     assert await redis.get("t:i1:effects") == b"1"
 
 
-async def test_rerun_of_completed_idempotent_job_returns_stored_result(client: Client, redis: Redis,
-                                                                       worker: Worker) -> None:
+async def test_rerun_of_completed_idempotent_job_returns_stored_result(
+    client: Client, redis: Redis, worker: Worker
+) -> None:
     """A crash between the side effect and arq's bookkeeping re-runs the job: the stored result is reused."""
     r = await client.enqueue("side_effect_once", {"key": "i2"})  # key from the function's idempotency_key
     assert (await client.wait(r.job_id, timeout=10)).result == 1
@@ -39,8 +40,7 @@ async def test_rerun_of_completed_idempotent_job_returns_stored_result(client: C
     assert await redis.get("t:i2:effects") == b"1"
 
 
-async def test_concurrent_duplicate_execution_is_prevented(client: Client, redis: Redis,
-                                                           worker: Worker) -> None:
+async def test_concurrent_duplicate_execution_is_prevented(client: Client, redis: Redis, worker: Worker) -> None:
     jobs = [await client.enqueue("side_effect_once", {"key": "i3", "sleep": 0.5}) for _ in range(3)]
     states = [await client.wait(j.job_id, timeout=15) for j in jobs]
     assert [s.state for s in states] == ["complete"] * 3
@@ -59,8 +59,7 @@ async def test_priorities_higher_first_fifo_within(redis_url: str, redis: Redis,
     assert order == ["d9", "f9", "b5", "e5", "a0", "c0", "g0"]
 
 
-async def test_deferred_priority_job_keeps_priority_when_due(redis_url: str, redis: Redis,
-                                                             settings: Settings) -> None:
+async def test_deferred_priority_job_keeps_priority_when_due(redis_url: str, redis: Redis, settings: Settings) -> None:
     client = Client(redis, settings)
     deferred = await client.enqueue("record_order", {"key": "late9"}, priority=9, defer_by=0.3)
     st = await client.status(deferred.job_id)
@@ -87,7 +86,15 @@ async def test_event_stream_shows_full_lifecycle(client: Client, redis: Redis, w
     for _, e in events:
         by_job.setdefault(e["job_id"], []).append(e["type"])
     assert by_job[r.job_id] == ["enqueued", "started", "retrying", "started", "completed"]
-    assert by_job[r2.job_id] == ["enqueued", "started", "progress", "progress", "progress", "progress", "completed"]
+    assert by_job[r2.job_id] == [
+        "enqueued",
+        "started",
+        "progress",
+        "progress",
+        "progress",
+        "progress",
+        "completed",
+    ]
     assert by_job[r3.job_id] == ["enqueued", "started", "dead"]
     # resumable: reading after an id returns only newer events
     mid = events[3][0]
@@ -137,8 +144,9 @@ async def test_cancel_and_reschedule(client: Client, redis: Redis, worker: Worke
     assert not await client.reschedule(r.job_id, defer_by=1)  # already done
 
 
-async def test_plain_arq_enqueue_job_gets_default_policy(redis_url: str, client: Client, redis: Redis,
-                                                         worker: Worker) -> None:
+async def test_plain_arq_enqueue_job_gets_default_policy(
+    redis_url: str, client: Client, redis: Redis, worker: Worker
+) -> None:
     pool = await create_pool(redis_url)
     try:
         job = await pool.enqueue_job("flaky", key="arq1", fail_times=1, _queue_name="rt-test")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from redis.asyncio import Redis
 
 from worker.runtime import Client, DeadLetters, Worker
@@ -11,15 +13,16 @@ async def _starts(redis: Redis, key: str) -> list[float]:
     return [float(x) for x in await redis.lrange(f"t:{key}:starts", 0, -1)]
 
 
-async def test_flaky_job_succeeds_on_attempt_3_with_growing_delays(client: Client, redis: Redis,
-                                                                    worker: Worker) -> None:
+async def test_flaky_job_succeeds_on_attempt_3_with_growing_delays(
+    client: Client, redis: Redis, worker: Worker
+) -> None:
     r = await client.enqueue("flaky", {"key": "f1", "fail_times": 2})
     st = await client.wait(r.job_id, timeout=10)
     assert st.state == "complete"
     assert st.result == {"attempt": 3}
     assert st.attempts == 3
     starts = await _starts(redis, "f1")
-    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
     assert len(gaps) == 2
     # backoff 0.2 s then 0.4 s (+-20% jitter): the second wait is longer, both at least the jittered floor
     assert gaps[0] >= 0.2 * 0.8 - 0.01
@@ -27,8 +30,7 @@ async def test_flaky_job_succeeds_on_attempt_3_with_growing_delays(client: Clien
     assert await DeadLetters(redis).count() == 0
 
 
-async def test_flaky_job_exhausting_attempts_is_dead_lettered(client: Client, redis: Redis,
-                                                               worker: Worker) -> None:
+async def test_flaky_job_exhausting_attempts_is_dead_lettered(client: Client, redis: Redis, worker: Worker) -> None:
     r = await client.enqueue("flaky", {"key": "f2", "fail_times": 10})
     st = await client.wait(r.job_id, timeout=10)
     assert st.state == "dead"
@@ -38,11 +40,10 @@ async def test_flaky_job_exhausting_attempts_is_dead_lettered(client: Client, re
     assert entry.attempts == 3
     assert "failed after 3 attempts" in entry.error and "ConnectionError" in entry.error
     assert "upstream unavailable" in entry.traceback
-    assert entry.kwargs == {"key": "f2", "fail_times": 10, "sleep": 0.0}
+    assert entry.payload == {"key": "f2", "fail_times": 10, "sleep": 0.0}
 
 
-async def test_permanent_error_goes_to_dlq_after_one_attempt(client: Client, redis: Redis,
-                                                              worker: Worker) -> None:
+async def test_permanent_error_goes_to_dlq_after_one_attempt(client: Client, redis: Redis, worker: Worker) -> None:
     r = await client.enqueue("always_permanent", {"key": "p1"})
     st = await client.wait(r.job_id, timeout=10)
     assert st.state == "dead"

@@ -182,7 +182,9 @@ class FakeAnthropic:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         self._server.block_on_close = False
-        self._thread = threading.Thread(target=self._server.serve_forever, name="fake-anthropic", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, name="fake-anthropic", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -213,9 +215,7 @@ def _validate(request: RecordedRequest) -> Reply | None:
     """The checks the real API makes that matter here; an error reply when the request is invalid."""
     if request.method != "POST" or request.path.split("?")[0] != "/v1/messages":
         return Reply.error(404, message=f"Not found: {request.method} {request.path}")
-    auth = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix(
-        "Bearer "
-    )
+    auth = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix("Bearer ")
     if not auth:
         return Reply.error(401, message="x-api-key header is required")
     if "anthropic-version" not in request.headers:
@@ -228,9 +228,7 @@ def _validate(request: RecordedRequest) -> Reply | None:
             return Reply.error(400, message=f"{key}: Field required")
     schema = ((body.get("output_config") or {}).get("format") or {}).get("schema")
     if schema is not None and not _closed_objects(schema):
-        return Reply.error(
-            400, message="output_config.format.schema: objects must set additionalProperties: false"
-        )
+        return Reply.error(400, message="output_config.format.schema: objects must set additionalProperties: false")
     return None
 
 

@@ -26,9 +26,7 @@ USER = "alice"
 PASSWORD = "pw"
 
 
-def make_mail(
-    i: int, *, subject: str | None = None, body: str | None = None, domain: str = "example.com"
-) -> bytes:
+def make_mail(i: int, *, subject: str | None = None, body: str | None = None, domain: str = "example.com") -> bytes:
     """A small, distinct, well-formed message numbered `i` (templated: fast for thousands)."""
     text = body if body is not None else f"Body of message {i}.\n" + "lorem ipsum " * 20
     return (

@@ -144,9 +144,7 @@ class AnalysisService:
             await self.budget.settle(reservation, result.usage.total)
         return result
 
-    def _fallback(
-        self, email: EmailInput, reason: FallbackReason, exc: AnalyzerError | None
-    ) -> AnalyzerResult:
+    def _fallback(self, email: EmailInput, reason: FallbackReason, exc: AnalyzerError | None) -> AnalyzerResult:
         analysis = self.heuristic.analyse_now(email, fallback_reason=reason)
         return AnalyzerResult(analysis, exc.usage if exc and exc.usage else TokenUsage())
 

@@ -198,9 +198,7 @@ class AnthropicAnalyzer:
         if message.stop_reason == "refusal":
             raise AnalyzerRefused(f"model refused to analyse the message {where}", usage=usage)
         if message.stop_reason == "max_tokens":
-            raise AnalyzerPermanent(
-                f"model output cut off at max_tokens={self.max_tokens} {where}", usage=usage
-            )
+            raise AnalyzerPermanent(f"model output cut off at max_tokens={self.max_tokens} {where}", usage=usage)
         if message.stop_reason != "end_turn":
             raise AnalyzerPermanent(f"unexpected stop_reason {message.stop_reason!r} {where}", usage=usage)
         text = "".join(block.text for block in message.content if block.type == "text")
@@ -208,9 +206,7 @@ class AnthropicAnalyzer:
             output = ModelOutput.model_validate(_clip(json.loads(text)))
         except (ValueError, ValidationError) as exc:
             reason = _describe(exc)
-            raise AnalyzerPermanent(
-                f"model output is not a valid analysis {where}: {reason}", usage=usage
-            ) from exc
+            raise AnalyzerPermanent(f"model output is not a valid analysis {where}: {reason}", usage=usage) from exc
         analysis = Analysis(**output.model_dump(), analyzer=AnalyzerKind.anthropic, model=message.model)
         return AnalyzerResult(analysis, usage)
 

@@ -83,9 +83,7 @@ class TokenBudget:
         reserved, used = await self._reserve(keys=[key], args=[estimate, self.limit, int(end.timestamp())])
         if not reserved:
             resets_in = (end - now).total_seconds()
-            raise OverBudget(
-                tenant_id, used=int(used), limit=self.limit, estimate=estimate, resets_in=resets_in
-            )
+            raise OverBudget(tenant_id, used=int(used), limit=self.limit, estimate=estimate, resets_in=resets_in)
         return Reservation(tenant_id=tenant_id, key=key, expire_at=int(end.timestamp()), estimate=estimate)
 
     async def settle(self, reservation: Reservation, actual: int) -> int:

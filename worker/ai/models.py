@@ -60,9 +60,7 @@ class FallbackReason(StrEnum):
 
 
 Summary = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=SUMMARY_MAX)]
-ActionItem = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=ACTION_ITEM_MAX)
-]
+ActionItem = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=ACTION_ITEM_MAX)]
 Language = Annotated[str, StringConstraints(pattern=r"^([a-z]{2}|und)$")]
 
 

@@ -337,11 +337,18 @@ class ImapSession:
         await self._ok("ENABLE", self.client.protocol.simple_command("ENABLE", *wanted))
         return set(wanted)
 
-    async def select(self, mailbox: str, qresync: tuple[int, int] | None = None) -> MailboxStatus:
-        """SELECT (read-write, so flags can be read; bodies are fetched with PEEK)."""
+    async def select(
+        self, mailbox: str, qresync: tuple[int, int] | None = None, known_uids: Sequence[int] = ()
+    ) -> MailboxStatus:
+        """SELECT (bodies are fetched with PEEK, so nothing is marked read).
+
+        With `qresync=(uidvalidity, modseq)` (after ENABLE QRESYNC) the server reports UIDs expunged
+        and flags changed since modseq, limited to `known_uids`; keep the changes few (< MAX_BATCH).
+        """
         arg = quote_mailbox(mailbox)
         if qresync is not None:
-            arg += f" (QRESYNC ({qresync[0]} {qresync[1]}))"
+            known = f" {uid_set(known_uids)}" if known_uids else ""
+            arg += f" (QRESYNC ({qresync[0]} {qresync[1]}{known}))"
         lines = await self._ok(f"SELECT {mailbox!r}", self.client.select(arg))
         found: dict[str, int] = {}
         exists = 0
@@ -386,9 +393,7 @@ class ImapSession:
                 uids.update(int(tok) for tok in text.split() if tok.isdigit())
         return sorted(uids)
 
-    async def _fetch(
-        self, uids: Sequence[int], items: str, expected_bytes: int = 0
-    ) -> list[dict[str, FetchValue]]:
+    async def _fetch(self, uids: Sequence[int], items: str, expected_bytes: int = 0) -> list[dict[str, FetchValue]]:
         limit = self.config.timeout + expected_bytes / MIN_RATE
         lines = await self._ok("UID FETCH", self.client.uid("fetch", uid_set(uids), items), limit)
         return _fetch_items(lines)
@@ -404,9 +409,7 @@ class ImapSession:
                     sizes[uid] = int(size)
         return sizes
 
-    async def fetch_flags(
-        self, uids: Sequence[int], changedsince: int | None = None
-    ) -> dict[int, tuple[str, ...]]:
+    async def fetch_flags(self, uids: Sequence[int], changedsince: int | None = None) -> dict[int, tuple[str, ...]]:
         """FLAGS of each UID (only those changed since `changedsince` with CONDSTORE)."""
         modifier = f" (CHANGEDSINCE {changedsince})" if changedsince is not None else ""
         flags: dict[int, tuple[str, ...]] = {}

@@ -225,9 +225,7 @@ def parse_message(raw: bytes) -> ParsedMessage:
     """Parse raw RFC 5322 bytes with policy.default; never raises, problems land in `defects`."""
     raw = bytes(raw)
     message_id, content_hash, content_id = content_identity(raw)
-    out = ParsedMessage(
-        message_id_header=message_id, size=len(raw), content_hash=content_hash, content_id=content_id
-    )
+    out = ParsedMessage(message_id_header=message_id, size=len(raw), content_hash=content_hash, content_id=content_id)
     defects = out.defects
     try:
         msg = email.message_from_bytes(raw, policy=policy.default)

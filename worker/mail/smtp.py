@@ -139,7 +139,9 @@ async def send(
     stage: Stage = "connect"
     try:
         await client.connect()
-        if config.username:
+        if config.tls_mode is TlsMode.PLAIN:  # a local relay may offer no AUTH at all
+            await client.ehlo()
+        if config.username and (config.tls_mode is not TlsMode.PLAIN or client.supports_extension("auth")):
             stage = "auth"
             secret = config.password.get_secret_value() if config.password else ""
             await client.login(config.username, secret)

@@ -9,6 +9,21 @@ from worker.runtime.loop import Worker
 from worker.runtime.spec import JobSpec, Registry, job, registry
 
 __all__ = [
-    "Client", "DeadLetter", "DeadLetters", "Defer", "Enqueued", "Events", "JobContext", "JobSpec", "JobStatus",
-    "PermanentError", "Registry", "RetryLater", "UnknownFunction", "Worker", "create_pool", "job", "registry",
+    "Client",
+    "DeadLetter",
+    "DeadLetters",
+    "Defer",
+    "Enqueued",
+    "Events",
+    "JobContext",
+    "JobSpec",
+    "JobStatus",
+    "PermanentError",
+    "Registry",
+    "RetryLater",
+    "UnknownFunction",
+    "Worker",
+    "create_pool",
+    "job",
+    "registry",
 ]

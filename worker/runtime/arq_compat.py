@@ -46,8 +46,10 @@ def guarded_deserializer(known: Registry) -> Any:
         except PayloadError as exc:
             return _dead(f"undeserializable payload: {exc}", raw=raw[:4096].hex())
         if not (isinstance(d, dict) and isinstance(d.get("f"), str) and isinstance(d.get("k", {}), dict)):
-            return _dead("malformed job record: expected a map with 'f' (str), 'a' (list), 'k' (map)",
-                         raw=raw[:4096].hex())
+            return _dead(
+                "malformed job record: expected a map with 'f' (str), 'a' (list), 'k' (map)",
+                raw=raw[:4096].hex(),
+            )
         if d["f"] == DEAD_LETTER_FN or d["f"] in known:
             d.setdefault("a", [])
             d.setdefault("t", None)
@@ -60,7 +62,13 @@ def guarded_deserializer(known: Registry) -> Any:
 
 
 def _dead(error: str, **extra: Any) -> dict[str, Any]:
-    return {"t": None, "f": DEAD_LETTER_FN, "a": [], "k": {"error": error, **extra}, "et": int(time.time() * 1000)}
+    return {
+        "t": None,
+        "f": DEAD_LETTER_FN,
+        "a": [],
+        "k": {"error": error, **extra},
+        "et": int(time.time() * 1000),
+    }
 
 
 class CompatRuntime:
@@ -83,15 +91,20 @@ class CompatRuntime:
                     for job_id in self.running:
                         pipe.pexpire(keys.in_progress(job_id), lease)
                     await pipe.execute()
-                await ex.scripts.promote(keys=[keys.queue(self.queue), keys.delayed(self.queue)],
-                                         args=[int(time.time() * 1000)])
+                await ex.scripts.promote(
+                    keys=[keys.queue(self.queue), keys.delayed(self.queue)], args=[int(time.time() * 1000)]
+                )
             await asyncio.sleep(min(self.settings.heartbeat_ms / 1000, 0.2))
 
     async def run(self, ctx: dict[str, Any], name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         job_id: str = ctx["job_id"]
         extra = kwargs.pop(EXTRA, None) or {}
-        record: dict[str, Any] = {"f": name, "a": list(args), "k": kwargs,
-                                  "et": int(ctx["enqueue_time"].timestamp() * 1000)}
+        record: dict[str, Any] = {
+            "f": name,
+            "a": list(args),
+            "k": kwargs,
+            "et": int(ctx["enqueue_time"].timestamp() * 1000),
+        }
         if extra.get("ik"):
             record["ik"] = extra["ik"]
         prio = int(extra.get("p") or 0)
@@ -122,16 +135,24 @@ def _wrap(spec: JobSpec, settings: Settings) -> Function:
 
     entry.__qualname__ = spec.name
     policy = spec.policy(settings)
-    return arq_func(entry, name=spec.name, timeout=policy.timeout + 5, max_tries=1_000_000,
-                    keep_result=policy.result_ttl)
+    return arq_func(
+        entry, name=spec.name, timeout=policy.timeout + 5, max_tries=1_000_000, keep_result=policy.result_ttl
+    )
 
 
 async def _dead_letter(ctx: dict[str, Any], **k: Any) -> None:
     rt: CompatRuntime = ctx["rt"]
     record = k.get("record") or {}
     raw = bytes.fromhex(k["raw"]) if k.get("raw") else None
-    out = Outcome("dead", function=str(record.get("f", "<unknown>")), queue=rt.queue, error=k["error"],
-                  record=record, raw=raw, started_ms=int(time.time() * 1000))
+    out = Outcome(
+        "dead",
+        function=str(record.get("f", "<unknown>")),
+        queue=rt.queue,
+        error=k["error"],
+        record=record,
+        raw=raw,
+        started_ms=int(time.time() * 1000),
+    )
     attempt = int(await rt.executor.redis.hincrby(keys.info(ctx["job_id"]), "a", 1))
     await rt.settle(ctx["job_id"], out, attempt, 0)
 

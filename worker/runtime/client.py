@@ -100,8 +100,14 @@ class Client:
             raise UnknownFunction(f"no job named {function!r} is registered")
         return spec
 
-    def _record(self, spec: JobSpec, payload: dict[str, Any] | BaseModel | None, now: int,
-                priority: int, idem: str | None) -> bytes:
+    def _record(
+        self,
+        spec: JobSpec,
+        payload: dict[str, Any] | BaseModel | None,
+        now: int,
+        priority: int,
+        idem: str | None,
+    ) -> bytes:
         if spec.payload is not None:
             model = payload if isinstance(payload, spec.payload) else spec.payload.model_validate(payload or {})
             kwargs = model.model_dump(mode="json")
@@ -131,8 +137,17 @@ class Client:
 
         Raises pydantic.ValidationError or ValueError on bad input; nothing is written then.
         """
-        return (await self._enqueue(function, [payload], idempotency_key=idempotency_key, priority=priority,
-                                    defer_by=defer_by, defer_until=defer_until, job_ids=[job_id]))[0]
+        return (
+            await self._enqueue(
+                function,
+                [payload],
+                idempotency_key=idempotency_key,
+                priority=priority,
+                defer_by=defer_by,
+                defer_until=defer_until,
+                job_ids=[job_id],
+            )
+        )[0]
 
     async def enqueue_many(
         self,
@@ -147,28 +162,51 @@ class Client:
         items = list(payloads)
         out: list[Enqueued] = []
         for start in range(0, len(items), chunk):
-            part = items[start:start + chunk]
-            out += await self._enqueue(function, part, idempotency_key=None, priority=priority, defer_by=defer_by,
-                                       defer_until=None, job_ids=[None] * len(part))
+            part = items[start : start + chunk]
+            out += await self._enqueue(
+                function,
+                part,
+                idempotency_key=None,
+                priority=priority,
+                defer_by=defer_by,
+                defer_until=None,
+                job_ids=[None] * len(part),
+            )
         return out
 
-    async def _enqueue(self, function: str, payloads: list[Any], *, idempotency_key: str | None,
-                       priority: int | None, defer_by: float | dt.timedelta | None,
-                       defer_until: dt.datetime | None, job_ids: list[str | None]) -> list[Enqueued]:
+    async def _enqueue(
+        self,
+        function: str,
+        payloads: list[Any],
+        *,
+        idempotency_key: str | None,
+        priority: int | None,
+        defer_by: float | dt.timedelta | None,
+        defer_until: dt.datetime | None,
+        job_ids: list[str | None],
+    ) -> list[Enqueued]:
         spec = self.spec(function)
         prio = spec.priority if priority is None else priority
         if not 0 <= prio <= keys.MAX_PRIORITY:
             raise ValueError(f"priority must be 0..{keys.MAX_PRIORITY}")
         now = now_ms()
         run_at = _run_at_ms(defer_by, defer_until, now)
-        argv: list[Any] = [now, self.settings.events_maxlen, spec.name, spec.queue, JOB_EXPIRY_MS,
-                           self.settings.idempotency_ttl]
+        argv: list[Any] = [
+            now,
+            self.settings.events_maxlen,
+            spec.name,
+            spec.queue,
+            JOB_EXPIRY_MS,
+            self.settings.idempotency_ttl,
+        ]
         for payload, jid in zip(payloads, job_ids, strict=True):
             record = self._record(spec, payload, now, prio, idempotency_key)
             ik = keys.idempotency(spec.name, idempotency_key) if idempotency_key else ""
             argv += [jid or new_job_id(), record, run_at, prio, ik]
         res = await self.scripts.enqueue(
-            keys=[keys.EVENTS, keys.wake(spec.queue), keys.queue(spec.queue), keys.delayed(spec.queue)], args=argv)
+            keys=[keys.EVENTS, keys.wake(spec.queue), keys.queue(spec.queue), keys.delayed(spec.queue)],
+            args=argv,
+        )
         return [Enqueued(_s(res[i]), not int(res[i + 1])) for i in range(0, len(res), 2)]
 
     async def status(self, job_id: str) -> JobStatus:
@@ -259,11 +297,17 @@ class Client:
         ik = keys.idempotency(spec.name, record["ik"]) if record.get("ik") else keys.NONE
         done = await self.scripts.cancel(
             keys=[keys.queue(spec.queue), keys.delayed(spec.queue), keys.EVENTS, ik],
-            args=[job_id, self.settings.events_maxlen, spec.queue, now_ms()])
+            args=[job_id, self.settings.events_maxlen, spec.queue, now_ms()],
+        )
         return bool(done)
 
-    async def reschedule(self, job_id: str, *, defer_until: dt.datetime | None = None,
-                         defer_by: float | dt.timedelta | None = None) -> bool:
+    async def reschedule(
+        self,
+        job_id: str,
+        *,
+        defer_until: dt.datetime | None = None,
+        defer_by: float | dt.timedelta | None = None,
+    ) -> bool:
         """Move a job that has not started to a new time. False if it is running, done or unknown."""
         found = await self._queued_record(job_id)
         if found is None:
@@ -273,8 +317,16 @@ class Client:
         run_at = _run_at_ms(defer_by, defer_until, now)
         done = await self.scripts.reschedule(
             keys=[keys.queue(spec.queue), keys.delayed(spec.queue), keys.EVENTS, keys.wake(spec.queue)],
-            args=[job_id, run_at, int(record.get("p", 0)), now, self.settings.events_maxlen, spec.queue,
-                  JOB_EXPIRY_MS])
+            args=[
+                job_id,
+                run_at,
+                int(record.get("p", 0)),
+                now,
+                self.settings.events_maxlen,
+                spec.queue,
+                JOB_EXPIRY_MS,
+            ],
+        )
         return bool(done)
 
     async def pause(self, queue: str) -> None:

@@ -42,8 +42,13 @@ class JobContext:
             pipe.hset(keys.info(self.job_id), "p", encoded)
             pipe.xadd(
                 keys.EVENTS,
-                {"type": "progress", "job_id": self.job_id, "function": self.function, "queue": self.queue,
-                 "progress": encoded},
+                {
+                    "type": "progress",
+                    "job_id": self.job_id,
+                    "function": self.function,
+                    "queue": self.queue,
+                    "progress": encoded,
+                },
                 maxlen=self.settings.events_maxlen,
                 approximate=True,
             )

@@ -3,6 +3,7 @@ to understand and re-run them. Nothing the runtime fails is dropped without an e
 
 from __future__ import annotations
 
+import builtins
 import datetime as dt
 from typing import Any
 
@@ -20,7 +21,7 @@ class DeadLetter(BaseModel):
     job_id: str
     function: str
     queue: str
-    kwargs: dict[str, Any] | None = None
+    payload: dict[str, Any] | None = None
     args: list[Any] | None = None
     priority: int = 0
     idempotency_key: str | None = None
@@ -71,21 +72,22 @@ class DeadLetters:
         entry = await self.get(job_id)
         if entry is None:
             raise KeyError(job_id)
-        if entry.raw is not None or entry.kwargs is None:
+        if entry.raw is not None or entry.payload is None:
             raise ValueError("this dead letter has no decodable payload; it cannot be retried")
-        enq = await self.client.enqueue(entry.function, entry.kwargs, priority=entry.priority,
-                                        idempotency_key=entry.idempotency_key)
+        enq = await self.client.enqueue(
+            entry.function, entry.payload, priority=entry.priority, idempotency_key=entry.idempotency_key
+        )
         await self._remove([job_id])
         return enq
 
-    async def purge(self, job_ids: list[str] | None = None, older_than: dt.datetime | None = None) -> int:
+    async def purge(self, job_ids: builtins.list[str] | None = None, older_than: dt.datetime | None = None) -> int:
         """Delete the given entries, those older than a time, or all. Returns how many were deleted."""
         if job_ids is None:
             hi = "+inf" if older_than is None else int(older_than.timestamp() * 1000)
             job_ids = [i.decode() for i in await self.redis.zrangebyscore(keys.DEAD_LETTERS, "-inf", hi)]
         return await self._remove(job_ids)
 
-    async def _remove(self, job_ids: list[str]) -> int:
+    async def _remove(self, job_ids: builtins.list[str]) -> int:
         if not job_ids:
             return 0
         async with self.redis.pipeline(transaction=True) as pipe:

@@ -83,21 +83,40 @@ class Executor:
         """Decode a job record read from Redis and run it."""
         started = _now_ms()
         if raw is None:
-            return Outcome("dead", queue=queue, started_ms=started,
-                           error="job record missing: it expired or was deleted before it could run")
+            return Outcome(
+                "dead",
+                queue=queue,
+                started_ms=started,
+                error="job record missing: it expired or was deleted before it could run",
+            )
         try:
             record = unpack(raw)
         except PayloadError as exc:
-            return Outcome("dead", queue=queue, started_ms=started, raw=raw[:MAX_RAW],
-                           error=f"undeserializable payload: {exc}")
-        if not (isinstance(record, dict) and isinstance(record.get("f"), str)
-                and isinstance(record.get("k", {}), dict) and isinstance(record.get("a", []), list)):
-            return Outcome("dead", queue=queue, started_ms=started, raw=raw[:MAX_RAW],
-                           error="malformed job record: expected a map with 'f' (str), 'a' (list), 'k' (map)")
+            return Outcome(
+                "dead",
+                queue=queue,
+                started_ms=started,
+                raw=raw[:MAX_RAW],
+                error=f"undeserializable payload: {exc}",
+            )
+        if not (
+            isinstance(record, dict)
+            and isinstance(record.get("f"), str)
+            and isinstance(record.get("k", {}), dict)
+            and isinstance(record.get("a", []), list)
+        ):
+            return Outcome(
+                "dead",
+                queue=queue,
+                started_ms=started,
+                raw=raw[:MAX_RAW],
+                error="malformed job record: expected a map with 'f' (str), 'a' (list), 'k' (map)",
+            )
         return await self.run_record(job_id, record, attempt, queue, started)
 
-    async def run_record(self, job_id: str, record: dict[str, Any], attempt: int, queue: str,
-                         started: int | None = None) -> Outcome:
+    async def run_record(
+        self, job_id: str, record: dict[str, Any], attempt: int, queue: str, started: int | None = None
+    ) -> Outcome:
         """Run a decoded job record; never raises (cancellation becomes a 'requeue' outcome)."""
         started = started or _now_ms()
         name = record["f"]
@@ -109,8 +128,10 @@ class Executor:
         policy = self.policy(name)
         out.result_ttl_ms = policy.result_ttl * 1000
         if attempt > policy.max_attempts:
-            out.error = (f"max attempts ({policy.max_attempts}) exceeded: the worker running an earlier "
-                         "attempt was lost (crash or kill)")
+            out.error = (
+                f"max attempts ({policy.max_attempts}) exceeded: the worker running an earlier "
+                "attempt was lost (crash or kill)"
+            )
             return out
         if record.get("a"):
             out.error = "positional arguments are not supported: pass the payload as keyword arguments"
@@ -129,14 +150,18 @@ class Executor:
                 out.idem_token = f"{self.worker_id}:{job_id}:{attempt}"
                 verdict = await self.scripts.idem_begin(
                     keys=[out.idem_key],
-                    args=[job_id, out.idem_token, self.settings.lease_ms, self.settings.idempotency_ttl])
+                    args=[job_id, out.idem_token, self.settings.lease_ms, self.settings.idempotency_ttl],
+                )
                 if verdict[0] == b"done":
                     out.kind, out.reused = "complete", True
                     out.result = unpack(verdict[1]) if verdict[1] else None
                     return out
                 if verdict[0] == b"busy":
-                    out.kind, out.delay, out.error = "defer", max(int(verdict[1]), 100) / 1000, \
-                        "another execution with the same idempotency key is running"
+                    out.kind, out.delay, out.error = (
+                        "defer",
+                        max(int(verdict[1]), 100) / 1000,
+                        "another execution with the same idempotency key is running",
+                    )
                     out.idem_token = ""
                     return out
             if spec.rate_limit:
@@ -144,14 +169,28 @@ class Executor:
                 rl_key = spec.rate_limit_key(payload) if spec.rate_limit_key else ""
                 wait_ms = await self.scripts.ratelimit(
                     keys=[keys.ratelimit(f"{name}:{rl_key}")],
-                    args=[_now_ms(), limit, int(period * 1000), max(1, limit)])
+                    args=[_now_ms(), limit, int(period * 1000), max(1, limit)],
+                )
                 if int(wait_ms) > 0:
-                    out.kind, out.delay, out.error = "defer", int(wait_ms) / 1000, f"rate limited ({rl_key or name})"
+                    out.kind, out.delay, out.error = (
+                        "defer",
+                        int(wait_ms) / 1000,
+                        f"rate limited ({rl_key or name})",
+                    )
                     return out
             if out.idem_key:
                 self.idem_locks[job_id] = (out.idem_key + ":lock", out.idem_token)
-            ctx = JobContext(self.redis, self.client, self.settings, job_id, name, queue, attempt,
-                             policy.max_attempts, self.state)
+            ctx = JobContext(
+                self.redis,
+                self.client,
+                self.settings,
+                job_id,
+                name,
+                queue,
+                attempt,
+                policy.max_attempts,
+                self.state,
+            )
             timer = asyncio.timeout(policy.timeout)
             async with timer:
                 out.result = await spec.fn(ctx, payload)
@@ -186,34 +225,79 @@ class Executor:
     def result_record(self, job_id: str, out: Outcome, attempt: int) -> bytes:
         """The result in arq's format, so arq's ``Job.result()``/``info()`` keep working."""
         success = out.kind == "complete"
-        return pack({
-            "t": attempt, "f": out.function, "a": [], "k": out.record.get("k", {}), "et": out.record.get("et", 0),
-            "s": success, "r": out.result if success else out.error, "st": out.started_ms, "ft": _now_ms(),
-            "q": out.queue, "id": job_id,
-        })
+        return pack(
+            {
+                "t": attempt,
+                "f": out.function,
+                "a": [],
+                "k": out.record.get("k", {}),
+                "et": out.record.get("et", 0),
+                "s": success,
+                "r": out.result if success else out.error,
+                "st": out.started_ms,
+                "ft": _now_ms(),
+                "q": out.queue,
+                "id": job_id,
+            }
+        )
 
     def dead_letter_entry(self, job_id: str, out: Outcome, attempt: int) -> bytes:
-        return pack({
-            "job_id": job_id, "function": out.function, "queue": out.queue, "kwargs": out.record.get("k"),
-            "args": out.record.get("a"), "priority": out.record.get("p", 0),
-            "idempotency_key": out.record.get("ik"), "error": out.error, "traceback": out.traceback,
-            "attempts": attempt, "enqueued_at": out.record.get("et"), "failed_at": _now_ms(),
-            "raw": out.raw.hex() if out.raw is not None else None,
-        })
+        return pack(
+            {
+                "job_id": job_id,
+                "function": out.function,
+                "queue": out.queue,
+                "payload": out.record.get("k"),
+                "args": out.record.get("a"),
+                "priority": out.record.get("p", 0),
+                "idempotency_key": out.record.get("ik"),
+                "error": out.error,
+                "traceback": out.traceback,
+                "attempts": attempt,
+                "enqueued_at": out.record.get("et"),
+                "failed_at": _now_ms(),
+                "raw": out.raw.hex() if out.raw is not None else None,
+            }
+        )
 
-    def finish_args(self, job_id: str, out: Outcome, attempt: int, priority: int, owner: str) -> tuple[
-            list[str], list[Any]]:
+    def finish_args(
+        self, job_id: str, out: Outcome, attempt: int, priority: int, owner: str
+    ) -> tuple[list[str], list[Any]]:
         """KEYS and ARGV for finish.lua."""
         q = out.queue
         now = _now_ms()
         result = self.result_record(job_id, out, attempt) if out.kind in ("complete", "dead") else b""
         entry = self.dead_letter_entry(job_id, out, attempt) if out.kind == "dead" else b""
         idem_result = pack(out.result) if out.kind == "complete" and out.idem_key else b""
-        k = [keys.queue(q), keys.delayed(q), keys.active(q), keys.EVENTS, keys.stats(q), keys.DEAD_LETTERS,
-             out.idem_key or keys.NONE]
-        a: list[Any] = [job_id, owner, out.kind, now, self.settings.events_maxlen, q, out.function, attempt,
-                        result, out.result_ttl_ms, now + int(out.delay * 1000), priority, out.error[:500], entry,
-                        self.settings.dead_letter_max, self.settings.idempotency_ttl, idem_result, out.idem_token]
+        k = [
+            keys.queue(q),
+            keys.delayed(q),
+            keys.active(q),
+            keys.EVENTS,
+            keys.stats(q),
+            keys.DEAD_LETTERS,
+            out.idem_key or keys.NONE,
+        ]
+        a: list[Any] = [
+            job_id,
+            owner,
+            out.kind,
+            now,
+            self.settings.events_maxlen,
+            q,
+            out.function,
+            attempt,
+            result,
+            out.result_ttl_ms,
+            now + int(out.delay * 1000),
+            priority,
+            out.error[:500],
+            entry,
+            self.settings.dead_letter_max,
+            self.settings.idempotency_ttl,
+            idem_result,
+            out.idem_token,
+        ]
         return k, a
 
 

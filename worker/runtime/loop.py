@@ -7,7 +7,6 @@ One ``Worker`` serves several queues in one process (one claim loop per queue, s
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
@@ -54,8 +53,15 @@ class QueueLoop:
         self._slot_free = asyncio.Event()
         self._finished: list[tuple[str, Outcome]] = []
         self._flush = asyncio.Event()
-        self._keys = [keys.queue(queue), keys.delayed(queue), keys.active(queue), keys.EVENTS,
-                      keys.ratelimit(f"queue:{queue}"), keys.PAUSED, keys.wake(queue)]
+        self._keys = [
+            keys.queue(queue),
+            keys.delayed(queue),
+            keys.active(queue),
+            keys.EVENTS,
+            keys.ratelimit(f"queue:{queue}"),
+            keys.PAUSED,
+            keys.wake(queue),
+        ]
         policy = worker.settings.queue(queue)
         self._rate = policy.rate_limit or 0
         self._burst = policy.rate_burst
@@ -73,8 +79,17 @@ class QueueLoop:
             try:
                 res = await w.scripts.claim(
                     keys=self._keys,
-                    args=[now, min(free, s.claim_batch), s.lease_ms, w.worker_id, s.events_maxlen, self._rate,
-                          self._burst, self.queue])
+                    args=[
+                        now,
+                        min(free, s.claim_batch),
+                        s.lease_ms,
+                        w.worker_id,
+                        s.events_maxlen,
+                        self._rate,
+                        self._burst,
+                        self.queue,
+                    ],
+                )
             except RedisError as exc:
                 log.error("claim on %s failed (%s); retrying in 1s", self.queue, exc)
                 await asyncio.sleep(1)
@@ -94,7 +109,7 @@ class QueueLoop:
                 wait_ms = min(wait_ms, retry_after)
                 await asyncio.sleep(wait_ms / 1000)
                 continue
-            await w.blocking.blpop([keys.wake(self.queue)], timeout=wait_ms / 1000)
+            await w.blocking.blpop([keys.wake(self.queue)], timeout=wait_ms / 1000)  # type: ignore[arg-type]
 
     async def _run(self, job_id: str, raw: bytes | None, attempt: int) -> Outcome:
         out = await self.w.executor.run_raw(job_id, raw, attempt, self.queue)
@@ -138,16 +153,19 @@ class QueueLoop:
         lost = await self.w.scripts.renew(keys=[keys.active(self.queue)], args=args)
         for raw_id in lost:
             job_id = raw_id.decode()
-            run = self.running.get(job_id)
-            if run and not run.lost and not run.task.done():
+            lost_run = self.running.get(job_id)
+            if lost_run and not lost_run.lost and not lost_run.task.done():
                 log.warning("job %s: lease lost (worker stalled?); cancelling the local execution", job_id)
-                run.lost = True
-                run.task.cancel()
+                lost_run.lost = True
+                lost_run.task.cancel()
 
     async def reap(self) -> int:
-        return int(await self.w.scripts.reap(
-            keys=[keys.active(self.queue), keys.queue(self.queue), keys.EVENTS, keys.wake(self.queue)],
-            args=[_now_ms(), self.w.settings.events_maxlen, self.queue]))
+        return int(
+            await self.w.scripts.reap(
+                keys=[keys.active(self.queue), keys.queue(self.queue), keys.EVENTS, keys.wake(self.queue)],
+                args=[_now_ms(), self.w.settings.events_maxlen, self.queue],
+            )
+        )
 
     async def drain(self, grace: float) -> None:
         """Wait up to ``grace`` s for running jobs, cancel the rest (they are re-queued), record everything."""
@@ -260,8 +278,7 @@ class Worker:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         crashed = asyncio.create_task(self._watch())
-        done, _ = await asyncio.wait([asyncio.create_task(stop.wait()), crashed],
-                                     return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait([asyncio.create_task(stop.wait()), crashed], return_when=asyncio.FIRST_COMPLETED)
         log.info("shutting down (grace %.1fs)", self.settings.shutdown_grace_s)
         crashed.cancel()
         await self.stop()

@@ -39,8 +39,13 @@ async def maintenance(ctx: JobContext, payload: Any = None) -> dict[str, int]:
                     orphans += int(await r.delete(k))
             elif await r.ttl(k) == -1:
                 fixed += int(await r.expire(k, ORPHAN_TTL_S))
-    return {"dead_letters_expired": len(old), "events_trimmed": trimmed, "aborts_removed": aborts,
-            "ttl_fixed": fixed, "orphans_removed": orphans}
+    return {
+        "dead_letters_expired": len(old),
+        "events_trimmed": trimmed,
+        "aborts_removed": aborts,
+        "ttl_fixed": fixed,
+        "orphans_removed": orphans,
+    }
 
 
 def install(registry: Registry, *, queue: str, every: float = 300.0) -> None:

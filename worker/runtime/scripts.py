@@ -9,7 +9,18 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 _DIR = Path(__file__).with_name("lua")
-NAMES = ("enqueue", "claim", "finish", "renew", "reap", "cancel", "reschedule", "idem_begin", "ratelimit", "promote")
+NAMES = (
+    "enqueue",
+    "claim",
+    "finish",
+    "renew",
+    "reap",
+    "cancel",
+    "reschedule",
+    "idem_begin",
+    "ratelimit",
+    "promote",
+)
 
 
 @cache

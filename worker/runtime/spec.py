@@ -33,7 +33,7 @@ class Policy:
     def delay(self, attempt: int) -> float:
         """Seconds to wait after failed attempt ``attempt`` (1-based): base * 2**(attempt-1), capped, +-jitter."""
         base = min(self.backoff * 2 ** (attempt - 1), self.backoff_cap)
-        return base * random.uniform(1 - self.jitter, 1 + self.jitter)
+        return float(base * random.uniform(1 - self.jitter, 1 + self.jitter))
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,107 @@
+"""Read models shared by the API, the dashboard and the CLI: a job's full picture, secrets redacted."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from typing import Any
+
+from pydantic import BaseModel
+from redis.asyncio import Redis
+
+from worker.api.deps import job_tenant
+from worker.runtime import Client, DeadLetters, JobStatus, keys
+from worker.runtime.serializer import PayloadError, unpack
+
+SECRET_FIELD = re.compile(r"pass|secret|token|api_?key|authorization|credential|cookie", re.IGNORECASE)
+EVENT_SCAN = 5000  # newest events searched for one job's history
+
+
+def redact(value: Any) -> Any:
+    """A copy of ``value`` with the values of secret-looking keys replaced (at any depth)."""
+    if isinstance(value, dict):
+        return {k: "***" if isinstance(k, str) and SECRET_FIELD.search(k) else redact(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    return value
+
+
+class EventView(BaseModel):
+    id: str
+    at: dt.datetime
+    type: str
+    job_id: str | None = None
+    function: str | None = None
+    queue: str | None = None
+    fields: dict[str, Any] = {}
+
+
+def event_view(event_id: str, fields: dict[str, str]) -> EventView:
+    """Typed view of one stream entry (progress is decoded from JSON)."""
+    extra: dict[str, Any] = {k: v for k, v in fields.items() if k not in ("type", "job_id", "function", "queue")}
+    if "progress" in extra:
+        try:
+            extra["progress"] = json.loads(extra["progress"])
+        except ValueError:
+            pass
+    at = dt.datetime.fromtimestamp(int(event_id.split("-")[0]) / 1000, tz=dt.UTC)
+    return EventView(id=event_id, at=at, type=fields.get("type", "?"), job_id=fields.get("job_id"),
+                     function=fields.get("function"), queue=fields.get("queue"), fields=extra)
+
+
+class JobView(JobStatus):
+    """A job's status plus its (redacted) payload, owner, and for dead jobs the traceback."""
+
+    tenant_id: str | None = None
+    payload: dict[str, Any] | None = None
+    traceback: str | None = None
+    events: list[EventView] | None = None
+
+
+async def job_payload(redis: Redis, job_id: str) -> dict[str, Any] | None:
+    """The job's kwargs from its queued record, its result record or its dead letter."""
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.get(keys.job(job_id))
+        pipe.get(keys.result(job_id))
+        pipe.get(keys.dead_letter(job_id))
+        raws = await pipe.execute()
+    for raw in raws:
+        if not raw:
+            continue
+        try:
+            doc = unpack(raw)
+        except PayloadError:
+            continue
+        if isinstance(doc, dict):
+            kwargs = doc.get("k", doc.get("kwargs"))
+            if isinstance(kwargs, dict):
+                return kwargs
+    return None
+
+
+async def job_events(redis: Redis, job_id: str) -> list[EventView]:
+    """This job's events among the newest EVENT_SCAN of the stream, oldest first."""
+    raw = await redis.xrevrange(keys.EVENTS, count=EVENT_SCAN)
+    out = []
+    for eid, fields in reversed(raw):
+        decoded = {k.decode(): v.decode() for k, v in fields.items()}
+        if decoded.get("job_id") == job_id:
+            out.append(event_view(eid.decode(), decoded))
+    return out
+
+
+async def job_view(client: Client, job_id: str, *, detail: bool = False) -> JobView:
+    """Everything known about one job; ``detail`` adds the traceback and event history."""
+    st = await client.status(job_id)
+    kwargs = await job_payload(client.redis, job_id)
+    view = JobView(**st.model_dump(), tenant_id=await job_tenant(client.redis, job_id, kwargs),
+                   payload=redact(kwargs) if kwargs is not None else None)
+    if detail:
+        entry = await DeadLetters(client.redis, client).get(job_id)
+        if entry is not None:
+            view.traceback = entry.traceback or None
+            view.error = view.error or entry.error
+            view.function, view.queue = view.function or entry.function, view.queue or entry.queue
+        view.events = await job_events(client.redis, job_id)
+    return view

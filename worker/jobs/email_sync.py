@@ -1,0 +1,280 @@
+"""email-sync: incremental, crash-safe IMAP sync of one (account, mailbox), and the periodic fan-out.
+
+Position per mailbox: UIDVALIDITY, UIDNEXT, highest stored UID, HIGHESTMODSEQ. New mail is fetched in
+bounded batches with BODY.PEEK[]; each batch is stored (idempotently) and analysis is requested
+before the position is committed, so a crash resumes without gaps or duplicates. A UIDVALIDITY
+change drops the UID maps and refetches; messages already known by content are re-mapped, not
+re-stored or re-analysed. Flag changes and expunges use CONDSTORE/QRESYNC when the server has them,
+a bounded comparison otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from worker.jobs.deps import get_store, imap_config
+from worker.mail.imap import (
+    MAX_BATCH,
+    MAX_BATCH_BYTES,
+    ImapAuthError,
+    ImapSession,
+    open_imap,
+    plan_batches,
+)
+from worker.mail.message import parse_message
+from worker.runtime import Defer, JobContext, PermanentError, job
+from worker.store import InsertResult, Store, SyncState, mailbox_key, utcnow
+
+ANALYSIS_JOB = "analyse_message"
+LOCK_TTL_S = 120.0
+FLAG_WINDOW = 1000  # known messages whose flags are compared per sync without CONDSTORE
+
+
+class SyncMailbox(BaseModel):
+    """Payload: which mailbox of which account (IDs only)."""
+
+    tenant_id: str
+    account_id: str
+    mailbox: str = "INBOX"
+
+
+class SyncAll(BaseModel):
+    """Payload of the periodic fan-out; `every_s` de-duplicates one mailbox's syncs per period."""
+
+    every_s: int = Field(300, ge=1)
+
+
+@dataclass
+class SyncReport:
+    """What one sync run did."""
+
+    uidvalidity: int = 0
+    fetched: int = 0
+    new: int = 0
+    known: int = 0
+    analyses_requested: int = 0
+    flags_updated: int = 0
+    expunged: int = 0
+    batches: int = 0
+    uidvalidity_reset: bool = False
+    highest_uid: int = 0
+
+
+class MailboxSync:
+    """One sync run of one mailbox over an open session; the job wraps it with locking and errors."""
+
+    def __init__(
+        self,
+        session: ImapSession,
+        store: Store,
+        tenant_id: str,
+        account_id: str,
+        mailbox: str,
+        *,
+        request_analysis: Callable[[InsertResult], Awaitable[None]],
+        on_batch: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
+        max_batch: int = MAX_BATCH,
+        max_batch_bytes: int = MAX_BATCH_BYTES,
+        flag_window: int = FLAG_WINDOW,
+    ) -> None:
+        self.s = session
+        self.store = store
+        self.tenant_id = tenant_id
+        self.account_id = account_id
+        self.mailbox = mailbox
+        self.request_analysis = request_analysis
+        self.on_batch = on_batch
+        self.max_batch = max_batch
+        self.max_batch_bytes = max_batch_bytes
+        self.flag_window = flag_window
+        self.report = SyncReport()
+
+    async def run(self) -> SyncReport:
+        """Sync new mail, then flags and expunges of known mail; commit the position as it goes."""
+        state = await self.store.get_sync_state(self.tenant_id, self.account_id, self.mailbox)
+        enabled = await self.s.enable("QRESYNC") or await self.s.enable("CONDSTORE")
+        status = await self.s.select(self.mailbox)
+        await self.s.noop()
+        if state.uidvalidity is not None and state.uidvalidity != status.uidvalidity:
+            await self.store.reset_mailbox(self.tenant_id, self.account_id, self.mailbox, state.uidvalidity)
+            state = SyncState()
+            self.report.uidvalidity_reset = True
+        state.uidvalidity = self.report.uidvalidity = status.uidvalidity
+        previous_high = state.highest_uid
+        await self._fetch_new(state)
+        if previous_high and state.highestmodseq is not None and status.highestmodseq is not None and enabled:
+            await self._changes_condstore(state, status.highestmodseq, previous_high)
+        elif previous_high:
+            await self._changes_compare(state, previous_high)
+        state.highestmodseq = status.highestmodseq if enabled else None
+        state.uidnext = status.uidnext
+        state.last_sync_at = utcnow()
+        await self._commit(state)
+        self.report.highest_uid = state.highest_uid
+        return self.report
+
+    async def _commit(self, state: SyncState) -> None:
+        await self.store.put_sync_state(self.tenant_id, self.account_id, self.mailbox, state)
+
+    async def _fetch_new(self, state: SyncState) -> None:
+        assert state.uidvalidity is not None
+        start = state.highest_uid + 1
+        new = [u for u in await self.s.uid_search(f"UID {start}:*") if u >= start]  # n:* always has max
+        if not new:
+            return
+        sizes = await self.s.fetch_sizes(new)
+        batches = plan_batches(sizes, self.max_batch, self.max_batch_bytes)
+        for number, batch in enumerate(batches, 1):
+            fetched = await self.s.fetch_messages(batch, sum(sizes[u] for u in batch))
+            parsed = await asyncio.to_thread(lambda f=fetched: [parse_message(m.raw) for m in f])  # type: ignore[misc]
+            results = await self.store.insert_messages(
+                self.tenant_id,
+                self.account_id,
+                self.mailbox,
+                state.uidvalidity,
+                [(m.uid, m.flags, p) for m, p in zip(fetched, parsed, strict=True)],
+            )
+            await self._analyse(results)
+            state.highest_uid = max(batch)
+            await self._commit(state)  # only now: the batch is stored and its analysis requested
+            self.report.batches += 1
+            self.report.fetched += len(fetched)
+            self.report.new += sum(r.new for r in results)
+            self.report.known += sum(not r.new for r in results)
+            if self.on_batch is not None:
+                await self.on_batch(
+                    {"batch": number, "batches": len(batches), "stored": self.report.fetched, "total": len(sizes)}
+                )
+
+    async def _analyse(self, results: list[InsertResult]) -> None:
+        """Request analysis once per content: enqueue (idempotently) first, then mark as requested."""
+        unique = list({r.content_id: r for r in results}.values())
+        done = await self.store.analysis_requested(self.tenant_id, [r.content_id for r in unique])
+        todo = [r for r, d in zip(unique, done, strict=True) if not d]
+        await asyncio.gather(*(self.request_analysis(r) for r in todo))
+        await self.store.mark_analysis_requested(self.tenant_id, [r.content_id for r in todo])
+        self.report.analyses_requested += len(todo)
+
+    async def _changes_condstore(self, state: SyncState, server_modseq: int, previous_high: int) -> None:
+        """CONDSTORE: only messages whose MODSEQ moved; QRESYNC reports expunges when changes are few."""
+        assert state.uidvalidity is not None and state.highestmodseq is not None
+        if server_modseq == state.highestmodseq:
+            return  # nothing changed, nothing expunged
+        changed = [u for u in await self.s.uid_search(f"MODSEQ {state.highestmodseq + 1}") if u <= previous_high]
+        if self.s.has("QRESYNC") and len(changed) <= MAX_BATCH:
+            again = await self.s.select(
+                self.mailbox, (state.uidvalidity, state.highestmodseq), range(1, previous_high + 1)
+            )
+            flags = {u: f for u, f in again.changed_flags.items() if u <= previous_high}
+            vanished = [u for u in again.vanished if u <= previous_high]
+        else:
+            flags = await self.s.fetch_flags(changed)
+            vanished = await self._vanished_by_search(state.uidvalidity)
+        await self._apply(state.uidvalidity, flags, vanished)
+
+    async def _changes_compare(self, state: SyncState, previous_high: int) -> None:
+        """No CONDSTORE: expunges by UID SEARCH ALL; flags of a rotating window of known messages."""
+        assert state.uidvalidity is not None
+        vanished = await self._vanished_by_search(state.uidvalidity)
+        known = [
+            u
+            for u in await self.store.known_uids(self.tenant_id, self.account_id, self.mailbox, state.uidvalidity)
+            if u <= previous_high and u not in set(vanished)
+        ]
+        window = [u for u in known if u >= state.flag_cursor][: self.flag_window] or known[: self.flag_window]
+        flags: dict[int, tuple[str, ...]] = {}
+        if window:
+            server = await self.s.fetch_flags(window)
+            stored = await self.store.get_flags(
+                self.tenant_id, self.account_id, self.mailbox, state.uidvalidity, window
+            )
+            flags = {u: f for u, f in server.items() if stored.get(u) != f}
+            state.flag_cursor = window[-1] + 1 if window[-1] < known[-1] else 0
+        await self._apply(state.uidvalidity, flags, vanished)
+
+    async def _vanished_by_search(self, uidvalidity: int) -> list[int]:
+        on_server = set(await self.s.uid_search("ALL"))
+        known = await self.store.known_uids(self.tenant_id, self.account_id, self.mailbox, uidvalidity)
+        return [u for u in known if u not in on_server]
+
+    async def _apply(self, uidvalidity: int, flags: dict[int, tuple[str, ...]], vanished: list[int]) -> None:
+        if flags:
+            await self.store.set_flags(self.tenant_id, self.account_id, self.mailbox, uidvalidity, flags)
+        self.report.flags_updated += len(flags)
+        self.report.expunged += await self.store.expunge_uids(
+            self.tenant_id, self.account_id, self.mailbox, uidvalidity, vanished
+        )
+
+
+@job(queue="email-sync", payload=SyncMailbox, max_attempts=5, backoff=2.0, backoff_cap=300.0)
+async def sync_mailbox(ctx: JobContext, payload: SyncMailbox) -> dict[str, Any]:
+    """Sync one mailbox. One run per mailbox at a time across workers (a retry of the same job re-enters)."""
+    store = get_store(ctx)
+    account = await store.get_account(payload.tenant_id, payload.account_id)
+    if account is None:
+        raise PermanentError(f"account {payload.account_id} not found")
+    if not account.active:
+        return {"skipped": "account inactive"}
+    try:
+        config = imap_config(account)
+    except ValueError as exc:
+        raise PermanentError(str(exc)) from None
+    lock = f"sync:{payload.account_id}:{mailbox_key(payload.mailbox)}"
+    if not await store.acquire_lock(payload.tenant_id, lock, ctx.job_id, LOCK_TTL_S):
+        raise Defer("this mailbox is being synced by another job", delay=LOCK_TTL_S / 4)
+
+    async def request_analysis(r: InsertResult) -> None:
+        await ctx.enqueue(
+            ANALYSIS_JOB,
+            {"tenant_id": payload.tenant_id, "message_id": r.message_id},
+            idempotency_key=f"analyse:{payload.tenant_id}:{r.content_id}",
+        )
+
+    async def on_batch(progress: dict[str, Any]) -> None:
+        await store.acquire_lock(payload.tenant_id, lock, ctx.job_id, LOCK_TTL_S)  # extend the lease
+        await ctx.progress(progress)
+
+    try:
+        async with open_imap(config) as session:
+            sync = MailboxSync(
+                session,
+                store,
+                payload.tenant_id,
+                payload.account_id,
+                payload.mailbox,
+                request_analysis=request_analysis,
+                on_batch=on_batch,
+            )
+            report = await sync.run()
+    except ImapAuthError as exc:
+        raise PermanentError(str(exc)) from None
+    finally:
+        await store.release_lock(payload.tenant_id, lock, ctx.job_id)
+    return asdict(report)
+
+
+@job(queue="email-sync", payload=SyncAll, max_attempts=3)
+async def sync_all_accounts(ctx: JobContext, payload: SyncAll) -> dict[str, int]:
+    """Enqueue a sync of every mailbox of every active account, at most once per mailbox per period."""
+    store = get_store(ctx)
+    period = int(time.time() // payload.every_s)
+    enqueued = duplicates = 0
+    for tenant_id, account_id in await store.list_active_accounts():
+        account = await store.get_account(tenant_id, account_id)
+        if account is None or not account.active:
+            continue
+        for mailbox in account.mailboxes:
+            r = await ctx.enqueue(
+                "sync_mailbox",
+                {"tenant_id": tenant_id, "account_id": account_id, "mailbox": mailbox},
+                idempotency_key=f"sync:{tenant_id}:{account_id}:{mailbox_key(mailbox)}:{period}",
+            )
+            duplicates += r.duplicate
+            enqueued += not r.duplicate
+    return {"enqueued": enqueued, "duplicates": duplicates}

@@ -1,0 +1,229 @@
+"""What operators watch: queue overview computed from Redis, and the Prometheus exposition.
+
+Counts, depths and dead letters are read from Redis at request/scrape time, so every API replica reports the
+same numbers. Job durations and rate-limit waits are observed from the event stream by ``EventObserver``
+(one per API process; they start at zero when the process starts, as Prometheus counters may).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from pydantic import BaseModel
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from settings import QUEUE_NAMES, Settings
+from worker.runtime import keys
+from worker.runtime.events import Events
+from worker.runtime.spec import Registry
+
+log = logging.getLogger("worker.metrics")
+THROUGHPUT_WINDOW_S = 60
+SAMPLE_KEEP_S = 300
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+
+class QueueStats(BaseModel):
+    """One queue right now. ``completed``/``retried``/``dead`` are totals since the queue was first used."""
+
+    name: str
+    waiting: int
+    delayed: int
+    active: int
+    completed: int
+    failed: int
+    retried: int
+    dead: int
+    paused: bool
+    throughput: float | None  # completed jobs per minute over the last minute (None until two samples exist)
+
+
+class Overview(BaseModel):
+    queues: list[QueueStats]
+    dead_letters: int
+
+
+def known_queues(settings: Settings, registry: Registry) -> list[str]:
+    """The product queues, the configured ones and every queue a registered job uses."""
+    names = dict.fromkeys([*QUEUE_NAMES, *settings.queues, *registry.queues()])
+    return list(names)
+
+
+def _int(v: bytes | str | None) -> int:
+    return int(v) if v is not None else 0
+
+
+async def overview(redis: Redis, queues: Sequence[str]) -> Overview:
+    """Counts of every queue in one pipelined round trip, plus throughput from the counter samples."""
+    now = int(time.time() * 1000)
+    async with redis.pipeline(transaction=False) as pipe:
+        for q in queues:
+            pipe.zcount(keys.queue(q), "-inf", now)
+            pipe.zcount(keys.queue(q), f"({now}", "+inf")
+            pipe.zcard(keys.delayed(q))
+            pipe.zcard(keys.active(q))
+            pipe.hmget(keys.stats(q), "completed", "retried", "dead")
+        pipe.smembers(keys.PAUSED)
+        pipe.zcard(keys.DEAD_LETTERS)
+        res = await pipe.execute()
+    paused = {p.decode() for p in res[-2]}
+    out: list[QueueStats] = []
+    for i, q in enumerate(queues):
+        ready, later, delayed, active, (completed, retried, dead) = res[i * 5 : i * 5 + 5]
+        c, r, d = _int(completed), _int(retried), _int(dead)
+        out.append(
+            QueueStats(
+                name=q,
+                waiting=ready,
+                delayed=later + delayed,
+                active=active,
+                completed=c,
+                failed=r + d,
+                retried=r,
+                dead=d,
+                paused=q in paused,
+                throughput=None,
+            )
+        )
+    for qs in out:
+        qs.throughput = await _throughput(redis, qs.name, qs.completed, now)
+    return Overview(queues=out, dead_letters=int(res[-1]))
+
+
+def _sample_key(queue: str) -> str:
+    return f"api:tp:{queue}"
+
+
+async def _throughput(redis: Redis, queue: str, completed: int, now: int) -> float | None:
+    """Record a (time, completed) sample and return completions per minute over the last window."""
+    key = _sample_key(queue)
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.zadd(key, {f"{now}:{completed}": now})
+        pipe.zremrangebyscore(key, "-inf", now - SAMPLE_KEEP_S * 1000)
+        pipe.expire(key, SAMPLE_KEEP_S)
+        pipe.zrangebyscore(key, now - THROUGHPUT_WINDOW_S * 1000, "+inf", start=0, num=1)
+        *_, oldest = await pipe.execute()
+    if not oldest:
+        return None
+    t0, c0 = (int(x) for x in oldest[0].decode().split(":"))
+    if now - t0 < 1000:
+        return None
+    return round(max(completed - c0, 0) * 60_000 / (now - t0), 1)
+
+
+async def sample_forever(redis: Redis, queues: Sequence[str], every_s: float = 5.0) -> None:
+    """Keep throughput samples flowing while the API runs, so the first look already shows a rate."""
+    while True:
+        try:
+            await overview(redis, queues)
+        except RedisError as exc:
+            log.warning("throughput sampling failed: %s", exc)
+        await asyncio.sleep(every_s)
+
+
+class EventObserver:
+    """Follows the event stream and observes job durations and rate-limit waits into process metrics."""
+
+    def __init__(self, redis: Redis, registry: CollectorRegistry, max_tracked: int = 100_000) -> None:
+        self.redis = redis
+        self.max_tracked = max_tracked
+        self._started: OrderedDict[str, int] = OrderedDict()
+        self.duration = Histogram(
+            "worker_job_duration_seconds",
+            "Execution time of one attempt, by outcome",
+            ["queue", "outcome"],
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.rate_limit_waits = Counter(
+            "worker_rate_limit_waits", "Jobs put back because a rate limit was hit", ["queue"], registry=registry
+        )
+        self.deferrals = Counter(
+            "worker_deferrals", "Jobs deferred without using an attempt (any reason)", ["queue"], registry=registry
+        )
+
+    async def handle(self, event_id: str, fields: dict[str, str]) -> None:
+        at = int(event_id.split("-")[0])
+        kind, job_id, queue = fields.get("type"), fields.get("job_id", ""), fields.get("queue", "")
+        if kind == "started":
+            self._started[job_id] = at
+            if len(self._started) > self.max_tracked:
+                self._started.popitem(last=False)
+            return
+        if kind in ("completed", "dead", "retrying", "deferred", "requeued"):
+            began = self._started.pop(job_id, None)
+            if began is not None:
+                outcome = {"completed": "completed", "dead": "dead"}.get(
+                    kind, "failed" if kind == "retrying" else "deferred"
+                )
+                self.duration.labels(queue, outcome).observe(max(at - began, 0) / 1000)
+        if kind == "deferred":
+            self.deferrals.labels(queue).inc()
+            reason = await self.redis.hget(keys.info(job_id), "e")
+            if reason and reason.decode().startswith("rate limited"):
+                self.rate_limit_waits.labels(queue).inc()
+
+    async def run(self) -> None:
+        """Follow new events until cancelled; survives Redis blips."""
+        last = "$"
+        events = Events(self.redis)
+        while True:
+            try:
+                async for eid, fields in events.follow(last_id=last, block_ms=2000):
+                    last = eid
+                    await self.handle(eid, fields)
+            except RedisError as exc:
+                log.warning("event observer: %s; retrying", exc)
+                await asyncio.sleep(1)
+
+
+class _Snapshot(Collector):
+    """Exposes an already computed overview (prometheus_client collectors are synchronous)."""
+
+    def __init__(self, ov: Overview) -> None:
+        self.ov = ov
+
+    def collect(self) -> Iterator[Metric]:
+        jobs = CounterMetricFamily(
+            "worker_jobs", "Finished jobs by queue and final outcome", labels=["queue", "outcome"]
+        )
+        retries = CounterMetricFamily("worker_job_retries", "Failed attempts that were retried", labels=["queue"])
+        depth = GaugeMetricFamily("worker_queue_jobs", "Jobs in a queue by state", labels=["queue", "state"])
+        paused = GaugeMetricFamily("worker_queue_paused", "1 when the queue is paused", labels=["queue"])
+        for q in self.ov.queues:
+            jobs.add_metric([q.name, "completed"], q.completed)
+            jobs.add_metric([q.name, "dead"], q.dead)
+            retries.add_metric([q.name], q.retried)
+            for state in ("waiting", "delayed", "active"):
+                depth.add_metric([q.name, state], getattr(q, state))
+            paused.add_metric([q.name], int(q.paused))
+        dead = GaugeMetricFamily("worker_dead_letters", "Entries in the dead-letter queue", value=self.ov.dead_letters)
+        yield from (jobs, retries, depth, paused, dead)
+
+
+def render(ov: Overview, process_registry: CollectorRegistry | None = None) -> bytes:
+    """The Prometheus text exposition of an overview plus this process's event-derived metrics."""
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(_Snapshot(ov))
+    out = generate_latest(reg)
+    if process_registry is not None:
+        out += generate_latest(process_registry)
+    return out
+
+
+async def stop_task(task: asyncio.Task[None] | None) -> None:
+    """Cancel a background task and wait for it."""
+    if task is None:
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
