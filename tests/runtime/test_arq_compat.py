@@ -28,6 +28,11 @@ async def arq_worker(redis_url: str, settings: Settings) -> AsyncIterator[ArqWor
     try:
         yield w
     finally:
+
+        async def idle() -> bool:  # let arq record the last results before close() cancels its tasks
+            return not w.tasks
+
+        await eventually(idle)
         await w.close()
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

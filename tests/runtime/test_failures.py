@@ -102,24 +102,27 @@ async def test_malformed_payloads_are_dead_lettered_and_worker_survives(
 async def test_worker_killed_mid_job_job_runs_again_quickly(redis_url: str, redis: Redis, client: Client) -> None:
     """SIGKILL a worker process mid-job: a second worker runs the job again within lease + reap interval."""
     r = await client.enqueue("slow", {"key": "k1", "sleep": 30})
-    with worker_process(redis_url) as victim, worker_process(redis_url):
+    with worker_process(redis_url) as victim:
 
         async def started() -> bool:
             return await redis.llen("t:k1:starts") == 1
 
         await eventually(started)
-        victim.send_signal(signal.SIGKILL)
-        killed_at = time.time()
+        with worker_process(redis_url) as survivor:
+            await asyncio.sleep(1.0)  # the survivor is up and idle (the job is leased by the victim)
+            assert survivor.poll() is None
+            victim.send_signal(signal.SIGKILL)
+            killed_at = time.time()
 
-        async def restarted() -> bool:
-            return await redis.llen("t:k1:starts") == 2
+            async def restarted() -> bool:
+                return await redis.llen("t:k1:starts") == 2
 
-        await eventually(restarted, within=20)
-        second_start = float((await redis.lrange("t:k1:starts", 1, 1))[0])
-        recovery = second_start - killed_at
-        print(f"\ncrash recovery: job started again {recovery:.2f}s after SIGKILL (lease 1.0 s)")
-        st = await client.status(r.job_id)
-        assert st.state == "active" and st.attempts == 2
+            await eventually(restarted, within=20)
+            second_start = float((await redis.lrange("t:k1:starts", 1, 1))[0])
+            recovery = second_start - killed_at
+            print(f"\ncrash recovery: job started again {recovery:.2f}s after SIGKILL (lease 1.0 s)")
+            st = await client.status(r.job_id)
+            assert st.state == "active" and st.attempts == 2
     events = [e["type"] for _, e in await Events(redis).read("0", 1000) if e["job_id"] == r.job_id]
     assert events == ["enqueued", "started", "stalled", "started"]
 

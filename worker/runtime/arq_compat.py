@@ -91,9 +91,7 @@ class CompatRuntime:
                     for job_id in self.running:
                         pipe.pexpire(keys.in_progress(job_id), lease)
                     await pipe.execute()
-                await ex.scripts.promote(
-                    keys=[keys.queue(self.queue), keys.delayed(self.queue)], args=[int(time.time() * 1000)]
-                )
+                await ex.scripts.promote(keys=[keys.queue(self.queue), keys.delayed(self.queue)], args=[])
             await asyncio.sleep(min(self.settings.heartbeat_ms / 1000, 0.2))
 
     async def run(self, ctx: dict[str, Any], name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

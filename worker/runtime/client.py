@@ -70,19 +70,20 @@ def _ms_to_dt(ms: int | float | None) -> dt.datetime | None:
     return None if ms is None else dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC)
 
 
-def _run_at_ms(defer_by: float | dt.timedelta | None, defer_until: dt.datetime | None, now: int) -> int:
+def _when(defer_by: float | dt.timedelta | None, defer_until: dt.datetime | None) -> tuple[int, int]:
+    """(absolute run-at ms or -1, delay ms): relative times are resolved on the Redis server's clock."""
     if defer_by is not None and defer_until is not None:
         raise ValueError("use either defer_by or defer_until, not both")
     if defer_until is not None:
         if defer_until.tzinfo is None:
             raise ValueError("defer_until must be timezone-aware (UTC inside)")
-        return int(defer_until.timestamp() * 1000)
+        return int(defer_until.timestamp() * 1000), 0
     if defer_by is not None:
         seconds = defer_by.total_seconds() if isinstance(defer_by, dt.timedelta) else float(defer_by)
         if seconds < 0:
             raise ValueError("defer_by must not be negative")
-        return now + int(seconds * 1000)
-    return now
+        return -1, int(seconds * 1000)
+    return -1, 0
 
 
 class Client:
@@ -190,7 +191,7 @@ class Client:
         if not 0 <= prio <= keys.MAX_PRIORITY:
             raise ValueError(f"priority must be 0..{keys.MAX_PRIORITY}")
         now = now_ms()
-        run_at = _run_at_ms(defer_by, defer_until, now)
+        run_at, delay = _when(defer_by, defer_until)
         argv: list[Any] = [
             now,
             self.settings.events_maxlen,
@@ -202,7 +203,7 @@ class Client:
         for payload, jid in zip(payloads, job_ids, strict=True):
             record = self._record(spec, payload, now, prio, idempotency_key)
             ik = keys.idempotency(spec.name, idempotency_key) if idempotency_key else ""
-            argv += [jid or new_job_id(), record, run_at, prio, ik]
+            argv += [jid or new_job_id(), record, run_at, delay, prio, ik]
         res = await self.scripts.enqueue(
             keys=[keys.EVENTS, keys.wake(spec.queue), keys.queue(spec.queue), keys.delayed(spec.queue)],
             args=argv,
@@ -297,7 +298,7 @@ class Client:
         ik = keys.idempotency(spec.name, record["ik"]) if record.get("ik") else keys.NONE
         done = await self.scripts.cancel(
             keys=[keys.queue(spec.queue), keys.delayed(spec.queue), keys.EVENTS, ik],
-            args=[job_id, self.settings.events_maxlen, spec.queue, now_ms()],
+            args=[job_id, self.settings.events_maxlen, spec.queue],
         )
         return bool(done)
 
@@ -313,15 +314,14 @@ class Client:
         if found is None:
             return False
         spec, record = found
-        now = now_ms()
-        run_at = _run_at_ms(defer_by, defer_until, now)
+        run_at, delay = _when(defer_by, defer_until)
         done = await self.scripts.reschedule(
             keys=[keys.queue(spec.queue), keys.delayed(spec.queue), keys.EVENTS, keys.wake(spec.queue)],
             args=[
                 job_id,
                 run_at,
                 int(record.get("p", 0)),
-                now,
+                delay,
                 self.settings.events_maxlen,
                 spec.queue,
                 JOB_EXPIRY_MS,

@@ -169,7 +169,7 @@ class Executor:
                 rl_key = spec.rate_limit_key(payload) if spec.rate_limit_key else ""
                 wait_ms = await self.scripts.ratelimit(
                     keys=[keys.ratelimit(f"{name}:{rl_key}")],
-                    args=[_now_ms(), limit, int(period * 1000), max(1, limit)],
+                    args=[0, limit, int(period * 1000), max(1, limit)],
                 )
                 if int(wait_ms) > 0:
                     out.kind, out.delay, out.error = (
@@ -265,7 +265,6 @@ class Executor:
     ) -> tuple[list[str], list[Any]]:
         """KEYS and ARGV for finish.lua."""
         q = out.queue
-        now = _now_ms()
         result = self.result_record(job_id, out, attempt) if out.kind in ("complete", "dead") else b""
         entry = self.dead_letter_entry(job_id, out, attempt) if out.kind == "dead" else b""
         idem_result = pack(out.result) if out.kind == "complete" and out.idem_key else b""
@@ -282,14 +281,14 @@ class Executor:
             job_id,
             owner,
             out.kind,
-            now,
+            0,  # unused: the script reads the server clock
             self.settings.events_maxlen,
             q,
             out.function,
             attempt,
             result,
             out.result_ttl_ms,
-            now + int(out.delay * 1000),
+            int(out.delay * 1000),
             priority,
             out.error[:500],
             entry,

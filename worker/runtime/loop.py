@@ -30,10 +30,6 @@ log = logging.getLogger("worker.runtime")
 REAP_EVERY_S = 1.0
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 @dataclass
 class _Running:
     task: asyncio.Task[Outcome]
@@ -75,12 +71,11 @@ class QueueLoop:
                 self._slot_free.clear()
                 await self._slot_free.wait()
                 continue
-            now = _now_ms()
             try:
                 res = await w.scripts.claim(
                     keys=self._keys,
                     args=[
-                        now,
+                        0,  # unused: the script reads the server clock
                         min(free, s.claim_batch),
                         s.lease_ms,
                         w.worker_id,
@@ -94,7 +89,7 @@ class QueueLoop:
                 log.error("claim on %s failed (%s); retrying in 1s", self.queue, exc)
                 await asyncio.sleep(1)
                 continue
-            retry_after, next_due = int(res[0]), int(res[1])
+            retry_after, next_due = int(res[0]), int(res[1])  # ms to wait / until the next due job
             for i in range(2, len(res), 4):
                 job_id = res[i].decode()
                 attempt, prio = int(res[i + 2]), int(res[i + 3])
@@ -104,7 +99,7 @@ class QueueLoop:
                 continue
             wait_ms = s.idle_poll_ms
             if next_due >= 0:
-                wait_ms = min(wait_ms, max(next_due - now, 1))
+                wait_ms = min(wait_ms, max(next_due, 1))
             if retry_after > 0:
                 wait_ms = min(wait_ms, retry_after)
                 await asyncio.sleep(wait_ms / 1000)
@@ -145,7 +140,7 @@ class QueueLoop:
     async def renew(self) -> None:
         if not self.running:
             return
-        args: list[Any] = [_now_ms(), self.w.settings.lease_ms, self.w.worker_id]
+        args: list[Any] = [0, self.w.settings.lease_ms, self.w.worker_id]
         locks = self.w.executor.idem_locks
         for job_id, run in list(self.running.items()):
             lock_key, token = locks.get(job_id, ("", ""))
@@ -163,7 +158,7 @@ class QueueLoop:
         return int(
             await self.w.scripts.reap(
                 keys=[keys.active(self.queue), keys.queue(self.queue), keys.EVENTS, keys.wake(self.queue)],
-                args=[_now_ms(), self.w.settings.events_maxlen, self.queue],
+                args=[0, self.w.settings.events_maxlen, self.queue],
             )
         )
 

@@ -3,10 +3,11 @@
 -- queue zset to the active zset with a lease, sets arq's in-progress key (so arq's Job.status() still works),
 -- counts the attempt and emits 'started' events.
 -- KEYS: 1 queue, 2 delayed, 3 active, 4 events, 5 rate-limit key, 6 paused set, 7 wake list
--- ARGV: 1 now_ms, 2 n, 3 lease_ms, 4 worker_id, 5 events_maxlen, 6 rate per second (0 = unlimited), 7 burst,
+-- ARGV: 1 (unused), 2 n, 3 lease_ms, 4 worker_id, 5 events_maxlen, 6 rate per second (0 = unlimited), 7 burst,
 --       8 queue name
--- Returns: {retry_after_ms, next_due_ms_or_-1, id1, payload1, attempt1, prio1, id2, ...}
-local now = tonumber(ARGV[1])
+-- Returns: {retry_after_ms, ms_until_next_due_or_-1, id1, payload1, attempt1, prio1, id2, ...}
+-- @include now_fn.lua
+local now = server_now()
 local n = tonumber(ARGV[2])
 local lease = tonumber(ARGV[3])
 local maxlen = tonumber(ARGV[5])
@@ -22,7 +23,8 @@ local function next_due()
     local at = math.floor(tonumber(d[2]) / 16)
     if best < 0 or at < best then best = at end
   end
-  return best
+  if best < 0 then return -1 end
+  return math.max(best - now, 0)
 end
 
 if redis.call('SISMEMBER', KEYS[6], ARGV[8]) == 1 then
@@ -62,7 +64,7 @@ for i = 1, count * 2, 2 do
     local prio = 0
     if score < now - BAND / 2 then prio = math.floor((now - score) / BAND + 0.5) end
     redis.call('ZREM', KEYS[1], id)
-    redis.call('ZADD', KEYS[3], (now + lease) * 16 + prio, id)
+    redis.call('ZADD', KEYS[3], math.floor(now + lease) * 16 + prio, id)
     redis.call('SET', 'arq:in-progress:' .. id, ARGV[4], 'PX', lease)
     local attempt = redis.call('HINCRBY', 'rt:info:' .. id, 'a', 1)
     local payload = redis.call('GET', 'arq:job:' .. id)

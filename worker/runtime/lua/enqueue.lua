@@ -1,9 +1,11 @@
 -- Enqueue N jobs atomically per job (arq-compatible data model plus our extras).
 -- KEYS: 1 events stream, 2 wake list, 3 queue zset, 4 delayed zset
--- ARGV: 1 now_ms, 2 events_maxlen (0 = no events), 3 function, 4 queue name, 5 expires_ms, 6 idem_ttl_s,
---       then groups of 5: job_id, payload, run_at_ms, priority, idem_key ('' = none)
+-- ARGV: 1 (unused), 2 events_maxlen (0 = no events), 3 function, 4 queue name, 5 expires_ms, 6 idem_ttl_s,
+--       then groups of 6: job_id, payload, run_at_ms (-1 = now + delay), delay_ms, priority, idem_key ('' = none)
+-- Jobs enqueued in the same millisecond keep FIFO order: scores carry the server's microseconds.
 -- Returns a flat list: job_id, created (1) / duplicate (0) per job.
-local now = tonumber(ARGV[1])
+-- @include now_fn.lua
+local now = server_now()
 local maxlen = tonumber(ARGV[2])
 local fn, queue = ARGV[3], ARGV[4]
 local expires = tonumber(ARGV[5])
@@ -11,8 +13,11 @@ local idem_ttl = tonumber(ARGV[6])
 local BAND = 100000000000
 local out = {}
 local added = 0
-for i = 7, #ARGV, 5 do
-  local id, payload, run_at, prio, ik = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]), ARGV[i + 4]
+local seq = 0
+for i = 7, #ARGV, 6 do
+  local id, payload, run_at, prio, ik = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 4]), ARGV[i + 5]
+  if run_at < 0 then run_at = now + tonumber(ARGV[i + 3]) + seq * 0.001 end
+  seq = seq + 1
   local existing = false
   if ik ~= '' then
     local owner = redis.call('HGET', ik, 'j')
@@ -24,9 +29,9 @@ for i = 7, #ARGV, 5 do
     out[#out + 1] = id; out[#out + 1] = 0; existing = true
   end
   if not existing then
-    redis.call('SET', 'arq:job:' .. id, payload, 'PX', expires + math.max(run_at - now, 0))
+    redis.call('SET', 'arq:job:' .. id, payload, 'PX', math.ceil(expires + math.max(run_at - now, 0)))
     if prio > 0 and run_at > now then
-      redis.call('ZADD', KEYS[4], run_at * 16 + prio, id)
+      redis.call('ZADD', KEYS[4], math.floor(run_at) * 16 + prio, id)
     else
       redis.call('ZADD', KEYS[3], run_at - prio * BAND, id)
     end
@@ -36,7 +41,7 @@ for i = 7, #ARGV, 5 do
     end
     if maxlen > 0 then
       redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', 'type', 'enqueued', 'job_id', id,
-        'function', fn, 'queue', queue, 'run_at', run_at)
+        'function', fn, 'queue', queue, 'run_at', math.floor(run_at))
     end
     out[#out + 1] = id; out[#out + 1] = 1
     added = added + 1

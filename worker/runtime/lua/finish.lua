@@ -2,11 +2,12 @@
 -- KEYS: 1 queue, 2 delayed, 3 active, 4 events, 5 stats hash, 6 dead-letter zset, 7 idempotency key (or 'rt:none')
 -- ARGV: 1 id, 2 owner (worker id; '' = arq's own loop owns the job keys), 3 outcome
 --       (complete|retry|defer|requeue|dead), 4 now_ms, 5 events_maxlen, 6 queue, 7 function, 8 attempt,
---       9 result record (arq format), 10 result_ttl_ms, 11 run_at_ms, 12 priority, 13 error, 14 dead-letter entry,
+--       9 result record (arq format), 10 result_ttl_ms, 11 delay_ms (retry/defer/requeue), 12 priority, 13 error, 14 dead-letter entry,
 --       15 dead-letter max, 16 idempotency ttl s, 17 idempotency result, 18 idempotency lock token
 -- Returns 1, or 0 when this worker no longer owns the job (its lease was lost and the job was taken again).
 local id, owner, outcome = ARGV[1], ARGV[2], ARGV[3]
-local now, maxlen = tonumber(ARGV[4]), tonumber(ARGV[5])
+-- @include now_fn.lua
+local now, maxlen = server_now(), tonumber(ARGV[5])
 local info = 'rt:info:' .. id
 local BAND = 100000000000
 local arq_owned = owner == ''
@@ -38,7 +39,7 @@ if outcome == 'complete' or outcome == 'dead' then
     redis.call('SET', 'arq:result:' .. id, ARGV[9], 'PX', ttl)
     redis.call('DEL', 'arq:job:' .. id)
   end
-  redis.call('HSET', info, 's', outcome, 'ft', now)
+  redis.call('HSET', info, 's', outcome, 'ft', math.floor(now))
   if outcome == 'complete' then
     redis.call('HDEL', info, 'e')
     if ik ~= 'rt:none' then
@@ -66,20 +67,20 @@ if outcome == 'complete' or outcome == 'dead' then
 end
 
 -- retry / defer / requeue: back to the queue at run_at, keeping the priority band
-local run_at, prio = tonumber(ARGV[11]), tonumber(ARGV[12])
+local run_at, prio = now + tonumber(ARGV[11]), tonumber(ARGV[12])
 if outcome ~= 'retry' then redis.call('HINCRBY', info, 'a', -1) end
 if ARGV[13] ~= '' then redis.call('HSET', info, 'e', ARGV[13]) end
 if not arq_owned then
   if prio > 0 and run_at > now then
-    redis.call('ZADD', KEYS[2], run_at * 16 + prio, id)
+    redis.call('ZADD', KEYS[2], math.floor(run_at) * 16 + prio, id)
   else
     redis.call('ZADD', KEYS[1], run_at - prio * BAND, id)
   end
 end
 if outcome == 'retry' then
-  event('retrying', 'run_at', run_at)
+  event('retrying', 'run_at', math.floor(run_at))
   redis.call('HINCRBY', KEYS[5], 'retried', 1)
 else
-  event(outcome == 'defer' and 'deferred' or 'requeued', 'run_at', run_at)
+  event(outcome == 'defer' and 'deferred' or 'requeued', 'run_at', math.floor(run_at))
 end
 return 1

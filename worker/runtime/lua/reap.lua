@@ -1,9 +1,10 @@
 -- Return jobs whose worker died (lease expired) to the front of their priority band.
 -- KEYS: 1 active, 2 queue, 3 events, 4 wake list
--- ARGV: 1 now_ms, 2 events_maxlen, 3 queue name
-local now, maxlen = tonumber(ARGV[1]), tonumber(ARGV[2])
+-- ARGV: 1 (unused), 2 events_maxlen, 3 queue name
+-- @include now_fn.lua
+local now, maxlen = server_now(), tonumber(ARGV[2])
 local BAND = 100000000000
-local stale = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now * 16, 'WITHSCORES', 'LIMIT', 0, 100)
+local stale = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', math.floor(now) * 16, 'WITHSCORES', 'LIMIT', 0, 100)
 local n = 0
 for i = 1, #stale, 2 do
   local id = stale[i]

@@ -1,8 +1,9 @@
 -- Heartbeat: extend the leases of the jobs this worker runs (and their idempotency locks).
 -- KEYS: 1 active zset
--- ARGV: 1 now_ms, 2 lease_ms, 3 worker_id, then groups of 4: id, priority, lock key ('' = none), lock token
+-- ARGV: 1 (unused), 2 lease_ms, 3 worker_id, then groups of 4: id, priority, lock key ('' = none), lock token
 -- Returns the ids whose lease this worker has lost (another worker took the job after a stall).
-local now, lease, me = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+-- @include now_fn.lua
+local now, lease, me = server_now(), tonumber(ARGV[2]), ARGV[3]
 local lost = {}
 for i = 4, #ARGV, 4 do
   local id = ARGV[i]
@@ -10,7 +11,7 @@ for i = 4, #ARGV, 4 do
   local holder = redis.call('GET', key)
   if holder == me or (not holder and redis.call('ZSCORE', KEYS[1], id)) then
     redis.call('SET', key, me, 'PX', lease)
-    redis.call('ZADD', KEYS[1], (now + lease) * 16 + tonumber(ARGV[i + 1]), id)
+    redis.call('ZADD', KEYS[1], math.floor(now + lease) * 16 + tonumber(ARGV[i + 1]), id)
     if ARGV[i + 2] ~= '' and redis.call('GET', ARGV[i + 2]) == ARGV[i + 3] then
       redis.call('PEXPIRE', ARGV[i + 2], lease)
     end
