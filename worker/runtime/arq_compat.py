@@ -117,8 +117,7 @@ class CompatRuntime:
         return await self.settle(job_id, out, attempt, prio)
 
     async def settle(self, job_id: str, out: Outcome, attempt: int, prio: int) -> Any:
-        k, a = self.executor.finish_args(job_id, out, attempt, prio, owner="")
-        await self.executor.scripts.finish(keys=k, args=a)
+        await self.executor.finish(self.queue, [self.executor.finish_item(job_id, out, attempt, prio)], owner="")
         if out.kind == "complete":
             return out.result
         if out.kind == "dead":

@@ -25,7 +25,7 @@ from settings import Settings, get_settings
 from worker.runtime import keys
 from worker.runtime.errors import UnknownFunction
 from worker.runtime.scripts import Scripts
-from worker.runtime.serializer import PayloadError, pack, unpack
+from worker.runtime.serializer import PayloadError, pack, pack_for_lua, unpack
 from worker.runtime.spec import JobSpec, Registry, registry
 
 JOB_EXPIRY_MS = 7 * 86400 * 1000  # a queued job record lives this long past its run time
@@ -192,18 +192,20 @@ class Client:
             raise ValueError(f"priority must be 0..{keys.MAX_PRIORITY}")
         now = now_ms()
         run_at, delay = _when(defer_by, defer_until)
+        ik = keys.idempotency(spec.name, idempotency_key) if idempotency_key else ""
+        jobs = [
+            [jid or new_job_id(), self._record(spec, payload, now, prio, idempotency_key), run_at, delay, prio, ik]
+            for payload, jid in zip(payloads, job_ids, strict=True)
+        ]
         argv: list[Any] = [
-            now,
+            0,
             self.settings.events_maxlen,
             spec.name,
             spec.queue,
             JOB_EXPIRY_MS,
             self.settings.idempotency_ttl,
+            pack_for_lua(jobs),
         ]
-        for payload, jid in zip(payloads, job_ids, strict=True):
-            record = self._record(spec, payload, now, prio, idempotency_key)
-            ik = keys.idempotency(spec.name, idempotency_key) if idempotency_key else ""
-            argv += [jid or new_job_id(), record, run_at, delay, prio, ik]
         res = await self.scripts.enqueue(
             keys=[keys.EVENTS, keys.wake(spec.queue), keys.queue(spec.queue), keys.delayed(spec.queue)],
             args=argv,

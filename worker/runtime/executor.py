@@ -23,7 +23,7 @@ from worker.runtime.client import Client
 from worker.runtime.context import JobContext
 from worker.runtime.errors import Defer, PermanentError, RetryLater
 from worker.runtime.scripts import Scripts
-from worker.runtime.serializer import PayloadError, pack, unpack
+from worker.runtime.serializer import PayloadError, pack, pack_for_lua, unpack
 from worker.runtime.spec import Policy, Registry
 
 log = logging.getLogger("worker.runtime")
@@ -260,44 +260,46 @@ class Executor:
             }
         )
 
-    def finish_args(
-        self, job_id: str, out: Outcome, attempt: int, priority: int, owner: str
-    ) -> tuple[list[str], list[Any]]:
-        """KEYS and ARGV for finish.lua."""
-        q = out.queue
-        result = self.result_record(job_id, out, attempt) if out.kind in ("complete", "dead") else b""
-        entry = self.dead_letter_entry(job_id, out, attempt) if out.kind == "dead" else b""
-        idem_result = pack(out.result) if out.kind == "complete" and out.idem_key else b""
-        k = [
-            keys.queue(q),
-            keys.delayed(q),
-            keys.active(q),
-            keys.EVENTS,
-            keys.stats(q),
-            keys.DEAD_LETTERS,
-            out.idem_key or keys.NONE,
-        ]
-        a: list[Any] = [
+    def finish_item(self, job_id: str, out: Outcome, attempt: int, priority: int) -> list[Any]:
+        """One job's entry in the msgpack batch that finish.lua records."""
+        done = out.kind in ("complete", "dead")
+        return [
             job_id,
-            owner,
             out.kind,
-            0,  # unused: the script reads the server clock
-            self.settings.events_maxlen,
-            q,
             out.function,
             attempt,
-            result,
+            self.result_record(job_id, out, attempt) if done else b"",
             out.result_ttl_ms,
             int(out.delay * 1000),
             priority,
             out.error[:500],
-            entry,
-            self.settings.dead_letter_max,
-            self.settings.idempotency_ttl,
-            idem_result,
+            self.dead_letter_entry(job_id, out, attempt) if out.kind == "dead" else b"",
+            out.idem_key or "",
+            pack(out.result) if out.kind == "complete" and out.idem_key else b"",
             out.idem_token,
         ]
-        return k, a
+
+    async def finish(self, queue: str, items: list[list[Any]], owner: str) -> list[int]:
+        """Record a batch of outcomes of one queue in one round trip; 0 marks a job whose lease was lost."""
+        res = await self.scripts.finish(
+            keys=[
+                keys.queue(queue),
+                keys.delayed(queue),
+                keys.active(queue),
+                keys.EVENTS,
+                keys.stats(queue),
+                keys.DEAD_LETTERS,
+            ],
+            args=[
+                owner,
+                self.settings.events_maxlen,
+                queue,
+                self.settings.dead_letter_max,
+                self.settings.idempotency_ttl,
+                pack_for_lua(items),
+            ],
+        )
+        return [int(x) for x in res]
 
 
 def _describe(exc: BaseException) -> str:

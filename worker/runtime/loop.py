@@ -121,21 +121,30 @@ class QueueLoop:
             batch, self._finished = self._finished, []
             if not batch:
                 continue
-            async with w.redis.pipeline(transaction=False) as pipe:
-                for job_id, out in batch:
-                    run = self.running.get(job_id)
-                    attempt, prio = (run.attempt, run.priority) if run else (0, 0)
-                    k, a = w.executor.finish_args(job_id, out, attempt, prio, w.worker_id)
-                    await w.scripts.finish(keys=k, args=a, client=pipe)
-                results = await pipe.execute(raise_on_error=False)
-            for (job_id, out), ok in zip(batch, results, strict=True):
-                if isinstance(ok, Exception):
-                    log.error("recording outcome of job %s failed: %s", job_id, ok)
-                elif not ok:
+            items = []
+            for job_id, out in batch:
+                run = self.running.get(job_id)
+                attempt, prio = (run.attempt, run.priority) if run else (0, 0)
+                items.append(w.executor.finish_item(job_id, out, attempt, prio))
+            flags = await self._record(items)
+            for (job_id, out), ok in zip(batch, flags, strict=True):
+                if not ok:
                     log.warning("job %s: lease lost to another worker; outcome %s discarded", job_id, out.kind)
                 self.running.pop(job_id, None)
                 self.processed += 1
             self._slot_free.set()
+
+    async def _record(self, items: list[list[Any]]) -> list[int]:
+        """finish.lua with retries; if Redis stays down the leases lapse and the jobs run again (at least once)."""
+        for attempt in range(5):
+            try:
+                return await self.w.executor.finish(self.queue, items, self.w.worker_id)
+            except RedisError as exc:
+                log.error(
+                    "recording %d outcome(s) on %s failed (%s); retry %d/5", len(items), self.queue, exc, attempt + 1
+                )
+                await asyncio.sleep(0.5 * (attempt + 1))
+        return [0] * len(items)
 
     async def renew(self) -> None:
         if not self.running:

@@ -30,6 +30,11 @@ def pack(obj: Any) -> bytes:
     return msgpack.packb(obj, default=_default, use_bin_type=True)  # type: ignore[no-any-return]
 
 
+def pack_for_lua(obj: Any) -> bytes:
+    """msgpack for a script argument: Redis's Lua cmsgpack knows no bin type, and Lua strings are bytes anyway."""
+    return msgpack.packb(obj, use_bin_type=False)  # type: ignore[no-any-return]
+
+
 def unpack(data: bytes) -> Any:
     """Deserialize msgpack bytes; anything else (pickle, junk, trailing bytes) raises PayloadError."""
     try:

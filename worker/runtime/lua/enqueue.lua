@@ -1,7 +1,8 @@
 -- Enqueue N jobs atomically per job (arq-compatible data model plus our extras).
 -- KEYS: 1 events stream, 2 wake list, 3 queue zset, 4 delayed zset
 -- ARGV: 1 (unused), 2 events_maxlen (0 = no events), 3 function, 4 queue name, 5 expires_ms, 6 idem_ttl_s,
---       then groups of 6: job_id, payload, run_at_ms (-1 = now + delay), delay_ms, priority, idem_key ('' = none)
+--       7 msgpack list of jobs, each {job_id, payload, run_at_ms (-1 = now + delay), delay_ms, priority,
+--       idem_key ('' = none)}
 -- Jobs enqueued in the same millisecond keep FIFO order: scores carry the server's microseconds.
 -- Returns a flat list: job_id, created (1) / duplicate (0) per job.
 -- @include now_fn.lua
@@ -14,9 +15,9 @@ local BAND = 100000000000
 local out = {}
 local added = 0
 local seq = 0
-for i = 7, #ARGV, 6 do
-  local id, payload, run_at, prio, ik = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 4]), ARGV[i + 5]
-  if run_at < 0 then run_at = now + tonumber(ARGV[i + 3]) + seq * 0.001 end
+for _, j in ipairs(cmsgpack.unpack(ARGV[7])) do
+  local id, payload, run_at, prio, ik = j[1], j[2], j[3], j[5], j[6]
+  if run_at < 0 then run_at = now + j[4] + seq * 0.001 end
   seq = seq + 1
   local existing = false
   if ik ~= '' then
