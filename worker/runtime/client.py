@@ -239,6 +239,7 @@ class Client:
                 st.function, st.queue = res.get("f"), res.get("q")
                 st.enqueued_at = _ms_to_dt(res.get("et"))
                 st.finished_at = _ms_to_dt(res.get("ft"))
+                st.attempts = max(st.attempts, int(res.get("t") or 0))
                 if res.get("s"):
                     st.state, st.result = "complete", res.get("r")
                 else:

@@ -56,26 +56,35 @@ if rate > 0 then
 end
 
 local out = {retry_after, -1}
+local claimed, active_args, job_keys = {}, {}, {}
 for i = 1, count * 2, 2 do
   local id = due[i]
   local score = tonumber(due[i + 1])
-  -- an id with an in-progress key is being run by arq's own loop (compat mode on this queue): not ours
-  if redis.call('EXISTS', 'arq:in-progress:' .. id) == 0 then
+  -- SET NX: an id whose in-progress key exists is being run by arq's own loop (compat mode): not ours
+  if redis.call('SET', 'arq:in-progress:' .. id, ARGV[4], 'NX', 'PX', lease) then
     local prio = 0
     if score < now - BAND / 2 then prio = math.floor((now - score) / BAND + 0.5) end
-    redis.call('ZREM', KEYS[1], id)
-    redis.call('ZADD', KEYS[3], math.floor(now + lease) * 16 + prio, id)
-    redis.call('SET', 'arq:in-progress:' .. id, ARGV[4], 'PX', lease)
+    claimed[#claimed + 1] = id
+    active_args[#active_args + 1] = math.floor(now + lease) * 16 + prio
+    active_args[#active_args + 1] = id
+    job_keys[#job_keys + 1] = 'arq:job:' .. id
     local attempt = redis.call('HINCRBY', 'rt:info:' .. id, 'a', 1)
-    local payload = redis.call('GET', 'arq:job:' .. id)
     if maxlen > 0 then
       redis.call('XADD', KEYS[4], 'MAXLEN', '~', maxlen, '*', 'type', 'started', 'job_id', id, 'queue', ARGV[8],
         'attempt', attempt)
     end
     out[#out + 1] = id
-    out[#out + 1] = payload or false
+    out[#out + 1] = false
     out[#out + 1] = attempt
     out[#out + 1] = prio
+  end
+end
+if #claimed > 0 then
+  redis.call('ZREM', KEYS[1], unpack(claimed))
+  redis.call('ZADD', KEYS[3], unpack(active_args))
+  local payloads = redis.call('MGET', unpack(job_keys))
+  for i = 1, #claimed do
+    out[2 + (i - 1) * 4 + 2] = payloads[i]
   end
 end
 if count == n then

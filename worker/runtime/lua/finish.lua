@@ -13,59 +13,74 @@ local dlq_max, idem_ttl = tonumber(ARGV[4]), tonumber(ARGV[5])
 local now = server_now()
 local BAND = 100000000000
 local arq_owned = owner == ''
+local jobs = cmsgpack.unpack(ARGV[6])
+local out = {}
+local dels, released = {}, {}
+local stats = {completed = 0, retried = 0, dead = 0}
 
-local function finish(j)
-  local id, outcome, fn, attempt = j[1], j[2], j[3], j[4]
+local holders = {}
+if not arq_owned then
+  local lease_keys = {}
+  for i, j in ipairs(jobs) do lease_keys[i] = 'arq:in-progress:' .. j[1] end
+  holders = redis.call('MGET', unpack(lease_keys))
+end
+
+local function event(j, kind, extra_k, extra_v)
+  if maxlen > 0 then
+    redis.call('XADD', KEYS[4], 'MAXLEN', '~', maxlen, '*', 'type', kind, 'job_id', j[1], 'function', j[3],
+      'queue', queue, 'attempt', j[4], extra_k, extra_v)
+  end
+end
+
+local function finish(i, j)
+  local id, outcome = j[1], j[2]
   local info = 'rt:info:' .. id
   if not arq_owned then
-    local holder = redis.call('GET', 'arq:in-progress:' .. id)
+    local holder = holders[i]
     if holder and holder ~= owner then return 0 end
     if not holder and not redis.call('ZSCORE', KEYS[3], id) then return 0 end
-    redis.call('DEL', 'arq:in-progress:' .. id)
-    redis.call('ZREM', KEYS[3], id)
+    dels[#dels + 1] = 'arq:in-progress:' .. id
+    released[#released + 1] = id
   end
   local ik = j[11]
   if ik ~= '' then
     local lock = ik .. ':lock'
     if redis.call('GET', lock) == j[13] then redis.call('DEL', lock) end
   end
-  local function event(kind, extra_k, extra_v)
-    if maxlen > 0 then
-      redis.call('XADD', KEYS[4], 'MAXLEN', '~', maxlen, '*', 'type', kind, 'job_id', id, 'function', fn,
-        'queue', queue, 'attempt', attempt, extra_k, extra_v)
+
+  if outcome == 'complete' then
+    if not arq_owned then
+      redis.call('SET', 'arq:result:' .. id, j[5], 'PX', j[6])
+      dels[#dels + 1] = 'arq:job:' .. id
     end
+    if ik ~= '' then
+      redis.call('HSET', ik, 'j', id, 's', 'done', 'r', j[12])
+      redis.call('EXPIRE', ik, idem_ttl)
+    end
+    redis.call('PEXPIRE', info, j[6])  -- state and finish time are read from the result record
+    event(j, 'completed', 'ms', math.floor(now))
+    stats.completed = stats.completed + 1
+    return 1
   end
 
-  if outcome == 'complete' or outcome == 'dead' then
-    local ttl = j[6]
+  if outcome == 'dead' then
     if not arq_owned then
-      redis.call('SET', 'arq:result:' .. id, j[5], 'PX', ttl)
-      redis.call('DEL', 'arq:job:' .. id)
+      redis.call('SET', 'arq:result:' .. id, j[5], 'PX', j[6])
+      dels[#dels + 1] = 'arq:job:' .. id
     end
-    redis.call('HSET', info, 's', outcome, 'ft', math.floor(now))
-    if outcome == 'complete' then
-      redis.call('HDEL', info, 'e')
-      if ik ~= '' then
-        redis.call('HSET', ik, 'j', id, 's', 'done', 'r', j[12])
-        redis.call('EXPIRE', ik, idem_ttl)
-      end
-      event('completed', 'ms', math.floor(now))
-      redis.call('HINCRBY', KEYS[5], 'completed', 1)
-    else
-      redis.call('HSET', info, 'e', j[9])
-      if ik ~= '' and redis.call('HGET', ik, 's') ~= 'done' then redis.call('DEL', ik) end
-      redis.call('SET', 'rt:dlq:' .. id, j[10])
-      redis.call('ZADD', KEYS[6], math.floor(now), id)
-      local over = redis.call('ZCARD', KEYS[6]) - dlq_max
-      if over > 0 then
-        local old = redis.call('ZRANGE', KEYS[6], 0, over - 1)
-        for _, oid in ipairs(old) do redis.call('DEL', 'rt:dlq:' .. oid) end
-        redis.call('ZREMRANGEBYRANK', KEYS[6], 0, over - 1)
-      end
-      event('dead', 'error', j[9])
-      redis.call('HINCRBY', KEYS[5], 'dead', 1)
+    redis.call('HSET', info, 's', 'dead', 'ft', math.floor(now), 'e', j[9])
+    redis.call('PEXPIRE', info, j[6])
+    if ik ~= '' and redis.call('HGET', ik, 's') ~= 'done' then redis.call('DEL', ik) end
+    redis.call('SET', 'rt:dlq:' .. id, j[10])
+    redis.call('ZADD', KEYS[6], math.floor(now), id)
+    local over = redis.call('ZCARD', KEYS[6]) - dlq_max
+    if over > 0 then
+      local old = redis.call('ZRANGE', KEYS[6], 0, over - 1)
+      for _, oid in ipairs(old) do redis.call('DEL', 'rt:dlq:' .. oid) end
+      redis.call('ZREMRANGEBYRANK', KEYS[6], 0, over - 1)
     end
-    redis.call('PEXPIRE', info, ttl)
+    event(j, 'dead', 'error', j[9])
+    stats.dead = stats.dead + 1
     return 1
   end
 
@@ -81,16 +96,20 @@ local function finish(j)
     end
   end
   if outcome == 'retry' then
-    event('retrying', 'run_at', math.floor(run_at))
-    redis.call('HINCRBY', KEYS[5], 'retried', 1)
+    event(j, 'retrying', 'run_at', math.floor(run_at))
+    stats.retried = stats.retried + 1
   else
-    event(outcome == 'defer' and 'deferred' or 'requeued', 'run_at', math.floor(run_at))
+    event(j, outcome == 'defer' and 'deferred' or 'requeued', 'run_at', math.floor(run_at))
   end
   return 1
 end
 
-local out = {}
-for i, j in ipairs(cmsgpack.unpack(ARGV[6])) do
-  out[i] = finish(j)
+for i, j in ipairs(jobs) do
+  out[i] = finish(i, j)
+end
+if #dels > 0 then redis.call('DEL', unpack(dels)) end
+if #released > 0 then redis.call('ZREM', KEYS[3], unpack(released)) end
+for field, n in pairs(stats) do
+  if n > 0 then redis.call('HINCRBY', KEYS[5], field, n) end
 end
 return out
