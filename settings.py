@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     claim_batch: int = Field(100, ge=1)
 
     idempotency_ttl: int = Field(86400, ge=1)
+    sync_interval_s: float = Field(300.0, gt=0, description="how often every active mailbox is synced")
+    maintenance_interval_s: float = Field(300.0, gt=0, description="how often the cleanup job runs")
     events_maxlen: int = Field(100_000, ge=100)
     dead_letter_retention_s: int = Field(14 * 86400, ge=60)
     dead_letter_max: int = Field(100_000, ge=10)
