@@ -142,7 +142,7 @@ class Executor:
             out.error = f"invalid payload for {name}: {_validation_summary(exc)}"
             return out
 
-        timer: asyncio.Timeout | None = None
+        timer: _Deadline | None = None
         try:
             ik = record.get("ik") or (spec.idempotency_key(payload) if spec.idempotency_key else None)
             if ik:
@@ -191,14 +191,22 @@ class Executor:
                 policy.max_attempts,
                 self.state,
             )
-            timer = asyncio.timeout(policy.timeout)
-            async with timer:
+            timer = _Deadline(policy.timeout)
+            try:
                 out.result = await spec.fn(ctx, payload)
+            finally:
+                timer.cancel()
             out.kind = "complete"
             return out
         except asyncio.CancelledError:
-            out.kind, out.error = "requeue", "worker shut down before the job finished"
-            return out
+            if timer is None or not timer.fired:
+                out.kind, out.error = "requeue", "worker shut down before the job finished"
+                return out
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            out.error = f"timed out after {policy.timeout:g}s"
+            return self._transient(out, attempt, policy, None)
         except PermanentError as exc:
             out.error, out.traceback = _describe(exc), _tb(exc)
             return out
@@ -206,21 +214,20 @@ class Executor:
             out.kind, out.delay, out.error = "defer", exc.delay, _describe(exc)
             return out
         except Exception as exc:  # every other failure is transient: retry with backoff until attempts run out
-            if isinstance(exc, TimeoutError) and timer is not None and timer.expired():
-                out.error = f"timed out after {policy.timeout:g}s"
-            else:
-                out.error = _describe(exc)
-            out.traceback = _tb(exc)
-            if attempt >= policy.max_attempts:
-                out.error = f"failed after {attempt} attempts: {out.error}"
-                return out
-            out.kind = "retry"
-            delay = min(exc.delay, policy.backoff_cap) if isinstance(exc, RetryLater) else policy.delay(attempt)
-            out.delay = delay
-            log.info("job %s %s attempt %d failed (%s); retry in %.2fs", job_id, name, attempt, out.error, delay)
-            return out
+            out.error, out.traceback = _describe(exc), _tb(exc)
+            return self._transient(out, attempt, policy, exc)
         finally:
             self.idem_locks.pop(job_id, None)
+
+    def _transient(self, out: Outcome, attempt: int, policy: Policy, exc: Exception | None) -> Outcome:
+        """Retry with backoff (or the delay a RetryLater asked for) while attempts remain, else dead-letter."""
+        if attempt >= policy.max_attempts:
+            out.kind, out.error = "dead", f"failed after {attempt} attempts: {out.error}"
+            return out
+        out.kind = "retry"
+        out.delay = min(exc.delay, policy.backoff_cap) if isinstance(exc, RetryLater) else policy.delay(attempt)
+        log.info("job %s attempt %d failed (%s); retry in %.2fs", out.function, attempt, out.error, out.delay)
+        return out
 
     def result_record(self, job_id: str, out: Outcome, attempt: int) -> bytes:
         """The result in arq's format, so arq's ``Job.result()``/``info()`` keep working."""
@@ -300,6 +307,25 @@ class Executor:
             ],
         )
         return [int(x) for x in res]
+
+
+class _Deadline:
+    """Cancels the current task after ``seconds`` (one loop timer: much cheaper than asyncio.timeout)."""
+
+    __slots__ = ("fired", "handle", "task")
+
+    def __init__(self, seconds: float) -> None:
+        self.fired = False
+        self.task = asyncio.current_task()
+        self.handle = asyncio.get_running_loop().call_later(seconds, self._fire)
+
+    def _fire(self) -> None:
+        self.fired = True
+        if self.task is not None:
+            self.task.cancel()
+
+    def cancel(self) -> None:
+        self.handle.cancel()
 
 
 def _describe(exc: BaseException) -> str:
