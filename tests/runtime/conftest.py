@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
+from arq.connections import RedisSettings
+from arq.worker import Worker as ArqWorker
 from redis.asyncio import Redis
 
 import tests.runtime.jobs  # noqa: F401  (registers the test jobs)
 from settings import Settings
+from tests.helpers import eventually
 from worker.runtime import Client, Worker
+from worker.runtime.arq_compat import worker_settings
 
 TEST_QUEUES = {
     "rt-test": {"rate_limit": None, "concurrency": 10, "backoff_base": 0.1},
@@ -55,5 +61,39 @@ async def client(redis: Redis, settings: Settings) -> Client:
 
 @pytest.fixture
 async def worker(redis_url: str, redis: Redis, settings: Settings) -> AsyncIterator[Worker]:
+    """Our worker loop on the test queue."""
     async with Worker(redis_url, queues=["rt-test"], settings=settings) as w:
         yield w
+
+
+@pytest.fixture(params=["our-loop", "arq-loop"])
+async def any_worker(
+    request: pytest.FixtureRequest, redis_url: str, redis: Redis, settings: Settings
+) -> AsyncIterator[object]:
+    """The same job semantics on our loop and on arq's own loop (compat mode)."""
+    if request.param == "our-loop":
+        async with Worker(redis_url, queues=["rt-test"], settings=settings) as w:
+            yield w
+    else:
+        async with arq_worker(redis_url, settings) as aw:
+            yield aw
+
+
+@asynccontextmanager
+async def arq_worker(redis_url: str, settings: Settings) -> AsyncIterator[ArqWorker]:
+    cls = worker_settings("rt-test", settings)
+    kwargs = {k: v for k, v in vars(cls).items() if not k.startswith("__")}
+    kwargs["redis_settings"] = RedisSettings.from_dsn(redis_url)
+    w = ArqWorker(**kwargs, handle_signals=False)
+    task = asyncio.create_task(w.main())
+    try:
+        yield w
+    finally:
+
+        async def idle() -> bool:  # let arq record the last results before close() cancels its tasks
+            return not w.tasks
+
+        await eventually(idle)
+        await w.close()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

@@ -2,40 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import pickle
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
-from arq.connections import RedisSettings
-from arq.worker import Worker as ArqWorker
 from redis.asyncio import Redis
 
 from settings import Settings
 from tests.helpers import eventually
+from tests.runtime.conftest import arq_worker
 from worker.runtime import Client, DeadLetters, Events, create_pool
-from worker.runtime.arq_compat import worker_settings
-
-
-@asynccontextmanager
-async def arq_worker(redis_url: str, settings: Settings) -> AsyncIterator[ArqWorker]:
-    cls = worker_settings("rt-test", settings)
-    kwargs = {k: v for k, v in vars(cls).items() if not k.startswith("__")}
-    kwargs["redis_settings"] = RedisSettings.from_dsn(redis_url)
-    w = ArqWorker(**kwargs, handle_signals=False)
-    task = asyncio.create_task(w.main())
-    try:
-        yield w
-    finally:
-
-        async def idle() -> bool:  # let arq record the last results before close() cancels its tasks
-            return not w.tasks
-
-        await eventually(idle)
-        await w.close()
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
 
 
 async def test_flaky_retries_and_permanent_failures_on_arq_loop(

@@ -13,7 +13,7 @@ from settings import Settings
 from worker.runtime import Client, Events, UnknownFunction, Worker, create_pool
 
 
-async def test_idempotent_enqueue_twice_runs_once(client: Client, redis: Redis, worker: Worker) -> None:
+async def test_idempotent_enqueue_twice_runs_once(client: Client, redis: Redis, any_worker: object) -> None:
     a = await client.enqueue("side_effect_once", {"key": "i1"}, idempotency_key="order-1")
     b = await client.enqueue("side_effect_once", {"key": "i1"}, idempotency_key="order-1")
     assert not a.duplicate and b.duplicate and a.job_id == b.job_id
@@ -27,7 +27,7 @@ async def test_idempotent_enqueue_twice_runs_once(client: Client, redis: Redis, 
 
 
 async def test_rerun_of_completed_idempotent_job_returns_stored_result(
-    client: Client, redis: Redis, worker: Worker
+    client: Client, redis: Redis, any_worker: object
 ) -> None:
     """A crash between the side effect and arq's bookkeeping re-runs the job: the stored result is reused."""
     r = await client.enqueue("side_effect_once", {"key": "i2"})  # key from the function's idempotency_key
@@ -40,7 +40,7 @@ async def test_rerun_of_completed_idempotent_job_returns_stored_result(
     assert await redis.get("t:i2:effects") == b"1"
 
 
-async def test_concurrent_duplicate_execution_is_prevented(client: Client, redis: Redis, worker: Worker) -> None:
+async def test_concurrent_duplicate_execution_is_prevented(client: Client, redis: Redis, any_worker: object) -> None:
     jobs = [await client.enqueue("side_effect_once", {"key": "i3", "sleep": 0.5}) for _ in range(3)]
     states = [await client.wait(j.job_id, timeout=15) for j in jobs]
     assert [s.state for s in states] == ["complete"] * 3
@@ -128,7 +128,7 @@ async def test_bad_input_is_rejected_at_enqueue_and_nothing_is_written(client: C
     assert await redis.dbsize() == 0
 
 
-async def test_cancel_and_reschedule(client: Client, redis: Redis, worker: Worker) -> None:
+async def test_cancel_and_reschedule(client: Client, redis: Redis, any_worker: object) -> None:
     c = await client.enqueue("record_order", {"key": "cancelled"}, defer_by=0.5)
     assert await client.cancel(c.job_id)
     assert not await client.cancel(c.job_id)
@@ -145,7 +145,7 @@ async def test_cancel_and_reschedule(client: Client, redis: Redis, worker: Worke
 
 
 async def test_plain_arq_enqueue_job_gets_default_policy(
-    redis_url: str, client: Client, redis: Redis, worker: Worker
+    redis_url: str, client: Client, redis: Redis, any_worker: object
 ) -> None:
     pool = await create_pool(redis_url)
     try:

@@ -6,7 +6,7 @@ import itertools
 
 from redis.asyncio import Redis
 
-from worker.runtime import Client, DeadLetters, Worker
+from worker.runtime import Client, DeadLetters
 
 
 async def _starts(redis: Redis, key: str) -> list[float]:
@@ -14,7 +14,7 @@ async def _starts(redis: Redis, key: str) -> list[float]:
 
 
 async def test_flaky_job_succeeds_on_attempt_3_with_growing_delays(
-    client: Client, redis: Redis, worker: Worker
+    client: Client, redis: Redis, any_worker: object
 ) -> None:
     r = await client.enqueue("flaky", {"key": "f1", "fail_times": 2})
     st = await client.wait(r.job_id, timeout=10)
@@ -30,7 +30,7 @@ async def test_flaky_job_succeeds_on_attempt_3_with_growing_delays(
     assert await DeadLetters(redis).count() == 0
 
 
-async def test_flaky_job_exhausting_attempts_is_dead_lettered(client: Client, redis: Redis, worker: Worker) -> None:
+async def test_flaky_job_exhausting_attempts_is_dead_lettered(client: Client, redis: Redis, any_worker: object) -> None:
     r = await client.enqueue("flaky", {"key": "f2", "fail_times": 10})
     st = await client.wait(r.job_id, timeout=10)
     assert st.state == "dead"
@@ -43,7 +43,7 @@ async def test_flaky_job_exhausting_attempts_is_dead_lettered(client: Client, re
     assert entry.payload == {"key": "f2", "fail_times": 10, "sleep": 0.0}
 
 
-async def test_permanent_error_goes_to_dlq_after_one_attempt(client: Client, redis: Redis, worker: Worker) -> None:
+async def test_permanent_error_goes_to_dlq_after_one_attempt(client: Client, redis: Redis, any_worker: object) -> None:
     r = await client.enqueue("always_permanent", {"key": "p1"})
     st = await client.wait(r.job_id, timeout=10)
     assert st.state == "dead"
@@ -53,7 +53,7 @@ async def test_permanent_error_goes_to_dlq_after_one_attempt(client: Client, red
     assert "550 mailbox does not exist" in entry.error
 
 
-async def test_timeout_is_retried_then_dead_lettered(client: Client, redis: Redis, worker: Worker) -> None:
+async def test_timeout_is_retried_then_dead_lettered(client: Client, redis: Redis, any_worker: object) -> None:
     r = await client.enqueue("too_slow", {"key": "s1"})
     st = await client.wait(r.job_id, timeout=10)
     assert st.state == "dead"
@@ -62,7 +62,7 @@ async def test_timeout_is_retried_then_dead_lettered(client: Client, redis: Redi
     assert entry is not None and "timed out after 0.3s" in entry.error
 
 
-async def test_retry_later_honours_requested_delay(client: Client, redis: Redis, worker: Worker) -> None:
+async def test_retry_later_honours_requested_delay(client: Client, redis: Redis, any_worker: object) -> None:
     r = await client.enqueue("retry_later", {"key": "rl"})
     st = await client.wait(r.job_id, timeout=10)
     assert st.state == "complete" and st.result == 2
@@ -70,7 +70,7 @@ async def test_retry_later_honours_requested_delay(client: Client, redis: Redis,
     assert b - a >= 0.45
 
 
-async def test_defer_does_not_consume_attempts(client: Client, redis: Redis, worker: Worker) -> None:
+async def test_defer_does_not_consume_attempts(client: Client, redis: Redis, any_worker: object) -> None:
     r = await client.enqueue("deferring", {"key": "d1"})
     st = await client.wait(r.job_id, timeout=10)
     assert st.state == "complete"
@@ -78,7 +78,7 @@ async def test_defer_does_not_consume_attempts(client: Client, redis: Redis, wor
     assert await redis.get("t:d1:runs") == b"3"
 
 
-async def test_dead_letter_retry_reenqueues_and_runs(client: Client, redis: Redis, worker: Worker) -> None:
+async def test_dead_letter_retry_reenqueues_and_runs(client: Client, redis: Redis, any_worker: object) -> None:
     r = await client.enqueue("flaky", {"key": "f3", "fail_times": 3})
     assert (await client.wait(r.job_id, timeout=10)).state == "dead"
     dlq = DeadLetters(redis, client)
@@ -91,7 +91,7 @@ async def test_dead_letter_retry_reenqueues_and_runs(client: Client, redis: Redi
     assert len(await _starts(redis, "f3")) == 4
 
 
-async def test_dead_letter_purge(client: Client, redis: Redis, worker: Worker) -> None:
+async def test_dead_letter_purge(client: Client, redis: Redis, any_worker: object) -> None:
     ids = [(await client.enqueue("always_permanent", {"key": f"pp{i}"})).job_id for i in range(3)]
     for i in ids:
         await client.wait(i, timeout=10)
