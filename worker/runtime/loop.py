@@ -7,6 +7,7 @@ One ``Worker`` serves several queues in one process (one claim loop per queue, s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -47,6 +48,7 @@ class QueueLoop:
         self.concurrency = concurrency
         self.running: dict[str, _Running] = {}
         self._slot_free = asyncio.Event()
+        self._wake = asyncio.Event()
         self._finished: list[tuple[str, Outcome]] = []
         self._flush = asyncio.Event()
         self._keys = [
@@ -102,9 +104,21 @@ class QueueLoop:
                 wait_ms = min(wait_ms, max(next_due, 1))
             if retry_after > 0:
                 wait_ms = min(wait_ms, retry_after)
-                await asyncio.sleep(wait_ms / 1000)
-                continue
-            await w.blocking.blpop([keys.wake(self.queue)], timeout=wait_ms / 1000)  # type: ignore[arg-type]
+            # a local timer is exact; Redis checks blocking timeouts only when its event loop wakes (~100 ms)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), wait_ms / 1000)
+            self._wake.clear()
+
+    async def wake_loop(self) -> None:
+        """Block on the queue's wake-up list (pushed by every enqueue) and wake the claim loop."""
+        key, timeout = keys.wake(self.queue), max(self.w.settings.idle_poll_ms / 1000, 0.1)
+        while True:
+            try:
+                await self.w.blocking.blpop([key], timeout=timeout)  # type: ignore[arg-type]
+            except RedisError as exc:
+                log.error("waiting on %s failed (%s); retrying in 1s", key, exc)
+                await asyncio.sleep(1)
+            self._wake.set()
 
     async def _run(self, job_id: str, raw: bytes | None, attempt: int) -> Outcome:
         out = await self.w.executor.run_raw(job_id, raw, attempt, self.queue)
@@ -223,6 +237,7 @@ class Worker:
         for lp in self.loops:
             self._tasks.append(asyncio.create_task(lp.finish_loop(), name=f"finish:{lp.queue}"))
             self._tasks.append(asyncio.create_task(lp.claim_loop(), name=f"claim:{lp.queue}"))
+            self._tasks.append(asyncio.create_task(lp.wake_loop(), name=f"wake:{lp.queue}"))
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
         log.info("worker %s serving %s", self.worker_id, ", ".join(self.queues))
 
@@ -264,7 +279,7 @@ class Worker:
         self.stopping = True
         grace = self.settings.shutdown_grace_s if grace is None else grace
         for t in self._tasks:
-            if t.get_name().startswith("claim:"):
+            if t.get_name().startswith(("claim:", "wake:")):
                 t.cancel()
         await asyncio.gather(*(lp.drain(grace) for lp in self.loops))
         for t in self._tasks:
