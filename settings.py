@@ -7,7 +7,7 @@ is set with `QUEUES__<QUEUE>__<FIELD>` style variables, e.g. ``QUEUES__SEND_EMAI
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -69,6 +69,18 @@ class Settings(BaseSettings):
     anthropic_api_key: SecretStr | None = None
     anthropic_base_url: str | None = None
     anthropic_model: str = "claude-haiku-4-5"
+    ai_daily_token_budget: int | None = Field(
+        200_000, ge=0, description="tokens per tenant per UTC day; None = unlimited"
+    )
+    ai_over_budget: Literal["defer", "heuristic"] = Field(
+        "heuristic", description="over budget: defer to the next UTC day, or use the offline analyzer"
+    )
+    ai_max_input_chars: int = Field(12_000, ge=500, description="email text sent to the model is cut here")
+    ai_max_output_tokens: int = Field(1024, ge=256, le=4096)
+    ai_request_timeout_s: float = Field(30.0, gt=0)
+    ai_retry_after_cap_s: float = Field(300.0, ge=0, description="longest retry-after honoured (s)")
+    ai_tenant_rate_limit: int = Field(60, ge=1, description="analyses per tenant per ai_tenant_rate_period_s")
+    ai_tenant_rate_period_s: float = Field(60.0, gt=0)
 
     @field_validator("queues", mode="before")
     @classmethod

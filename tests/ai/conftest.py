@@ -10,7 +10,8 @@ from tests.support.fake_anthropic import FakeAnthropic
 from worker.ai.anthropic import AnthropicAnalyzer
 
 TEST_MODEL = "claude-haiku-4-5"
-TEST_TIMEOUT = 0.5  # seconds; the fake's "hang" replies outlast it
+TIMEOUT = 30.0  # seconds: ordinary calls never hit it, even on a loaded machine
+SHORT_TIMEOUT = 1.0  # for the timeout cases: the fake's hang replies outlast it
 
 
 @pytest.fixture
@@ -19,10 +20,19 @@ def fake_api() -> Iterator[FakeAnthropic]:
         yield api
 
 
+def _analyzer(api: FakeAnthropic, timeout: float) -> AnthropicAnalyzer:
+    return AnthropicAnalyzer(api_key="sk-test-not-real", model=TEST_MODEL, base_url=api.base_url, timeout=timeout)
+
+
 @pytest.fixture
 async def analyzer(fake_api: FakeAnthropic) -> AsyncIterator[AnthropicAnalyzer]:
-    a = AnthropicAnalyzer(
-        api_key="sk-test-not-real", model=TEST_MODEL, base_url=fake_api.base_url, timeout=TEST_TIMEOUT
-    )
+    a = _analyzer(fake_api, TIMEOUT)
+    yield a
+    await a.aclose()
+
+
+@pytest.fixture
+async def impatient_analyzer(fake_api: FakeAnthropic) -> AsyncIterator[AnthropicAnalyzer]:
+    a = _analyzer(fake_api, SHORT_TIMEOUT)
     yield a
     await a.aclose()

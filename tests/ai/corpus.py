@@ -29,6 +29,24 @@ CORPUS: dict[str, tuple[EmailInput, Category]] = {
         ),
         Category.work,
     ),
+    "personal-same-domain": (
+        EmailInput(
+            subject="Thanks for the lovely dinner!",
+            from_addr="carol@example.com",
+            to=["alice@example.com"],
+            text="Alice, thank you so much for dinner yesterday, it was wonderful. See you soon!\nCarol",
+        ),
+        Category.personal,
+    ),
+    "work-outage": (
+        EmailInput(
+            subject="Production outage: our checkout is down",
+            from_addr="support@customer.example.org",
+            to=["alice@example.com"],
+            text="Hi team,\n\nsince 09:12 our checkout returns errors for all customers. This is urgent, please call.",
+        ),
+        Category.work,
+    ),
     "work-urgent": (
         EmailInput(
             subject="URGENT: production deploy blocked",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from email.utils import formatdate
 
 import pytest
@@ -126,7 +127,7 @@ async def test_429_is_transient_with_retry_after(
 
 
 def test_retry_after_as_http_date() -> None:
-    in_a_minute = formatdate(timeval=__import__("time").time() + 60, usegmt=True)
+    in_a_minute = formatdate(timeval=time.time() + 60, usegmt=True)
     assert 55 <= (retry_after_seconds({"retry-after": in_a_minute}) or 0) <= 61
     assert retry_after_seconds({"retry-after": "garbage"}) is None
     assert retry_after_seconds({"retry-after": "-5"}) == 0.0
@@ -151,12 +152,13 @@ async def test_server_errors_are_transient(fake_api: FakeAnthropic, analyzer: An
         (403, "permission_error"),
         (404, "not_found_error"),
         (413, "request_too_large"),
+        (422, "invalid_request_error"),
     ],
 )
 async def test_client_errors_are_permanent(
     fake_api: FakeAnthropic, analyzer: AnthropicAnalyzer, status: int, kind: str
 ) -> None:
-    fake_api.script(Reply.error(status, message="messages: text content blocks must be non-empty"))
+    fake_api.script(Reply.error(status, kind, message="messages: text content blocks must be non-empty"))
     with pytest.raises(AnalyzerPermanent) as info:
         await analyzer.analyse(EMAIL)
     assert not isinstance(info.value, AnalyzerTransient)
@@ -165,10 +167,21 @@ async def test_client_errors_are_permanent(
     assert len(fake_api.requests) == 1
 
 
-async def test_timeout_is_transient_and_maybe_billed(fake_api: FakeAnthropic, analyzer: AnthropicAnalyzer) -> None:
+async def test_gateway_error_page_is_transient_with_a_short_message(
+    fake_api: FakeAnthropic, analyzer: AnthropicAnalyzer
+) -> None:
+    fake_api.script(Reply.raw(b"<html>502 Bad Gateway</html>" * 200, status=502, content_type="text/html"))
+    with pytest.raises(AnalyzerTransient, match="API 502") as info:
+        await analyzer.analyse(EMAIL)
+    assert len(str(info.value)) < 400
+
+
+async def test_timeout_is_transient_and_maybe_billed(
+    fake_api: FakeAnthropic, impatient_analyzer: AnthropicAnalyzer
+) -> None:
     fake_api.script(Reply.hang(30))
     with pytest.raises(AnalyzerTransient, match="timed out") as info:
-        await analyzer.analyse(EMAIL)
+        await impatient_analyzer.analyse(EMAIL)
     assert info.value.maybe_billed is True
     assert len(fake_api.requests) == 1
 

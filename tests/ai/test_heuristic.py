@@ -58,6 +58,7 @@ def test_human_mail_fields() -> None:
 
 def test_urgency() -> None:
     assert heuristic.analyse_now(CORPUS["work-urgent"][0]).urgency is Urgency.high
+    assert heuristic.analyse_now(CORPUS["work-outage"][0]).urgency is Urgency.high
     assert heuristic.analyse_now(CORPUS["work-report"][0]).urgency is Urgency.normal
     for name in ("newsletter-list", "spam-lottery", "phishing-deceptive-link"):
         assert heuristic.analyse_now(CORPUS[name][0]).urgency is Urgency.low, name
@@ -73,6 +74,7 @@ def test_sentiment() -> None:
     assert heuristic.analyse_now(happy).sentiment is Sentiment.positive
     assert heuristic.analyse_now(upset).sentiment is Sentiment.negative
     assert heuristic.analyse_now(CORPUS["work-report"][0]).sentiment is Sentiment.neutral
+    assert heuristic.analyse_now(CORPUS["personal-same-domain"][0]).sentiment is Sentiment.positive
 
 
 def test_phishing_summary_names_the_signals_and_suggests_nothing() -> None:

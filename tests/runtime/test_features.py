@@ -167,3 +167,18 @@ async def test_pause_and_resume_queue(client: Client, redis: Redis, worker: Work
     assert (await client.status(r.job_id)).state == "queued"
     await client.resume("rt-test")
     assert (await client.wait(r.job_id, timeout=5)).state == "complete"
+
+
+async def test_resources_cached_in_state_are_closed_when_the_worker_stops(redis_url: str, settings: Settings) -> None:
+    closed: list[str] = []
+
+    class Resource:
+        async def aclose(self) -> None:
+            closed.append("resource")
+
+    w = Worker(redis_url, queues=["rt-test"], settings=settings)
+    await w.start()
+    w.executor.state["conn"] = Resource()
+    w.executor.state["plain"] = 42
+    await w.stop()
+    assert closed == ["resource"] and w.executor.state == {}

@@ -14,8 +14,8 @@ from __future__ import annotations
 import json
 import math
 import threading
+import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -44,12 +44,13 @@ _ERROR_TYPES = {
 
 @dataclass
 class RecordedRequest:
-    """One request as the server saw it (header names lower-cased)."""
+    """One request as the server saw it (header names lower-cased; `at` = time.monotonic() on arrival)."""
 
     method: str
     path: str
     headers: dict[str, str]
     body: Any
+    at: float = field(default_factory=time.monotonic)
 
     def user_text(self) -> str:
         """All text of the user turns, joined."""
@@ -141,16 +142,12 @@ class Reply:
         return cls.success(delay=seconds)
 
 
-Responder = Reply | Callable[[RecordedRequest], Reply]
-
-
 class FakeAnthropic:
     """The server; start/stop it or use it as a context manager. Thread-safe."""
 
-    def __init__(self, *, default_delay: float = 0.0) -> None:
+    def __init__(self) -> None:
         self.requests: list[RecordedRequest] = []
-        self.default_delay = default_delay
-        self._script: deque[Responder] = deque()
+        self._script: deque[Reply] = deque()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._server: ThreadingHTTPServer | None = None
@@ -162,7 +159,7 @@ class FakeAnthropic:
         host, port = self._server.server_address[:2]
         return f"http://{host!s}:{port}"
 
-    def script(self, *replies: Responder) -> None:
+    def script(self, *replies: Reply) -> None:
         """Queue responses for the next requests, in order; afterwards the default success applies."""
         with self._lock:
             self._script.extend(replies)
@@ -206,8 +203,7 @@ class FakeAnthropic:
         with self._lock:
             self.requests.append(request)
             request_id = f"req_fake_{len(self.requests):04d}"
-            responder = self._script.popleft() if self._script else Reply.success(delay=self.default_delay)
-        reply = responder(request) if callable(responder) else responder
+            reply = self._script.popleft() if self._script else Reply.success()
         return reply, request_id
 
 
@@ -266,6 +262,7 @@ def _message_body(request: RecordedRequest, reply: Reply, request_id: str) -> di
 class _Handler(BaseHTTPRequestHandler):
     server_fake: FakeAnthropic
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out in separate writes: avoid 40 ms ACK stalls
 
     def log_message(self, format: str, *args: Any) -> None:  # keep test output clean
         pass

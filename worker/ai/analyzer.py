@@ -9,11 +9,11 @@ AnalyzerPermanent and OverBudget for the caller to map.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
-from pydantic import SecretStr
 from redis.asyncio import Redis
 
+from settings import Settings
 from worker.ai.anthropic import AnthropicAnalyzer
 from worker.ai.budget import OverBudget, TokenBudget
 from worker.ai.heuristic import HeuristicAnalyzer
@@ -63,27 +63,20 @@ class AiConfig:
     tenant_rate_limit: tuple[int, float] = (60, 60.0)
 
     @classmethod
-    def from_settings(cls, settings: Any) -> AiConfig:
-        """Settings fields: anthropic_api_key/base_url/model and ai_* (see the report for the list)."""
-        key = getattr(settings, "anthropic_api_key", None)
-        secret = key.get_secret_value() if isinstance(key, SecretStr) else key
-        policy = getattr(settings, "ai_over_budget", cls.over_budget)
-        if policy not in ("defer", "heuristic"):
-            raise ValueError(f"ai_over_budget must be 'defer' or 'heuristic', not {policy!r}")
+    def from_settings(cls, settings: Settings) -> AiConfig:
+        """The analysis configuration from anthropic_* and ai_* settings."""
+        key = settings.anthropic_api_key
         return cls(
-            api_key=secret or None,
-            base_url=getattr(settings, "anthropic_base_url", None),
-            model=getattr(settings, "anthropic_model", cls.model),
-            timeout=float(getattr(settings, "ai_request_timeout_s", cls.timeout)),
-            max_tokens=int(getattr(settings, "ai_max_output_tokens", cls.max_tokens)),
-            max_input_chars=int(getattr(settings, "ai_max_input_chars", cls.max_input_chars)),
-            daily_token_budget=getattr(settings, "ai_daily_token_budget", cls.daily_token_budget),
-            over_budget=policy,
-            retry_after_cap=float(getattr(settings, "ai_retry_after_cap_s", cls.retry_after_cap)),
-            tenant_rate_limit=(
-                int(getattr(settings, "ai_tenant_rate_limit", cls.tenant_rate_limit[0])),
-                float(getattr(settings, "ai_tenant_rate_period_s", cls.tenant_rate_limit[1])),
-            ),
+            api_key=(key.get_secret_value() if key else None) or None,
+            base_url=settings.anthropic_base_url,
+            model=settings.anthropic_model,
+            timeout=settings.ai_request_timeout_s,
+            max_tokens=settings.ai_max_output_tokens,
+            max_input_chars=settings.ai_max_input_chars,
+            daily_token_budget=settings.ai_daily_token_budget,
+            over_budget=settings.ai_over_budget,
+            retry_after_cap=settings.ai_retry_after_cap_s,
+            tenant_rate_limit=(settings.ai_tenant_rate_limit, settings.ai_tenant_rate_period_s),
         )
 
 
@@ -145,8 +138,10 @@ class AnalysisService:
         return result
 
     def _fallback(self, email: EmailInput, reason: FallbackReason, exc: AnalyzerError | None) -> AnalyzerResult:
+        """The heuristic analysis marked with why it ran; usage is what a refused call still billed."""
         analysis = self.heuristic.analyse_now(email, fallback_reason=reason)
         return AnalyzerResult(analysis, exc.usage if exc and exc.usage else TokenUsage())
 
     async def aclose(self) -> None:
+        """Release the analyzer's HTTP connections."""
         await self.analyzer.aclose()

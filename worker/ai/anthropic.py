@@ -14,6 +14,7 @@ import json
 import math
 import secrets
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import anthropic
@@ -68,36 +69,33 @@ _SHOWN_HEADERS = (
     "importance",
 )
 _HEADER_CHARS = 300
-_PERMANENT_STATUS = frozenset({400, 401, 402, 403, 404, 413, 422})
+_RETRYABLE_4XX = frozenset({408, 409, 429})  # request timeout, conflict, rate limit (as the SDK's own policy)
+_DETAIL_CHARS = 300
 
 
-def retry_after_seconds(headers: Any) -> float | None:
+def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
     """The server's wish from `retry-after-ms` or `retry-after` (seconds or HTTP date), if any."""
-    try:
-        return max(0.0, float(headers.get("retry-after-ms")) / 1000)
-    except (TypeError, ValueError):
-        pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        parsed = email.utils.parsedate_tz(value)
-        return None if parsed is None else max(0.0, email.utils.mktime_tz(parsed) - time.time())
+    for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        try:
+            return max(0.0, float(headers.get(name, "")) / scale)
+        except ValueError:
+            continue
+    parsed = email.utils.parsedate_tz(headers.get("retry-after", ""))
+    return None if parsed is None else max(0.0, email.utils.mktime_tz(parsed) - time.time())
 
 
 def classify(exc: anthropic.APIError) -> AnalyzerTransient | AnalyzerPermanent:
-    """Map an SDK error to ours: rate limits, overload, 5xx, timeouts and connection errors are transient;
-    bad requests, auth, permission and size errors are permanent."""
+    """Map an SDK error to ours: 408/409/429, 5xx (529 overloaded included), timeouts and connection
+    errors are transient; every other 4xx (400 bad request, 401/403 auth, 404 model, 413 size) is permanent."""
     if isinstance(exc, anthropic.APITimeoutError):
         return AnalyzerTransient("Anthropic API timed out", maybe_billed=True)
     if isinstance(exc, anthropic.APIStatusError):
         error_type = exc.type or "error"
-        detail = f"Anthropic API {exc.status_code} {error_type}: {exc.api_message or exc.message}"
+        reason = cap_text(" ".join((exc.api_message or exc.message).split()), _DETAIL_CHARS)
+        detail = f"Anthropic API {exc.status_code} {error_type}: {reason}"
         if exc.request_id:
             detail += f" (request-id {exc.request_id})"
-        if exc.status_code in _PERMANENT_STATUS:
+        if 400 <= exc.status_code < 500 and exc.status_code not in _RETRYABLE_4XX:
             return AnalyzerPermanent(detail)
         return AnalyzerTransient(detail, retry_after=retry_after_seconds(exc.response.headers))
     return AnalyzerTransient(f"Anthropic API unreachable: {exc.message}")
@@ -204,7 +202,7 @@ class AnthropicAnalyzer:
         text = "".join(block.text for block in message.content if block.type == "text")
         try:
             output = ModelOutput.model_validate(_clip(json.loads(text)))
-        except (ValueError, ValidationError) as exc:
+        except ValueError as exc:  # JSONDecodeError or pydantic ValidationError
             reason = _describe(exc)
             raise AnalyzerPermanent(f"model output is not a valid analysis {where}: {reason}", usage=usage) from exc
         analysis = Analysis(**output.model_dump(), analyzer=AnalyzerKind.anthropic, model=message.model)

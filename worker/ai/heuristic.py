@@ -165,6 +165,10 @@ _PERSONAL = _words(
     r"miss you",
     r"kids",
     r"party",
+    r"lovely",
+    r"see you soon",
+    r"hugs",
+    r"xoxo",
 )
 _URGENT = _words(
     r"urgent(?:ly)?",
@@ -178,6 +182,10 @@ _URGENT = _words(
     r"action required",
     r"time[- ]sensitive",
     r"within 24 hours",
+    r"outage",
+    r"(?:is|are|went) down",
+    r"emergency",
+    r"critical",
 )
 _REQUEST = _words(
     r"please",
@@ -193,7 +201,8 @@ _REQUEST = _words(
     r"are you (?:free|available)",
 )
 _POSITIVE = _words(
-    r"thanks? (?:a lot|so much)",
+    r"thank(?:s| you) (?:a lot|so much|very much)",
+    r"lovely",
     r"great",
     r"glad",
     r"happy",
@@ -255,6 +264,10 @@ def _site(host: str) -> str:
     return ".".join(labels[-2:])
 
 
+def _auto_submitted(email: EmailInput) -> bool:
+    return email.header("auto-submitted").strip().lower() not in {"", "no"}
+
+
 def _domain(address: str) -> str:
     return parseaddr(address)[1].rpartition("@")[2].lower()
 
@@ -309,8 +322,7 @@ def _category(email: EmailInput, body: str, automated: bool) -> Category:
 
     listed = bool(email.header("list-unsubscribe") or email.header("list-id"))
     bulk = email.header("precedence").strip().lower() in {"bulk", "list", "junk"}
-    auto = email.header("auto-submitted").strip().lower() not in {"", "no"}
-    notifier = auto or bool(email.header("x-github-reason"))
+    notifier = _auto_submitted(email) or bool(email.header("x-github-reason"))
 
     def hits(pattern: re.Pattern[str]) -> int:
         return 2 * len(pattern.findall(email.subject)) + len(pattern.findall(body))
@@ -329,7 +341,7 @@ def _category(email: EmailInput, body: str, automated: bool) -> Category:
     sender = _domain(email.from_addr)
     recipients = {addr.rpartition("@")[2].lower() for _, addr in getaddresses(email.to)}
     same_org = sender not in _FREE_MAIL and sender in recipients
-    work = len(_WORK.findall(f"{email.subject}\n{body}")) + 2 * same_org
+    work = len(_WORK.findall(f"{email.subject}\n{body}")) + same_org
     personal = len(_PERSONAL.findall(f"{email.subject}\n{body}")) + (sender in _FREE_MAIL)
     if work > personal or (work == personal and sender not in _FREE_MAIL):
         return Category.work
@@ -404,8 +416,7 @@ class HeuristicAnalyzer:
         """The analysis of one message (synchronous; no I/O)."""
         body, links = _visible_body(email)
         local_part = parseaddr(email.from_addr)[1].partition("@")[0]
-        auto_submitted = email.header("auto-submitted").strip().lower() not in {"", "no"}
-        automated = auto_submitted or bool(_AUTOMATED_SENDER.match(local_part))
+        automated = _auto_submitted(email) or bool(_AUTOMATED_SENDER.match(local_part))
         reasons = _phishing_reasons(email, body, links)
         if _is_phishing(reasons, urgent=bool(_URGENT.search(f"{email.subject}\n{body}"))):
             category = Category.phishing_suspect

@@ -166,6 +166,7 @@ def worker_settings(queue: str, settings: Settings | None = None, reg: Registry 
         rt: CompatRuntime | None = ctx.get("rt")
         if rt is not None:
             rt.task.cancel()
+            await rt.executor.close_state()
 
     attrs = {
         "__doc__": f"arq settings for the {queue!r} queue (arq's own loop; `python -m worker run` is faster).",

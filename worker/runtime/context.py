@@ -27,7 +27,7 @@ class JobContext:
     queue: str
     attempt: int
     max_attempts: int
-    state: dict[str, Any] = field(default_factory=dict)
+    state: dict[str, Any] = field(default_factory=dict)  # per-process cache; values with aclose() closed at stop
 
     async def progress(self, value: int | float | dict[str, Any]) -> None:
         """Report progress: a number 0..100 or a small JSON-able dict; stored on the job and emitted as an event."""

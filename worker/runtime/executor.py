@@ -70,6 +70,17 @@ class Executor:
         self.idem_locks: dict[str, tuple[str, str]] = {}  # job id -> (lock key, token), renewed by heartbeats
         self._policies: dict[str, Policy] = {}
 
+    async def close_state(self) -> None:
+        """Close resources job code cached in ``ctx.state`` (anything with an async ``aclose()``)."""
+        for name, value in list(self.state.items()):
+            closer = getattr(value, "aclose", None)
+            if callable(closer):
+                try:
+                    await closer()
+                except Exception:
+                    log.exception("closing %s failed", name)
+        self.state.clear()
+
     def policy(self, function: str) -> Policy:
         p = self._policies.get(function)
         if p is None:

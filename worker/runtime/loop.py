@@ -285,6 +285,7 @@ class Worker:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.executor.close_state()
         await self.redis.aclose()
         await self.blocking.aclose()
         self._stopped.set()
