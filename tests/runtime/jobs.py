@@ -71,6 +71,11 @@ async def record_order(ctx: JobContext, p: Work) -> None:
     await ctx.redis.rpush("t:order", p.key)
 
 
+@job(queue=Q)
+async def record_job_id(ctx: JobContext, payload: object) -> None:
+    await ctx.redis.rpush("t:job_ids", ctx.job_id)
+
+
 @job(queue=Q, payload=Work, rate_limit=(5, 1.0), rate_limit_key=lambda p: p.key.split("-")[0])
 async def per_key_limited(ctx: JobContext, p: Work) -> None:
     await ctx.redis.rpush(f"t:{p.key.split('-')[0]}:starts", f"{time.time():.6f}")

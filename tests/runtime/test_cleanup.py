@@ -8,6 +8,7 @@ import time
 from redis.asyncio import Redis
 
 from settings import Settings
+from tests.helpers import eventually
 from tests.runtime.conftest import TEST_QUEUES
 from worker.runtime import Client, Registry, Worker, registry
 from worker.runtime.context import JobContext
@@ -72,12 +73,18 @@ async def test_periodic_job_is_enqueued_once_per_period_across_workers(redis_url
     reg = Registry()
     for spec in registry.for_queue("rt-test"):
         reg.add(spec)
-    reg.every("record_order", 1.0, {"key": "tick"})
+    reg.every("record_job_id", 1.0)
     settings = Settings(queues=TEST_QUEUES)  # type: ignore[arg-type]
+
+    async def three_ticks() -> bool:
+        return await redis.llen("t:job_ids") >= 3
+
     async with (
         Worker(redis_url, queues=["rt-test"], settings=settings, registry=reg),
         Worker(redis_url, queues=["rt-test"], settings=settings, registry=reg),
     ):
-        await asyncio.sleep(3.2)
-    ticks = await redis.llen("t:order")
-    assert 3 <= ticks <= 5  # one per elapsed 1-s period, although two workers schedule
+        await eventually(three_ticks, within=15)
+    ids = [x.decode() for x in await redis.lrange("t:job_ids", 0, -1)]
+    slots = [int(i.rsplit("-", 1)[1]) for i in ids]
+    assert len(slots) == len(set(slots))  # two workers schedule, yet each 1-s period ran once
+    assert all(i.startswith("cron-record_job_id-") for i in ids)

@@ -190,4 +190,4 @@ async def test_per_key_rate_limit_defers_without_consuming_attempts(
     b = [float(x) for x in await redis.lrange("t:tenantB:starts", 0, -1)]
     assert len(a) == 8 and len(b) == 1
     assert a[-1] - a[0] >= 0.5  # 5/s with burst 5: jobs 6..8 wait
-    assert b[0] - a[0] < 0.5  # another key is not held back
+    assert b[0] < a[-1]  # another key is not held back behind tenant A's limit
