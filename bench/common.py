@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import sys
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
@@ -60,6 +61,7 @@ class Recorder:
     def __init__(self) -> None:
         self.started = 0
         self.ended = 0
+        self.max_in_flight = 0
         self.first_start: float | None = None
         self.last_end: float | None = None
         self.latency_ms: dict[str, list[float]] = {}
@@ -78,6 +80,7 @@ class Recorder:
         if self.first_start is None:
             self.first_start = time.perf_counter()
         self.started += 1
+        self.max_in_flight = max(self.max_in_flight, self.started - self.ended)
         tag = data.get("tag")
         ts = data.get("ts")
         if isinstance(tag, str) and isinstance(ts, int | float):
@@ -104,18 +107,19 @@ def crash_started(attempt: int | None) -> None:
 
 
 class LagMonitor:
-    """Event-loop lag: how late a 5 ms sleep wakes up, sampled continuously."""
+    """Event-loop lag: how late a 5 ms sleep wakes up, sampled continuously (perf_counter, lag ms)."""
 
     def __init__(self, interval: float = 0.005) -> None:
         self.interval = interval
-        self.samples_ms: list[float] = []
+        self.samples: list[tuple[float, float]] = []
         self._task: asyncio.Task[None] | None = None
 
     async def _run(self) -> None:
         for _ in range(2_000_000):  # bounded; cancelled long before
             t0 = time.perf_counter()
             await asyncio.sleep(self.interval)
-            self.samples_ms.append(max(0.0, (time.perf_counter() - t0 - self.interval) * 1000.0))
+            t1 = time.perf_counter()
+            self.samples.append((t1, max(0.0, (t1 - t0 - self.interval) * 1000.0)))
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
@@ -125,6 +129,12 @@ class LagMonitor:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+    def window(self, lo: float | None, hi: float | None) -> list[float]:
+        """Lags of the samples taken while jobs ran (worker start-up excluded)."""
+        if lo is None or hi is None:
+            return []
+        return [lag for t, lag in self.samples if lo <= t <= hi + self.interval]
 
 
 class Adapter(ABC):
@@ -183,9 +193,7 @@ async def fill(adapter: Adapter, kind: str, n: int) -> None:
             chunk = [{"ts": time.time(), "tag": "fill", "i": i} for i in range(lo, min(n, lo + BATCH_CHUNK))]
             await adapter.enqueue_batch(kind, chunk)
     else:
-        await _in_flight(
-            n, FILL_IN_FLIGHT, lambda i: adapter.enqueue(kind, {"ts": time.time(), "tag": "fill", "i": i})
-        )
+        await _in_flight(n, FILL_IN_FLIGHT, lambda i: adapter.enqueue(kind, {"ts": time.time(), "tag": "fill", "i": i}))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -236,6 +244,7 @@ async def cmd_drain(adapter: Adapter, p: dict[str, Any]) -> dict[str, Any]:
     if lag:
         lag.start()
     cpu0 = time.process_time()
+    t_start = time.perf_counter()
     await adapter.start_worker(conc)
     timed_out = False
     try:
@@ -253,14 +262,18 @@ async def cmd_drain(adapter: Adapter, p: dict[str, Any]) -> dict[str, Any]:
         "partial": timed_out,
         "seconds": span,
         "jobs_s": done / span if span else None,
+        "jobs_s_from_worker_start": done / (REC.last_end - t_start) if REC.last_end else None,
+        "max_in_flight": REC.max_in_flight,
         "worker_cpu_us_per_job": cpu / done * 1e6 if done else None,
     }
     if kind == "sleep" and span:
         ideal = done * SLEEP_S / conc
         out["efficiency_pct"] = 100.0 * ideal / span
     if lag:
-        out["loop_lag_p99_ms"] = percentile(lag.samples_ms, 99)
-        out["loop_lag_max_ms"] = max(lag.samples_ms) if lag.samples_ms else None
+        lags = lag.window(REC.first_start, REC.last_end)
+        out["loop_lag_p99_ms"] = percentile(lags, 99)
+        out["loop_lag_max_ms"] = max(lags) if lags else None
+        out["loop_lag_samples"] = len(lags)
     emit({"result": out})
     await _stop(adapter)
     return {}
@@ -277,11 +290,13 @@ async def _stdin_lines() -> asyncio.Queue[str]:
     loop = asyncio.get_running_loop()
 
     def reader() -> None:
-        for line in sys.stdin:
-            loop.call_soon_threadsafe(q.put_nowait, line)
-        loop.call_soon_threadsafe(q.put_nowait, "")
+        with contextlib.suppress(RuntimeError):  # the loop may be closed by the time stdin closes
+            for line in sys.stdin:
+                loop.call_soon_threadsafe(q.put_nowait, line)
+            loop.call_soon_threadsafe(q.put_nowait, "")
 
-    loop.run_in_executor(None, reader)
+    # a daemon thread: it must not keep the process alive when stdin stays open
+    threading.Thread(target=reader, daemon=True).start()
     return q
 
 
@@ -316,9 +331,7 @@ async def _sleep_until_wall(t: float) -> None:
         await asyncio.sleep(delay)
 
 
-async def cmd_produce(adapter: Adapter, p: dict[str, Any]) -> dict[str, Any]:
-    """rate: paced awaited enqueues stamped with time.time(); sched: jobs deferred to a planned time."""
-    await adapter.open()
+async def _produce_one(adapter: Adapter, p: dict[str, Any]) -> dict[str, Any]:
     mode = p["mode"]
     times: list[float] = []
     sent = 0
@@ -344,6 +357,14 @@ async def cmd_produce(adapter: Adapter, p: dict[str, Any]) -> dict[str, Any]:
     else:
         raise ValueError(f"unknown produce mode {mode}")
     return {"sent": sent, "enqueue_p50_ms": percentile(times, 50), "enqueue_p99_ms": percentile(times, 99)}
+
+
+async def cmd_produce(adapter: Adapter, p: dict[str, Any]) -> dict[str, Any]:
+    """Modes: rate (paced awaited enqueues stamped with time.time()), sched (jobs deferred to a planned
+    time, stamped with it), crash (one 30 s job); "phases": [params, ...] runs several in sequence."""
+    await adapter.open()
+    phases = p.get("phases") or [p]
+    return {"phases": [await _produce_one(adapter, {**p, **ph}) for ph in phases]}
 
 
 async def cmd_bytes(adapter: Adapter, p: dict[str, Any]) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -60,6 +60,7 @@ class Config:
     sched_count: int
     bytes_n: int
     recovery_cap_s: float
+    sched_spread_s: float
 
 
 QUICK = Config(
@@ -67,14 +68,15 @@ QUICK = Config(
     n_serial=1000,
     n_c32=2000,
     n_batch=10_000,
-    n_noop=4000,
-    n_sleep=2000,
-    drain_cap_s=5.0,
-    idle_s=2.0,
-    lat_s=2.0,
+    n_noop=2000,
+    n_sleep=3000,
+    drain_cap_s=2.5,
+    idle_s=1.0,
+    lat_s=1.0,
     sched_count=50,
-    bytes_n=5000,
-    recovery_cap_s=15.0,
+    bytes_n=2000,
+    recovery_cap_s=12.0,
+    sched_spread_s=0.5,
 )
 FULL = Config(
     rounds=3,
@@ -82,13 +84,14 @@ FULL = Config(
     n_c32=10_000,
     n_batch=50_000,
     n_noop=20_000,
-    n_sleep=10_000,
-    drain_cap_s=20.0,
+    n_sleep=20_000,
+    drain_cap_s=12.0,
     idle_s=5.0,
     lat_s=5.0,
     sched_count=200,
     bytes_n=10_000,
     recovery_cap_s=150.0,
+    sched_spread_s=1.0,
 )
 
 # metric -> (higher is better, unit, description)
@@ -191,13 +194,16 @@ class System:
     error: str | None = None
 
 
+STDERR_PROBLEMS: list[str] = []  # runner stderr lines at ERROR level or tracebacks, for the report
+
+
 class RunnerProc:
     """One runner subprocess: JSON params in argv, JSON lines out on stdout, JSON commands on stdin."""
 
     def __init__(self, system: System, command: str, params: dict[str, Any]) -> None:
         self.system = system
         self.command = command
-        self.stderr = tempfile.TemporaryFile()
+        self.stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed in close())
         env = {**os.environ, **system.env}
         self.proc = subprocess.Popen(
             [*system.argv, command, json.dumps({**system.params, **params})],
@@ -278,6 +284,16 @@ class RunnerProc:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.kill()
+        self.stderr.seek(0)
+        bad = [
+            line
+            for line in self.stderr.read().decode(errors="replace").splitlines()
+            if line.startswith(("ERROR", "CRITICAL", "Traceback")) or " ERROR " in line
+        ]
+        if bad:
+            STDERR_PROBLEMS.append(
+                f"{self.system.name} {self.command}: {len(bad)} error line(s), first: {bad[0][:200]}"
+            )
         self.stderr.close()
 
 
@@ -294,6 +310,19 @@ def cpu_ticks(pid: int) -> int:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time of a process (all its threads) in seconds: /proc/<pid>/task/*/schedstat (ns) when the
+    kernel has schedstats, else utime + stime of /proc/<pid>/stat (10 ms ticks)."""
+    total = 0
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                total += int(f.read().split()[0])
+        return total / 1e9
+    except (OSError, ValueError, IndexError):
+        return cpu_ticks(pid) / CLK_TCK
 
 
 # ---------------------------------------------------------------------------------------------
@@ -392,8 +421,9 @@ class Bench:
     def __init__(self, server: RedisServer, cfg: Config) -> None:
         self.server = server
         self.cfg = cfg
-        self.r = redis.Redis.from_url(server.url)
+        self.r: redis.Redis = redis.Redis.from_url(server.url)
         self.warnings: list[str] = []
+        self.loadavg: list[float] = []  # 1-minute load average before each measurement
 
     def flush(self) -> None:
         """FLUSHALL and make sure nobody but us is connected (a leftover runner would skew results)."""
@@ -401,7 +431,7 @@ class Bench:
         for _ in range(50):
             others = [
                 c
-                for c in self.r.client_list()
+                for c in cast(list[dict[str, Any]], self.r.client_list())
                 if c.get("name") != "bench-orchestrator" and c.get("cmd") != "client|list"
             ]
             if not others:
@@ -410,10 +440,11 @@ class Bench:
         else:
             self.warnings.append(f"{len(others)} foreign Redis clients still connected before a measurement")
         self.r.flushall()
+        self.loadavg.append(os.getloadavg()[0])
 
-    def redis_ticks(self) -> int:
+    def redis_cpu(self) -> float:
         assert self.server.proc is not None
-        return cpu_ticks(self.server.proc.pid)
+        return cpu_seconds(self.server.proc.pid)
 
     def url(self, db: int = 0) -> str:
         return f"redis://127.0.0.1:{self.server.port}/{db}"
@@ -464,12 +495,20 @@ class Bench:
         proc = RunnerProc(s, "drain", params)
         try:
             proc.expect("event", timeout=120)  # filled
-            t0 = self.redis_ticks()
+            t0 = self.redis_cpu()
             res = proc.result(self.cfg.drain_cap_s + 30)
-            redis_us = (self.redis_ticks() - t0) / CLK_TCK * 1e6
+            redis_us = (self.redis_cpu() - t0) * 1e6
         finally:
             proc.close()
         done = res.get("done") or 0
+        if (res.get("max_in_flight") or 0) > conc:
+            self.warnings.append(f"{s.name} {kind} c{conc}: {res['max_in_flight']} jobs ran at once (> {conc})")
+        rate, rate_ws = res.get("jobs_s"), res.get("jobs_s_from_worker_start")
+        if rate and rate_ws and rate > 2 * rate_ws:
+            self.warnings.append(
+                f"{s.name} {kind} c{conc}: {rate:.0f} jobs/s from the first start but {rate_ws:.0f} from the"
+                " worker start (slow start-up or claims before the first job runs)"
+            )
         if res.get("partial"):
             log(f"  {s.name} drain {kind} c{conc}: only {done}/{n} jobs within {self.cfg.drain_cap_s}s")
         return res, (redis_us / done if done else None)
@@ -496,21 +535,17 @@ class Bench:
         out: dict[str, float | None] = {}
         try:
             worker.expect("event", timeout=60)  # ready
-            time.sleep(0.5)
-            t0, c0 = time.monotonic(), cpu_ticks(worker.pid)
+            time.sleep(0.3)
+            t0, c0 = time.monotonic(), cpu_seconds(worker.pid)
             time.sleep(c.idle_s)
-            out["idle_cpu_pct"] = (cpu_ticks(worker.pid) - c0) / CLK_TCK / (time.monotonic() - t0) * 100.0
-            expect: dict[str, int] = {}
-            for rate in (10, 100):
-                count = int(rate * c.lat_s)
-                tag = f"r{rate}"
-                params = {"redis_url": self.url(), "mode": "rate", "rate": rate, "count": count, "tag": tag}
-                run_once(s, "produce", params, timeout=c.lat_s + 60)
-                expect[tag] = count
-            params = {"redis_url": self.url(), "mode": "sched", "count": c.sched_count, "delay_s": 1.0}
-            params["spread_s"] = 1.0
-            run_once(s, "produce", params, timeout=60)
-            expect["sched"] = c.sched_count
+            out["idle_cpu_pct"] = (cpu_seconds(worker.pid) - c0) / (time.monotonic() - t0) * 100.0
+            expect = {"r10": int(10 * c.lat_s), "r100": int(100 * c.lat_s), "sched": c.sched_count}
+            phases: list[dict[str, Any]] = [
+                {"mode": "rate", "rate": 10, "count": expect["r10"], "tag": "r10"},
+                {"mode": "rate", "rate": 100, "count": expect["r100"], "tag": "r100"},
+                {"mode": "sched", "count": c.sched_count, "delay_s": 1.0, "spread_s": c.sched_spread_s},
+            ]
+            run_once(s, "produce", {"redis_url": self.url(), "phases": phases}, timeout=2 * c.lat_s + 60)
             worker.send({"cmd": "report", "expect": expect, "timeout": 6})
             lat = worker.result(30)["latency"]
         finally:
@@ -651,7 +686,7 @@ def print_table(
     head = f"{'metric':<24}" + "".join(f"{n:>20}" for n in names) + f"{'proj/best':>16}  target"
     print(head)
     print("-" * len(head) + "-" * 24)
-    for metric, (higher, unit, _desc) in METRICS.items():
+    for metric, (higher, _unit, _desc) in METRICS.items():
         cells = []
         for n in names:
             st = summary[metric][n]
@@ -678,7 +713,9 @@ def print_table(
         print(f"  {n}: {state}")
 
 
-def chart(path: Path, summary: dict[str, dict[str, dict[str, Any]]], title: str) -> str | None:
+def chart(
+    path: Path, summary: dict[str, dict[str, dict[str, Any]]], title: str, over_cap: dict[str, float]
+) -> str | None:
     try:
         import matplotlib
 
@@ -692,7 +729,7 @@ def chart(path: Path, summary: dict[str, dict[str, dict[str, Any]]], title: str)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows))
     colors = {"project": "#d62728", "bullmq": "#1f77b4", "arq": "#7f7f7f", "arq_fast": "#bcbd22", "saq": "#2ca02c"}
     for ax, metric in zip(axes.flat, metrics, strict=False):
-        higher, unit, desc = METRICS[metric]
+        higher, unit, _desc = METRICS[metric]
         xs, meds, lo, hi, cs = [], [], [], [], []
         for n in SYSTEM_NAMES:
             st = summary[metric][n]
@@ -704,7 +741,13 @@ def chart(path: Path, summary: dict[str, dict[str, dict[str, Any]]], title: str)
             hi.append(st["max"] - st["median"])
             cs.append(colors[n])
         ax.bar(xs, meds, yerr=[lo, hi], color=cs, capsize=3)
+        if metric == "recovery_s":
+            capped = [n for n in SYSTEM_NAMES if summary[metric][n]["median"] is None and n in over_cap]
+            if capped:
+                ax.bar(capped, [over_cap[n] for n in capped], color="none", edgecolor="#444", hatch="//")
         ax.set_title(f"{metric} ({unit}) {'higher' if higher else 'lower'} better", fontsize=8)
+        if metric == "recovery_s" and over_cap:
+            ax.set_title(f"{metric} ({unit}) lower better; hatched: > cap", fontsize=8)
         ax.tick_params(axis="x", labelsize=7, rotation=30)
         ax.tick_params(axis="y", labelsize=7)
         if meds and min(meds) > 0 and max(meds) / min(meds) > 50:
@@ -734,7 +777,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     cfg = QUICK if args.quick else FULL
-    if args.rounds:
+    if args.rounds is not None:
         cfg = Config(**{**cfg.__dict__, "rounds": args.rounds})
     if args.recovery_cap:
         cfg = Config(**{**cfg.__dict__, "recovery_cap_s": args.recovery_cap})
@@ -752,7 +795,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         bench = Bench(server, cfg)
         bench.r.client_setname("bench-orchestrator")
-        redis_version = str(bench.r.info("server").get("redis_version"))
+        redis_version = str(cast(dict[str, Any], bench.r.info("server")).get("redis_version"))
         for name in SYSTEM_NAMES:
             if name in wanted:
                 probe(systems[name], bench.url())
@@ -773,21 +816,23 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_recovery and active:
             log(f"crash recovery (all systems in parallel, cap {cfg.recovery_cap_s:.0f}s)")
             recovery = bench.recovery([systems[n] for n in active])
-        warnings = bench.warnings
+        warnings = bench.warnings + STDERR_PROBLEMS
+        load = bench.loadavg
+        ncpu = os.cpu_count() or 1
+        if load and max(load) > 0.75 * ncpu:
+            warnings.append(
+                f"machine busy: 1-min load average up to {max(load):.1f} on {ncpu} CPUs during the run "
+                "(other processes); absolute numbers are unreliable, compare ratios"
+            )
     finally:
         server.stop()
 
     over_cap = {k.split(":")[0]: v for k, v in recovery.items() if k.endswith(":over_cap") and v is not None}
-    for rnd_res in rounds:
-        for name, value in recovery.items():
-            if ":" not in name and name in rnd_res:
-                rnd_res[name]["recovery_s"] = value
     summary = aggregate(rounds)
-    # recovery is measured once per run, not per round
+    # recovery is measured once per run (after the rounds), not per round
     for name in SYSTEM_NAMES:
-        st = summary["recovery_s"][name]
-        if st["n"]:
-            st["n"] = 1
+        v = recovery.get(name)
+        summary["recovery_s"][name] = {"median": v, "min": v, "max": v, "n": int(v is not None)}
     ev = evaluate(summary)
     elapsed = time.monotonic() - t_start
 
@@ -811,12 +856,12 @@ def main(argv: list[str] | None = None) -> int:
             "python": platform.python_version(),
             "redis": redis_version,
             "loop": args.loop,
+            "loadavg_1m_before_measurements": load,
         },
-        "systems": {
-            n: {"available": s.available, "version": s.version, "error": s.error} for n, s in systems.items()
-        },
+        "systems": {n: {"available": s.available, "version": s.version, "error": s.error} for n, s in systems.items()},
         "orders": orders,
         "rounds": rounds,
+        "recovery_s": {k: v for k, v in recovery.items() if ":" not in k},
         "recovery_over_cap_s": over_cap,
         "summary": summary,
         "evaluation": ev,
@@ -827,7 +872,7 @@ def main(argv: list[str] | None = None) -> int:
     json_path = RESULTS / f"{stamp}.json"
     json_path.write_text(json.dumps(doc, indent=2))
     print(f"results: {json_path.relative_to(ROOT)}")
-    msg = chart(RESULTS / f"{stamp}.png", summary, f"bench {mode_name} {stamp}")
+    msg = chart(RESULTS / f"{stamp}.png", summary, f"bench {mode_name} {stamp}", over_cap)
     print(msg or f"chart: {(RESULTS / f'{stamp}.png').relative_to(ROOT)}")
     print(json.dumps(final, separators=(",", ":")))
     return 0

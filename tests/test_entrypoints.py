@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -19,6 +20,10 @@ from worker.runtime import Client
 ARQ = shutil.which("arq", path=os.path.dirname(sys.executable)) or "arq"
 
 
+def _spawn(command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(command, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
 @pytest.mark.parametrize(
     "command",
     [
@@ -28,17 +33,21 @@ ARQ = shutil.which("arq", path=os.path.dirname(sys.executable)) or "arq"
     ids=["arq-cli", "worker-run"],
 )
 async def test_entry_point_runs_jobs_and_stops_on_sigterm(command: list[str], redis_url: str, redis: Redis) -> None:
-    env = {**os.environ, "REDIS_URL": redis_url, "WORKER_QUEUE": "scheduled-emails"}
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = _spawn(command, {"REDIS_URL": redis_url, "WORKER_QUEUE": "scheduled-emails"})
     try:
         client = Client(redis, Settings(redis_url=redis_url))
         job = await client.enqueue("rt_maintenance", {})
         st = await client.wait(job.job_id, timeout=30)
         assert st.state == "complete", st
-        assert set(st.result) == {"dead_letters_expired", "events_trimmed", "aborts_removed", "ttl_fixed",
-                                  "orphans_removed"}
+        assert set(st.result) == {
+            "dead_letters_expired",
+            "events_trimmed",
+            "aborts_removed",
+            "ttl_fixed",
+            "orphans_removed",
+        }
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(20) == 0, proc.stderr.read().decode() if proc.stderr else ""
+        assert await asyncio.to_thread(proc.wait, 20) == 0, proc.stderr.read().decode() if proc.stderr else ""
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -92,6 +92,8 @@ async def test_outbox_validation_message_id_and_cas(store: RedisStore) -> None:
     for bad in (["b@example.com, c@example.com"], ["Bob <b@example.com>"], ["b@exa mple.com"], ["x\r\nBcc: e@x.com"]):
         with pytest.raises(ValidationError):
             OutboxIn(account_id="a1", sender="a@example.com", to=bad)
+    with pytest.raises(ValidationError, match="header injection"):
+        OutboxIn(account_id="a1", sender="a@example.com", to=["b@example.com"], subject="x\r\nBcc: e@x.com")
     item = await store.create_outbox(
         "t1", OutboxIn(account_id="a1", sender="a@example.com", to=["B@Example.com", "b@example.com"])
     )

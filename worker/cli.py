@@ -1,14 +1,45 @@
-"""Command line: `worker run` (or `python -m worker run`) runs workers for all queues or a selection."""
+"""Command line (`worker ...` or `python -m worker ...`): run workers, serve the API, watch and operate queues.
+
+Every command but `run`, `api` and `demo` talks to an existing Redis: REDIS_URL, else --redis-url, else
+redis://127.0.0.1:6379/0. Mistakes (bad arguments, unreachable Redis, unknown ids) print one line and exit
+with 1 (operation failed) or 2 (usage); no tracebacks.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import importlib
+import json
 import logging
+import re
 import sys
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
-from settings import QUEUE_NAMES, get_settings
+from pydantic import ValidationError
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskID, TextColumn
+from rich.table import Table
+
+from settings import QUEUE_NAMES, Settings, get_settings
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+PIPE_WIDTH = 160  # when output is not a terminal (CI logs, pipes): do not squeeze tables into 80 columns
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else PIPE_WIDTH)
+err = Console(stderr=True, highlight=False, soft_wrap=True, width=None if sys.stderr.isatty() else PIPE_WIDTH)
+
+
+class CliError(Exception):
+    """A user-facing failure: printed as one line, exit code ``code``."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -42,10 +73,434 @@ def _install_loop() -> None:
         pass
 
 
+# -- helpers ---------------------------------------------------------------------------------------
+
+
+def redis_url(args: argparse.Namespace) -> str:
+    return str(args.redis_url or get_settings().redis_url or DEFAULT_REDIS_URL)
+
+
+def safe_url(url: str) -> str:
+    """The URL without its password (for messages)."""
+    parts = urlsplit(url)
+    if parts.password:
+        host = parts.hostname or ""
+        netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+def _import_jobs(args: argparse.Namespace, *, product: bool = True) -> None:
+    """Import the job modules a command needs: the product's (``worker.jobs``) and any ``--import``."""
+    for mod in ["worker.jobs"] * product + (getattr(args, "imports", None) or []):
+        try:
+            importlib.import_module(mod)
+        except ImportError as exc:
+            raise CliError(f"cannot import {mod}: {exc}", 2) from exc
+
+
+def with_redis(fn: Callable[[argparse.Namespace, Redis], Awaitable[int]]) -> Callable[[argparse.Namespace], int]:
+    """Run an async command with a Redis client; connection problems become a one-line error."""
+
+    def command(args: argparse.Namespace) -> int:
+        url = redis_url(args)
+
+        async def main() -> int:
+            redis: Redis = Redis.from_url(url, socket_connect_timeout=3)
+            try:
+                await redis.ping()
+                return await fn(args, redis)
+            except (RedisError, OSError) as exc:
+                raise CliError(f"cannot reach Redis at {safe_url(url)} ({exc})") from exc
+            finally:
+                await redis.aclose()
+
+        return _arun(main())
+
+    return command
+
+
+def _arun(coro: Coroutine[Any, Any, int]) -> int:
+    try:
+        return asyncio.run(coro)
+    except (KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C, or SIGTERM in the demo
+        return 130
+
+
+def _when(value: str | None) -> str:
+    return value[:19].replace("T", " ") if value else ""
+
+
+def _dump(data: Any) -> None:
+    out.print_json(json.dumps(data, default=str))
+
+
+DURATION = re.compile(r"^(\d+)([smhd])$")
+
+
+def duration(text: str) -> dt.timedelta:
+    """'90s', '15m', '12h', '7d' -> timedelta (argparse type)."""
+    m = DURATION.match(text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"expected a duration like 30s, 15m, 12h or 7d, not {text!r}")
+    unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[m.group(2)]
+    return dt.timedelta(**{unit: int(m.group(1))})
+
+
+# -- stats / health / pause ------------------------------------------------------------------------
+
+
+def _queues(args: argparse.Namespace) -> list[str]:
+    """The product queues plus those of --import modules (the product's jobs need not be imported: faster)."""
+    from worker import metrics
+    from worker.runtime import registry
+
+    _import_jobs(args, product=False)
+    return metrics.known_queues(get_settings(), registry)
+
+
+async def _stats(args: argparse.Namespace, redis: Redis) -> int:
+    from worker import metrics
+
+    queues = _queues(args)
+    while True:
+        ov = await metrics.overview(redis, queues)
+        if args.json:
+            _dump(ov.model_dump())
+            return 0
+        table = Table(title=f"Queues at {dt.datetime.now():%H:%M:%S}", title_justify="left")
+        for col in ("queue", "waiting", "delayed", "active", "completed", "retried", "dead", "jobs/min"):
+            table.add_column(col, justify="left" if col == "queue" else "right")
+        for q in ov.queues:
+            name = f"{q.name} [yellow](paused)[/]" if q.paused else q.name
+            rate = "-" if q.throughput is None else f"{q.throughput:g}"
+            table.add_row(
+                name, *(str(v) for v in (q.waiting, q.delayed, q.active, q.completed, q.retried, q.dead)), rate
+            )
+        out.print(table)
+        out.print(f"dead letters: {ov.dead_letters}")
+        if not args.watch:
+            return 0
+        await asyncio.sleep(args.watch)
+
+
+async def _health(args: argparse.Namespace, redis: Redis) -> int:
+    from worker import metrics
+
+    queues = _queues(args)
+    ov = await metrics.overview(redis, queues)
+    problems = []
+    if args.max_waiting is not None:
+        problems += [
+            f"{q.name}: {q.waiting} waiting > {args.max_waiting}" for q in ov.queues if q.waiting > args.max_waiting
+        ]
+    if args.max_dead is not None and ov.dead_letters > args.max_dead:
+        problems.append(f"{ov.dead_letters} dead letters > {args.max_dead}")
+    report = {
+        "healthy": not problems,
+        "redis": "ok",
+        "problems": problems,
+        "waiting": sum(q.waiting for q in ov.queues),
+        "active": sum(q.active for q in ov.queues),
+        "dead_letters": ov.dead_letters,
+    }
+    if args.json:
+        _dump(report)
+    elif problems:
+        err.print("unhealthy: " + "; ".join(problems))
+    else:
+        out.print(
+            f"healthy: redis ok, {report['waiting']} waiting, {report['active']} active, {ov.dead_letters} dead letters"
+        )
+    return 0 if not problems else 1
+
+
+def _health_command(args: argparse.Namespace) -> int:
+    """Like the others, but an unreachable Redis is a health verdict (exit 1), said plainly."""
+    try:
+        return with_redis(_health)(args)
+    except CliError as exc:
+        if args.json:
+            _dump({"healthy": False, "redis": "unreachable", "problems": [str(exc)]})
+        else:
+            err.print(f"unhealthy: {exc}", markup=False)
+        return 1
+
+
+async def _pause(args: argparse.Namespace, redis: Redis) -> int:
+    from worker.runtime import Client
+
+    queues = _queues(args)
+    if args.queue not in queues:
+        raise CliError(f"unknown queue {args.queue!r} (known: {', '.join(queues)})", 2)
+    client = Client(redis, get_settings())
+    await (client.pause(args.queue) if args.command == "pause" else client.resume(args.queue))
+    out.print(f"{args.queue}: {'paused' if args.command == 'pause' else 'resumed'}")
+    return 0
+
+
+# -- dead letters ----------------------------------------------------------------------------------
+
+
+async def _dlq_list(args: argparse.Namespace, redis: Redis) -> int:
+    from worker.api.views import redact
+    from worker.runtime import DeadLetters
+
+    dlq = DeadLetters(redis)
+    items = await dlq.list(limit=args.limit, queue=args.queue)
+    if args.json:
+        _dump([{**e.model_dump(mode="json"), "payload": redact(e.payload)} for e in items])
+        return 0
+    if not items:
+        out.print("no dead letters")
+        return 0
+    table = Table(title=f"Dead letters ({await dlq.count()} in total, newest first)", title_justify="left")
+    for col in ("job id", "function", "queue", "attempts", "failed at (UTC)"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("error", overflow="fold")
+    for e in items:
+        table.add_row(e.job_id, e.function, e.queue, str(e.attempts), _when(e.failed_at.isoformat()), e.error)
+    out.print(table)
+    return 0
+
+
+async def _dlq_show(args: argparse.Namespace, redis: Redis) -> int:
+    from worker.api.views import redact
+    from worker.runtime import DeadLetters
+
+    entry = await DeadLetters(redis).get(args.job_id)
+    if entry is None:
+        raise CliError(f"no dead letter {args.job_id}")
+    data = entry.model_dump(mode="json")
+    data["payload"] = redact(data["payload"])
+    if args.json:
+        _dump(data)
+        return 0
+    for key in ("job_id", "function", "queue", "attempts", "enqueued_at", "failed_at", "error"):
+        out.print(f"[bold]{key:>12}[/]  {data[key]}")
+    out.print("[bold]     payload[/]  " + json.dumps(data["payload"]))
+    if entry.traceback:
+        out.print("[bold]   traceback[/]")
+        out.print(entry.traceback.rstrip(), markup=False)
+    return 0
+
+
+async def _dlq_retry(args: argparse.Namespace, redis: Redis) -> int:
+    from worker.runtime import Client, DeadLetters
+
+    _import_jobs(args)
+    dlq = DeadLetters(redis, Client(redis, get_settings()))
+    ids = args.job_ids or ([e.job_id for e in await dlq.list(limit=100_000)] if args.all else [])
+    if not ids:
+        raise CliError("give job ids or --all", 2)
+    failed = 0
+    for job_id in ids:
+        try:
+            enq = await dlq.retry(job_id)
+            out.print(f"{job_id} -> re-enqueued as {enq.job_id}")
+        except KeyError:
+            err.print(f"{job_id}: no such dead letter")
+            failed += 1
+        except (ValueError, LookupError) as exc:
+            err.print(f"{job_id}: {exc}")
+            failed += 1
+    return 1 if failed else 0
+
+
+async def _dlq_purge(args: argparse.Namespace, redis: Redis) -> int:
+    from worker.runtime import DeadLetters
+
+    chosen = sum((bool(args.job_ids), args.all, args.older_than is not None))
+    if chosen != 1:
+        raise CliError("give exactly one of: job ids, --all, --older-than", 2)
+    older = dt.datetime.now(dt.UTC) - args.older_than if args.older_than is not None else None
+    n = await DeadLetters(redis).purge(job_ids=args.job_ids or None, older_than=older)
+    out.print(f"purged {n} dead letter(s)")
+    return 0
+
+
+# -- enqueue / status ------------------------------------------------------------------------------
+
+
+def _payload(args: argparse.Namespace) -> dict[str, Any]:
+    payload: dict[str, Any] = {}
+    if args.payload:
+        try:
+            payload = json.loads(args.payload)
+        except ValueError as exc:
+            raise CliError(f"payload is not valid JSON: {exc}", 2) from exc
+        if not isinstance(payload, dict):
+            raise CliError("payload must be a JSON object", 2)
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CliError(f"--set expects key=value, not {item!r}", 2)
+        try:
+            payload[key] = json.loads(value)
+        except ValueError:
+            payload[key] = value
+    return payload
+
+
+async def _enqueue(args: argparse.Namespace, redis: Redis) -> int:
+    from worker.runtime import Client, UnknownFunction
+
+    _import_jobs(args)
+    client = Client(redis, get_settings())
+    try:
+        enq = await client.enqueue(
+            args.function,
+            _payload(args),
+            idempotency_key=args.idempotency_key,
+            priority=args.priority,
+            defer_by=args.delay,
+        )
+    except UnknownFunction as exc:
+        names = ", ".join(sorted(s.name for s in client.registry))
+        raise CliError(f"{exc} (registered: {names})", 2) from exc
+    except ValidationError as exc:
+        lines = [f"  {'.'.join(str(x) for x in e['loc']) or '(payload)'}: {e['msg']}" for e in exc.errors()]
+        raise CliError("invalid payload for {}:\n{}".format(args.function, "\n".join(lines)), 2) from exc
+    except ValueError as exc:
+        raise CliError(str(exc), 2) from exc
+    note = " (existing job: same idempotency key)" if enq.duplicate else ""
+    if not args.wait:
+        out.print(f"{enq.job_id}{note}")
+        return 0
+    try:
+        st = await client.wait(enq.job_id, timeout=args.wait)
+    except TimeoutError as exc:
+        raise CliError(f"{enq.job_id}: {exc}") from exc
+    out.print(f"{enq.job_id}{note}: {st.state}")
+    if st.state == "complete":
+        _dump(st.result)
+        return 0
+    err.print(st.error or st.state)
+    return 1
+
+
+async def _status(args: argparse.Namespace, redis: Redis) -> int:
+    from worker.api.views import job_view
+    from worker.runtime import Client
+
+    _import_jobs(args)
+    view = await job_view(Client(redis, get_settings()), args.job_id, detail=args.events)
+    if view.state == "not_found":
+        raise CliError(f"no job {args.job_id}")
+    _dump(view.model_dump(mode="json", exclude_none=True))
+    return 0
+
+
+# -- events ----------------------------------------------------------------------------------------
+
+COLORS = {
+    "completed": "green",
+    "dead": "red",
+    "retrying": "yellow",
+    "started": "cyan",
+    "enqueued": "blue",
+    "progress": "magenta",
+    "cancelled": "dim",
+    "stalled": "red",
+    "deferred": "yellow",
+}
+
+
+async def _events(args: argparse.Namespace, redis: Redis) -> int:
+    from worker.runtime import Events, keys
+
+    seen = 0
+    bars: dict[str, TaskID] = {}
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        console=out,
+        transient=True,
+        disable=args.no_progress,
+    )
+    start = args.since
+    if start is None:  # resolve "now" once, so nothing is missed between two reads
+        newest = await redis.xrevrange(keys.EVENTS, count=1)
+        start = newest[0][0].decode() if newest else "0-0"
+    with progress:
+        async for eid, f in Events(redis).follow(last_id=start, block_ms=1000):
+            if (args.queue and f.get("queue") != args.queue) or (args.job and f.get("job_id") != args.job):
+                continue
+            kind, job_id = f.get("type", "?"), f.get("job_id", "")
+            extra = " ".join(f"{k}={v}" for k, v in f.items() if k not in ("type", "job_id", "function", "queue"))
+            color = COLORS.get(kind, "white")
+            progress.console.print(
+                f"{eid.split('-')[0]} [{color}]{kind:<11}[/] {job_id} "
+                f"{f.get('function', '')} {f.get('queue', '')} {extra}".rstrip()
+            )
+            if kind == "started" and job_id not in bars:
+                bars[job_id] = progress.add_task(f"{job_id} {f.get('queue', '')}", total=100)
+            elif kind == "progress" and job_id in bars:
+                value = json.loads(f.get("progress", "0"))
+                if isinstance(value, int | float):
+                    progress.update(bars[job_id], completed=value)
+            elif kind in ("completed", "dead", "retrying", "requeued", "deferred", "stalled") and job_id in bars:
+                progress.remove_task(bars.pop(job_id))
+            seen += 1
+            if args.count and seen >= args.count:
+                return 0
+    return 0
+
+
+# -- api / demo ------------------------------------------------------------------------------------
+
+
+def _api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from worker.api import create_app
+    from worker.runtime.local import ensure_redis
+
+    settings = get_settings()
+    default_token = settings.api_admin_token == Settings.model_fields["api_admin_token"].default
+    if default_token and args.host not in ("127.0.0.1", "localhost", "::1"):
+        raise CliError(f"refusing to serve on {args.host} with the development admin token: set API_ADMIN_TOKEN", 2)
+
+    async def main() -> None:
+        async with ensure_redis(settings) as url:
+            config = uvicorn.Config(
+                create_app(settings, redis_url=url), host=args.host, port=args.port, timeout_graceful_shutdown=2
+            )
+            await uvicorn.Server(config).serve()
+
+    _install_loop()
+    return _arun(_as_int(main()))
+
+
+async def _as_int(coro: Coroutine[Any, Any, None]) -> int:
+    await coro
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from worker.demo import run_demo
+
+    return _arun(run_demo(serve_after=args.serve))
+
+
+# -- parser ----------------------------------------------------------------------------------------
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="worker", description="Background-job worker of the email product.")
+    p = argparse.ArgumentParser(
+        prog="worker",
+        description="Background-job worker of the email product: run workers, serve the API and dashboard, "
+        "watch queues and handle dead letters.",
+        epilog="Start with `worker demo`. Run `worker COMMAND -h` for the options of one command.",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = p.add_subparsers(dest="command", required=True)
+    url_help = f"Redis to talk to (default: $REDIS_URL, else {DEFAULT_REDIS_URL})"
+    p.add_argument("--redis-url", metavar="URL", help=url_help)
+    common = argparse.ArgumentParser(add_help=False)  # lets --redis-url also follow the command
+    common.add_argument("--redis-url", metavar="URL", default=argparse.SUPPRESS, help=url_help)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
     run = sub.add_parser("run", help="run workers (all four queues in one process by default)")
     run.add_argument("--queues", help=f"comma-separated queues (default: {','.join(QUEUE_NAMES)})")
     run.add_argument("--concurrency", type=int, help="jobs at once per queue (default: per-queue setting)")
@@ -57,13 +512,133 @@ def build_parser() -> argparse.ArgumentParser:
         help="module(s) that register jobs (default: worker.jobs)",
     )
     run.set_defaults(func=_run)
+
+    api = sub.add_parser("api", help="serve the HTTP API, event feed, metrics and dashboard")
+    api.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: 127.0.0.1)")
+    api.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    api.set_defaults(func=_api)
+
+    def imports(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--import",
+            dest="imports",
+            action="append",
+            metavar="MODULE",
+            help="extra module(s) that register jobs or queues",
+        )
+
+    stats = sub.add_parser(
+        "stats", parents=[common], help="queue counts: waiting, delayed, active, completed, retried, dead"
+    )
+    stats.add_argument("--json", action="store_true", help="machine-readable output")
+    stats.add_argument("--watch", type=float, metavar="SECONDS", help="refresh every SECONDS until Ctrl-C")
+    imports(stats)
+    stats.set_defaults(func=with_redis(_stats))
+
+    health = sub.add_parser(
+        "health",
+        parents=[common],
+        help="check Redis and queue thresholds; exit 0 healthy, 1 unhealthy",
+        description="For orchestration probes: exit 0 when healthy, 1 when not.",
+    )
+    health.add_argument("--max-waiting", type=int, metavar="N", help="unhealthy when a queue has more waiting jobs")
+    health.add_argument("--max-dead", type=int, metavar="N", help="unhealthy when there are more dead letters")
+    health.add_argument("--json", action="store_true", help="machine-readable output")
+    imports(health)
+    health.set_defaults(func=_health_command)
+
+    for name, verb in (("pause", "stop workers from starting jobs of"), ("resume", "resume")):
+        cmd = sub.add_parser(name, parents=[common], help=f"{verb} a queue")
+        cmd.add_argument("queue")
+        imports(cmd)
+        cmd.set_defaults(func=with_redis(_pause))
+
+    dlq = sub.add_parser("dlq", parents=[common], help="dead letters: list, show, retry, purge")
+    dsub = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
+    ls = dsub.add_parser("list", parents=[common], help="newest dead letters first")
+    ls.add_argument("--queue", help="only this queue")
+    ls.add_argument("--limit", type=int, default=50, help="how many (default: 50)")
+    ls.add_argument("--json", action="store_true", help="machine-readable output")
+    ls.set_defaults(func=with_redis(_dlq_list))
+    show = dsub.add_parser("show", parents=[common], help="one dead letter with its error and traceback")
+    show.add_argument("job_id")
+    show.add_argument("--json", action="store_true", help="machine-readable output")
+    show.set_defaults(func=with_redis(_dlq_show))
+    retry = dsub.add_parser("retry", parents=[common], help="re-enqueue dead letters as new jobs")
+    retry.add_argument("job_ids", nargs="*", metavar="JOB_ID")
+    retry.add_argument("--all", action="store_true", help="retry every dead letter")
+    imports(retry)
+    retry.set_defaults(func=with_redis(_dlq_retry))
+    purge = dsub.add_parser("purge", parents=[common], help="delete dead letters")
+    purge.add_argument("job_ids", nargs="*", metavar="JOB_ID")
+    purge.add_argument("--all", action="store_true", help="delete every dead letter")
+    purge.add_argument("--older-than", type=duration, metavar="AGE", help="delete those older than AGE (e.g. 7d)")
+    purge.set_defaults(func=with_redis(_dlq_purge))
+
+    enq = sub.add_parser(
+        "enqueue",
+        parents=[common],
+        help="enqueue a job",
+        description="Enqueue a job by function name.",
+        epilog='example: worker enqueue send_email \'{"tenant_id": "t1", "account_id": "a1", '
+        '"outbox_id": "o1"}\' --wait 30',
+    )
+    enq.add_argument("function", help="registered job name")
+    enq.add_argument("payload", nargs="?", help="payload as a JSON object")
+    enq.add_argument("--set", action="append", metavar="KEY=VALUE", help="set one payload field (repeatable)")
+    enq.add_argument("--delay", type=float, metavar="SECONDS", help="run after this many seconds")
+    enq.add_argument("--priority", type=int, help="0..9, higher first")
+    enq.add_argument("--idempotency-key", metavar="KEY", help="the same key returns the same job")
+    enq.add_argument("--wait", type=float, metavar="SECONDS", help="wait for the result (exit 1 if it fails)")
+    imports(enq)
+    enq.set_defaults(func=with_redis(_enqueue))
+
+    status = sub.add_parser("status", parents=[common], help="a job's state, attempts, progress, result or error")
+    status.add_argument("job_id")
+    status.add_argument("--events", action="store_true", help="include the traceback and its events")
+    imports(status)
+    status.set_defaults(func=with_redis(_status))
+
+    events = sub.add_parser(
+        "events", parents=[common], help="follow job events live, with progress bars for running jobs"
+    )
+    events.add_argument("--queue", help="only this queue")
+    events.add_argument("--job", metavar="JOB_ID", help="only this job")
+    events.add_argument("--since", metavar="EVENT_ID", help="start after this event id (0 = from the beginning)")
+    events.add_argument("--count", type=int, metavar="N", help="stop after N events")
+    events.add_argument("--no-progress", action="store_true", help="plain lines, no progress bars")
+    events.set_defaults(func=with_redis(_events))
+
+    demo = sub.add_parser(
+        "demo",
+        help="run the whole product locally, end to end, and print a summary",
+        description="Starts Redis (if none), an SMTP sink, an IMAP server with sample mail, "
+        "the workers and the API; syncs, analyses, sends, schedules and dead-letters; "
+        "prints a summary and the dashboard URL; cleans up on exit.",
+    )
+    demo.add_argument(
+        "--serve",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="keep the API and dashboard up after the story until Ctrl-C (default: only when run in a terminal)",
+    )
+    demo.set_defaults(func=_demo)
     return p
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG
+        if args.verbose
+        else logging.WARNING
+        if args.command not in ("run", "api")
+        else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    sys.exit(args.func(args))
+    try:
+        code = args.func(args)
+    except CliError as exc:
+        err.print(f"error: {exc}", markup=False)
+        code = exc.code
+    sys.exit(code)

@@ -8,7 +8,6 @@ same numbers. Job durations and rate-limit waits are observed from the event str
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import OrderedDict
@@ -33,7 +32,8 @@ DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
 
 
 class QueueStats(BaseModel):
-    """One queue right now. ``completed``/``retried``/``dead`` are totals since the queue was first used."""
+    """One queue right now. ``completed``, ``retried`` and ``dead`` are totals since the queue was first used;
+    ``failed`` counts every failed attempt (retried + dead)."""
 
     name: str
     waiting: int
@@ -71,7 +71,7 @@ async def overview(redis: Redis, queues: Sequence[str]) -> Overview:
             pipe.zcount(keys.queue(q), f"({now}", "+inf")
             pipe.zcard(keys.delayed(q))
             pipe.zcard(keys.active(q))
-            pipe.hmget(keys.stats(q), "completed", "retried", "dead")
+            pipe.hmget(keys.stats(q), ["completed", "retried", "dead"])
         pipe.smembers(keys.PAUSED)
         pipe.zcard(keys.DEAD_LETTERS)
         res = await pipe.execute()
@@ -218,12 +218,3 @@ def render(ov: Overview, process_registry: CollectorRegistry | None = None) -> b
     if process_registry is not None:
         out += generate_latest(process_registry)
     return out
-
-
-async def stop_task(task: asyncio.Task[None] | None) -> None:
-    """Cancel a background task and wait for it."""
-    if task is None:
-        return
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task

@@ -23,16 +23,28 @@ from typing import Any, Protocol, TypeVar, cast
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationInfo, field_validator
 from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
-from worker.mail.message import ParsedMessage, new_message_id, validate_address, validate_addresses
+from worker.mail.message import (
+    ParsedMessage,
+    check_header,
+    new_message_id,
+    validate_address,
+    validate_addresses,
+)
 from worker.mail.smtp import TlsMode
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 ACTIVE_INDEX = "store:_index:active_accounts"  # "tenant:account" members; IDs only
+STORED = {"stored": True}  # validation context: data read back from the store was validated when written
+_ADDRESS_FIELDS = {"sender", "sender_name", "to", "cc", "bcc", "subject"}
 T = TypeVar("T")
+
+
+def _stored(info: ValidationInfo) -> bool:
+    return isinstance(info.context, dict) and bool(info.context.get("stored"))
 
 
 def check_id(kind: str, value: str) -> str:
@@ -90,8 +102,8 @@ class AccountIn(BaseModel):
 
     @field_validator("email")
     @classmethod
-    def _email(cls, value: str) -> str:
-        return validate_address(value)
+    def _email(cls, value: str, info: ValidationInfo) -> str:
+        return value if _stored(info) else validate_address(value)
 
 
 class Account(AccountIn):
@@ -136,13 +148,18 @@ class OutboxIn(BaseModel):
 
     @field_validator("sender")
     @classmethod
-    def _sender(cls, value: str) -> str:
-        return validate_address(value)
+    def _sender(cls, value: str, info: ValidationInfo) -> str:
+        return value if _stored(info) else validate_address(value)
+
+    @field_validator("subject", "sender_name")
+    @classmethod
+    def _header(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return check_header(str(info.field_name), value) if value is not None else None
 
     @field_validator("to", "cc", "bcc")
     @classmethod
-    def _rcpts(cls, value: list[str]) -> list[str]:
-        return validate_addresses(value)
+    def _rcpts(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        return value if _stored(info) else validate_addresses(value)
 
 
 class OutboxItem(OutboxIn):
@@ -166,8 +183,14 @@ class OutboxItem(OutboxIn):
     updated_at: datetime
 
     def envelope(self) -> list[str]:
-        """All envelope recipients (To, Cc and Bcc), each once."""
-        return validate_addresses([*self.to, *self.cc, *self.bcc])
+        """All envelope recipients (To, Cc and Bcc), each once (they were validated on creation)."""
+        seen: set[str] = set()
+        out: list[str] = []
+        for address in [*self.to, *self.cc, *self.bcc]:
+            if address.lower() not in seen:
+                seen.add(address.lower())
+                out.append(address)
+        return out
 
 
 class StoredMessage(BaseModel):
@@ -317,7 +340,7 @@ class RedisStore:
         if doc.get("tenant_id") != tenant_id:
             return None
         doc["secret"] = self._box.decrypt(doc.pop("secret_enc"), f"{tenant_id}:{doc['id']}")
-        return Account.model_validate(doc)
+        return Account.model_validate(doc, context=STORED)
 
     async def create_account(self, tenant_id: str, data: AccountIn) -> Account:
         """Store a new account (secret encrypted) and index it when active."""
@@ -419,7 +442,7 @@ class RedisStore:
     async def get_outbox(self, tenant_id: str, outbox_id: str) -> OutboxItem | None:
         """The outbox item, or None."""
         raw = await self.redis.get(self._k(tenant_id, "outbox", check_id("outbox id", outbox_id)))
-        item = OutboxItem.model_validate_json(raw) if raw is not None else None
+        item = OutboxItem.model_validate_json(raw, context=STORED) if raw is not None else None
         return item if item is not None and item.tenant_id == tenant_id else None
 
     async def transition_outbox(
@@ -435,7 +458,7 @@ class RedisStore:
             return self._apply(doc, {"status": to, **fields})
 
         new = await self._update_json(key, change)
-        return OutboxItem.model_validate(new) if new is not None else None
+        return OutboxItem.model_validate(new, context=STORED) if new is not None else None
 
     async def update_outbox(self, tenant_id: str, outbox_id: str, **fields: Any) -> OutboxItem:
         """Set fields (not the status: use transition_outbox) atomically; KeyError if absent."""
@@ -445,12 +468,14 @@ class RedisStore:
         new = await self._update_json(key, lambda doc: self._apply(doc, fields))
         if new is None:
             raise KeyError(outbox_id)
-        return OutboxItem.model_validate(new)
+        return OutboxItem.model_validate(new, context=STORED)
 
     @staticmethod
     def _apply(doc: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
-        merged = OutboxItem.model_validate(doc).model_copy(update=fields | {"updated_at": utcnow()})
-        return OutboxItem.model_validate(merged.model_dump()).model_dump(mode="json")
+        """`doc` with `fields` set, validated (addresses again only when one of them changes)."""
+        merged = OutboxItem.model_validate(doc, context=STORED).model_copy(update=fields | {"updated_at": utcnow()})
+        context = None if _ADDRESS_FIELDS & fields.keys() else STORED
+        return OutboxItem.model_validate(merged.model_dump(), context=context).model_dump(mode="json")
 
     # -- synced messages --------------------------------------------------------------------------
 

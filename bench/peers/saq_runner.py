@@ -42,7 +42,7 @@ class SaqAdapter(Adapter):
     def __init__(self, params: dict[str, Any]) -> None:
         super().__init__(params)
         self.queue: Any = None
-        self.worker: Worker | None = None
+        self.worker: Worker[Any] | None = None
         self.task: asyncio.Task[None] | None = None
 
     def version(self) -> str:
@@ -58,9 +58,7 @@ class SaqAdapter(Adapter):
 
     async def enqueue(self, kind: str, data: JobData, run_at: float | None = None) -> None:
         # retries=2 so that a job swept after a crash runs again (default 1 = aborted when swept)
-        job = await self.queue.enqueue(
-            kind, timeout=JOB_TIMEOUT_S, retries=2, scheduled=run_at or 0, **data
-        )
+        job = await self.queue.enqueue(kind, timeout=JOB_TIMEOUT_S, retries=2, scheduled=run_at or 0, **data)
         if job is None:
             raise RuntimeError("saq refused the job (duplicate key)")
 

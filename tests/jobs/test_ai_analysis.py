@@ -64,12 +64,16 @@ async def worker(redis_url: str, redis: Redis, settings: Settings) -> AsyncItera
         yield w
 
 
-async def add_message(redis: Redis, *, subject: str = "Q3 report", body: str = "Could you review it?") -> str:
+async def add_message(
+    redis: Redis, *, subject: str = "Q3 report", body: str = "Could you review it?", **headers: str
+) -> str:
     """Store one synced message for TENANT; returns its store id."""
     msg = EmailMessage()
     msg["From"] = "Tom <tom@acme.example>"
     msg["To"] = "me@acme.example"
     msg["Subject"] = subject
+    for name, value in headers.items():
+        msg[name.replace("_", "-")] = value
     msg["Message-ID"] = f"<{subject.replace(' ', '.')}@acme.example>"
     msg.set_content(body)
     store = RedisStore(redis, Settings().secret_key)
@@ -280,6 +284,27 @@ async def test_offline_default_uses_the_heuristic(redis: Redis, redis_url: str) 
     assert analysis is not None
     assert (analysis["analyzer"], analysis["model"], analysis["fallback_reason"]) == ("heuristic", "heuristic-v1", None)
     assert analysis["needs_reply"] is True
+
+
+async def test_list_headers_of_synced_mail_reach_the_heuristic(redis: Redis, redis_url: str) -> None:
+    """Only the headers mark this as list mail: the stored message must carry them to the analyzer."""
+    settings = make_settings(None)
+    plain = await add_message(redis, subject="Notes from Tuesday", body="Here are the notes from Tuesday.")
+    listed = await add_message(
+        redis,
+        subject="Notes from Wednesday",
+        body="Here are the notes from Wednesday.",
+        List_Id="<team-notes.lists.acme.example>",
+        List_Unsubscribe="<https://lists.acme.example/unsub>",
+    )
+    async with Worker(redis_url, queues=[QUEUE], settings=settings):
+        client = Client(redis, settings)
+        for mid in (plain, listed):
+            assert (await run(client, mid)).state == "complete"
+    plain_analysis, listed_analysis = await stored(redis, plain), await stored(redis, listed)
+    assert plain_analysis is not None and listed_analysis is not None
+    assert listed_analysis["category"] == "newsletter"
+    assert plain_analysis["category"] != "newsletter"
 
 
 async def test_unknown_message_is_dead_lettered(client: Client, redis: Redis, worker: Worker) -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 from worker.devstack import free_port, wait_for_port
 
 USER = "alice"
-PASSWORD = "pw"
+PASSWORD = "Zq7-mail-s3cret"  # distinctive, so tests can prove it never leaks
 
 
 def make_mail(i: int, *, subject: str | None = None, body: str | None = None, domain: str = "example.com") -> bytes:
@@ -60,6 +60,17 @@ def _read_until(sock: socket.socket, buf: bytearray, needle: bytes, timeout: flo
     return out
 
 
+def _read_line(sock: socket.socket, buf: bytearray) -> bytes:
+    while b"\r\n" not in buf:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("server closed the connection")
+        buf.extend(chunk)
+    line, _, rest = bytes(buf).partition(b"\r\n")
+    buf[:] = rest
+    return line
+
+
 def append_messages(
     port: int, messages: Iterable[bytes], mailbox: str = "INBOX", flags: str = "", chunk: int = 250
 ) -> int:
@@ -86,6 +97,25 @@ def append_messages(
     return len(msgs)
 
 
+def run_commands(port: int, *commands: str) -> list[bytes]:
+    """Log in as USER and run each command in turn; returns each command's full reply."""
+    replies: list[bytes] = []
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        buf = bytearray()
+        _read_until(sock, buf, b"* OK")
+        for n, command in enumerate([f'LOGIN "{USER}" "{PASSWORD}"', *commands, "LOGOUT"]):
+            sock.sendall(f"C{n} {command}\r\n".encode())
+            reply = bytearray()
+            line = b""
+            while not line.startswith(f"C{n} ".encode()):
+                line = _read_line(sock, buf)
+                reply += line + b"\r\n"
+            if n and f"C{n} OK".encode() not in reply and command != "LOGOUT":
+                raise RuntimeError(f"{command!r} failed: {bytes(reply)[-300:]!r}")
+            replies.append(bytes(reply))
+    return replies[1:-1]
+
+
 @dataclass
 class ImapServer:
     """Common surface of the test servers."""
@@ -97,6 +127,9 @@ class ImapServer:
 
     def append(self, messages: Iterable[bytes], mailbox: str = "INBOX", flags: str = "") -> int:
         return append_messages(self.port, messages, mailbox, flags)
+
+    def command(self, *commands: str) -> list[bytes]:
+        return run_commands(self.port, *commands)
 
     def kill(self) -> None:
         """SIGKILL the server and all its children (they share a process group)."""
@@ -121,9 +154,10 @@ log_path = {d}/dovecot.log
 info_log_path = {d}/dovecot.log
 protocols = imap
 listen = 127.0.0.1
-ssl = no
+{ssl}
 disable_plaintext_auth = no
 auth_mechanisms = plain login
+auth_failure_delay = 0
 default_internal_user = {user}
 default_internal_group = {group}
 default_login_user = {user}
@@ -146,7 +180,8 @@ service imap-login {{
     port = {port}
   }}
   inet_listener imaps {{
-    port = 0
+    address = 127.0.0.1
+    port = {tls_port}
   }}
 }}
 service anvil {{
@@ -172,6 +207,8 @@ class DovecotServer(ImapServer):
     """Dovecot on a free port with a maildir in a temp dir, run as `nobody` when we are root."""
 
     workdir: Path | None = None
+    tls: tuple[Path, Path] | None = None  # (cert, key): also serve implicit TLS on tls_port
+    tls_port: int = field(default_factory=free_port)
 
     def _run_as(self) -> dict[str, object]:
         if os.geteuid() != 0:
@@ -186,9 +223,21 @@ class DovecotServer(ImapServer):
             else:
                 pw, gr = pwd.getpwuid(os.geteuid()), grp.getgrgid(os.getegid())
             d = self.workdir
+            ssl = "ssl = no"
+            if self.tls is not None:
+                shutil.copy(self.tls[0], d / "cert.pem")
+                shutil.copy(self.tls[1], d / "key.pem")
+                ssl = f"ssl = yes\nssl_cert = <{d}/cert.pem\nssl_key = <{d}/key.pem"
             (d / "dovecot.conf").write_text(
                 _DOVECOT_CONF.format(
-                    d=d, port=self.port, user=pw.pw_name, group=gr.gr_name, uid=pw.pw_uid, gid=gr.gr_gid
+                    d=d,
+                    port=self.port,
+                    tls_port=self.tls_port if self.tls else 0,
+                    ssl=ssl,
+                    user=pw.pw_name,
+                    group=gr.gr_name,
+                    uid=pw.pw_uid,
+                    gid=gr.gr_gid,
                 )
             )
             (d / "users").write_text(f"{self.user}:{{PLAIN}}{self.password}::::\n")
@@ -205,12 +254,9 @@ class DovecotServer(ImapServer):
             **self._run_as(),  # type: ignore[arg-type]
         )
         wait_for_port(self.port)
+        if self.tls is not None:
+            wait_for_port(self.tls_port)
         return self
-
-    def restart(self) -> DovecotServer:
-        """Kill and start again on the same port with the same mail."""
-        self.kill()
-        return self.start()
 
     def doveadm(self, *args: str) -> str:
         assert self.workdir is not None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import ipaddress
+import shutil
 import ssl
 import tempfile
 import threading
@@ -25,10 +26,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from tests.support.imap import PASSWORD as IMAP_PASSWORD
 from worker.devstack import free_port
 
 USER = "alice"
-PASSWORD = "pw"
+PASSWORD = IMAP_PASSWORD  # one account secret serves IMAP and SMTP
 
 
 @dataclass(frozen=True)
@@ -134,6 +136,9 @@ class Certificate:
         )
         return cls(d / "cert.pem", d / "key.pem")
 
+    def remove(self) -> None:
+        shutil.rmtree(self.cert_file.parent, ignore_errors=True)
+
     def server_context(self) -> ssl.SSLContext:
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.load_cert_chain(self.cert_file, self.key_file)
@@ -157,7 +162,7 @@ class SmtpServer:
         self.cert = cert
         kwargs: dict[str, Any] = {
             "authenticator": self.handler.authenticate,
-            "auth_require_tls": tls != "plain",
+            "auth_require_tls": tls == "starttls",  # aiosmtpd sees only STARTTLS sessions as TLS
         }
         if tls != "plain":
             assert cert is not None, "TLS modes need a certificate"

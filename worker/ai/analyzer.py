@@ -14,7 +14,6 @@ from typing import Literal, Protocol
 from redis.asyncio import Redis
 
 from settings import Settings
-from worker.ai.anthropic import AnthropicAnalyzer
 from worker.ai.budget import OverBudget, TokenBudget
 from worker.ai.heuristic import HeuristicAnalyzer
 from worker.ai.models import (
@@ -84,6 +83,8 @@ def make_analyzer(config: AiConfig) -> Analyzer:
     """Anthropic when an API key is configured, else the offline heuristic analyzer."""
     if not config.api_key:
         return HeuristicAnalyzer()
+    from worker.ai.anthropic import AnthropicAnalyzer  # the SDK is slow to import: only when a key is set
+
     return AnthropicAnalyzer(
         api_key=config.api_key,
         model=config.model,

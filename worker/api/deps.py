@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
+import logging
 import re
 import secrets
 import time
@@ -16,12 +18,15 @@ from fastapi import Depends, HTTPException, Path, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from settings import Settings
-from worker.runtime import Client, DeadLetters
+from worker.runtime import Client, DeadLetters, keys
+from worker.runtime.serializer import PayloadError, unpack
 from worker.runtime.spec import Registry
 from worker.store import RedisStore
 
+log = logging.getLogger("worker.api")
 TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 TOKENS = "api:tokens"  # hash: sha256(token) -> JSON {tenant, id, created}
 OWNER_TTL_S = 8 * 86400
@@ -160,7 +165,7 @@ Admin = Annotated[Principal, Depends(admin_only)]
 
 def _tenant_path(tenant_id: Annotated[str, Path(description="tenant id")]) -> str:
     if not TENANT_RE.match(tenant_id):
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, f"invalid tenant id {tenant_id!r}")
+        raise HTTPException(422, f"invalid tenant id {tenant_id!r}")
     return tenant_id
 
 
@@ -190,3 +195,42 @@ async def record_owner(redis: Redis, tenant: str, job_id: str) -> None:
         pipe.zadd(tenant_jobs_key(tenant), {job_id: now})
         pipe.zremrangebyscore(tenant_jobs_key(tenant), "-inf", now - OWNER_TTL_S * 1000)
         await pipe.execute()
+
+
+async def index_tenant_jobs(redis: Redis) -> None:
+    """Follow the event stream and add jobs enqueued outside the API (e.g. the analyses a sync enqueues) to
+    their tenant's job list, by the ``tenant_id`` of their payload. Runs until cancelled."""
+    newest = await redis.xrevrange(keys.EVENTS, count=1)
+    last = newest[0][0].decode() if newest else "0-0"
+    while True:
+        try:
+            res = await redis.xread({keys.EVENTS: last}, count=500, block=2000)
+        except RedisError as exc:
+            log.warning("tenant job index: %s; retrying", exc)
+            await asyncio.sleep(1)
+            continue
+        if not res:
+            continue
+        entries = res[0][1]
+        last = entries[-1][0].decode()
+        ids = [f[b"job_id"].decode() for _, f in entries if f.get(b"type") == b"enqueued"]
+        if not ids:
+            continue
+        records = await redis.mget([k for i in ids for k in (keys.job(i), keys.result(i))])  # fast jobs are done
+        now = int(time.time() * 1000)
+        async with redis.pipeline(transaction=False) as pipe:
+            for n, job_id in enumerate(ids):
+                tenant = _payload_tenant(records[2 * n] or records[2 * n + 1])
+                if tenant is not None:
+                    pipe.zadd(tenant_jobs_key(tenant), {job_id: now}, nx=True)
+            await pipe.execute()
+
+
+def _payload_tenant(raw: bytes | None) -> str | None:
+    try:
+        record = unpack(raw) if raw else None
+    except PayloadError:
+        return None
+    kwargs = record.get("k") if isinstance(record, dict) else None
+    tenant = kwargs.get("tenant_id") if isinstance(kwargs, dict) else None
+    return tenant if isinstance(tenant, str) and TENANT_RE.match(tenant) else None

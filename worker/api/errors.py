@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from fastapi import FastAPI, Request, status
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
@@ -47,8 +47,7 @@ def _message(errors: list[dict[str, Any]]) -> str:
 
 def validation_response(errors: Sequence[Any]) -> JSONResponse:
     cleaned = _clean(errors)
-    return JSONResponse({"message": _message(cleaned), "detail": cleaned},
-                        status_code=status.HTTP_422_UNPROCESSABLE_ENTITY)
+    return JSONResponse({"message": _message(cleaned), "detail": cleaned}, status_code=422)
 
 
 def install(app: FastAPI) -> None:
@@ -65,8 +64,7 @@ def install(app: FastAPI) -> None:
     async def on_http(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         msg = exc.detail if isinstance(exc.detail, str) else "error"
-        return JSONResponse({"message": msg, "detail": exc.detail}, status_code=exc.status_code,
-                            headers=exc.headers)
+        return JSONResponse({"message": msg, "detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
     app.add_exception_handler(RequestValidationError, on_request_validation)
     app.add_exception_handler(InvalidInput, on_invalid)

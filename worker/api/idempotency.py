@@ -54,7 +54,7 @@ async def idempotent(
         code, body = await produce()
         return JSONResponse(body, status_code=code)
     if not key.strip():
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, "Idempotency-Key must not be blank")
+        raise HTTPException(422, "Idempotency-Key must not be blank")
     rkey, fp = _key(caller, key), await _fingerprint(request)
     if await redis.set(rkey, json.dumps({"fp": fp}), nx=True, ex=ttl_s):
         try:
@@ -72,9 +72,7 @@ async def idempotent(
             return await idempotent(request, redis, caller, key, ttl_s, produce)
         stored = json.loads(raw)
         if stored["fp"] != fp:
-            raise HTTPException(
-                status.HTTP_422_UNPROCESSABLE_ENTITY, "Idempotency-Key was already used for a different request"
-            )
+            raise HTTPException(422, "Idempotency-Key was already used for a different request")
         if "body" in stored:
             return JSONResponse(stored["body"], status_code=stored["status"], headers={"Idempotent-Replayed": "true"})
         if loop.time() > deadline:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import re
@@ -38,16 +39,26 @@ class EventView(BaseModel):
 
 
 def event_view(event_id: str, fields: dict[str, str]) -> EventView:
-    """Typed view of one stream entry (progress is decoded from JSON)."""
+    """Typed view of one stream entry: progress decoded from JSON, attempt as a number, run_at as a time."""
     extra: dict[str, Any] = {k: v for k, v in fields.items() if k not in ("type", "job_id", "function", "queue")}
     if "progress" in extra:
-        try:
+        with contextlib.suppress(ValueError):
             extra["progress"] = json.loads(extra["progress"])
-        except ValueError:
-            pass
+    if extra.get("attempt", "").isdigit():
+        extra["attempt"] = int(extra["attempt"])
+    for name in ("run_at", "ms"):  # epoch milliseconds
+        if extra.get(name, "").isdigit():
+            extra[name] = dt.datetime.fromtimestamp(int(extra[name]) / 1000, tz=dt.UTC).isoformat()
     at = dt.datetime.fromtimestamp(int(event_id.split("-")[0]) / 1000, tz=dt.UTC)
-    return EventView(id=event_id, at=at, type=fields.get("type", "?"), job_id=fields.get("job_id"),
-                     function=fields.get("function"), queue=fields.get("queue"), fields=extra)
+    return EventView(
+        id=event_id,
+        at=at,
+        type=fields.get("type", "?"),
+        job_id=fields.get("job_id"),
+        function=fields.get("function"),
+        queue=fields.get("queue"),
+        fields=extra,
+    )
 
 
 class JobView(JobStatus):
@@ -74,7 +85,7 @@ async def job_payload(redis: Redis, job_id: str) -> dict[str, Any] | None:
         except PayloadError:
             continue
         if isinstance(doc, dict):
-            kwargs = doc.get("k", doc.get("kwargs"))
+            kwargs = doc.get("k", doc.get("payload"))
             if isinstance(kwargs, dict):
                 return kwargs
     return None
@@ -95,8 +106,11 @@ async def job_view(client: Client, job_id: str, *, detail: bool = False) -> JobV
     """Everything known about one job; ``detail`` adds the traceback and event history."""
     st = await client.status(job_id)
     kwargs = await job_payload(client.redis, job_id)
-    view = JobView(**st.model_dump(), tenant_id=await job_tenant(client.redis, job_id, kwargs),
-                   payload=redact(kwargs) if kwargs is not None else None)
+    view = JobView(
+        **st.model_dump(),
+        tenant_id=await job_tenant(client.redis, job_id, kwargs),
+        payload=redact(kwargs) if kwargs is not None else None,
+    )
     if detail:
         entry = await DeadLetters(client.redis, client).get(job_id)
         if entry is not None:

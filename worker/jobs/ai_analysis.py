@@ -37,6 +37,8 @@ def email_input(parsed: ParsedMessage) -> EmailInput:
         subject=parsed.subject,
         from_addr=parsed.from_,
         to=parsed.to + parsed.cc,
+        reply_to=parsed.headers.get("reply-to", ""),
+        headers=parsed.headers,
         text=parsed.text,
         html=parsed.html,
     )
@@ -44,13 +46,11 @@ def email_input(parsed: ParsedMessage) -> EmailInput:
 
 def _service(ctx: JobContext) -> tuple[AnalysisService, AiConfig]:
     """The worker's analysis service, built once per process from its settings."""
-    cached = ctx.state.get("ai_service")
-    if cached is None:
+    service, config = ctx.state.get("ai_service"), ctx.state.get("ai_config")
+    if not isinstance(service, AnalysisService) or not isinstance(config, AiConfig):
         config = AiConfig.from_settings(ctx.settings)
-        cached = (AnalysisService.from_config(config, ctx.redis), config)
-        ctx.state["ai_service"] = cached
-    service, config = cached
-    assert isinstance(service, AnalysisService) and isinstance(config, AiConfig)
+        service = AnalysisService.from_config(config, ctx.redis)
+        ctx.state["ai_service"], ctx.state["ai_config"] = service, config  # the service is closed at stop
     return service, config
 
 

@@ -27,12 +27,13 @@ from worker.mail.imap import (
     open_imap,
     plan_batches,
 )
-from worker.mail.message import parse_message
+from worker.mail.message import ParsedMessage, parse_message
 from worker.runtime import Defer, JobContext, PermanentError, job
 from worker.store import InsertResult, Store, SyncState, mailbox_key, utcnow
 
 ANALYSIS_JOB = "analyse_message"
 LOCK_TTL_S = 120.0
+LOCK_RETRY_S = 5.0  # a sync that finds its mailbox busy looks again this soon
 FLAG_WINDOW = 1000  # known messages whose flags are compared per sync without CONDSTORE
 
 
@@ -45,9 +46,9 @@ class SyncMailbox(BaseModel):
 
 
 class SyncAll(BaseModel):
-    """Payload of the periodic fan-out; `every_s` de-duplicates one mailbox's syncs per period."""
+    """Payload of the periodic fan-out; one sync per mailbox per `every_s` (default: settings.sync_interval_s)."""
 
-    every_s: int = Field(300, ge=1)
+    every_s: float | None = Field(None, gt=0)
 
 
 @dataclass
@@ -64,6 +65,10 @@ class SyncReport:
     batches: int = 0
     uidvalidity_reset: bool = False
     highest_uid: int = 0
+
+
+def _parse_all(raws: list[bytes]) -> list[ParsedMessage]:
+    return [parse_message(raw) for raw in raws]
 
 
 class MailboxSync:
@@ -132,7 +137,7 @@ class MailboxSync:
         batches = plan_batches(sizes, self.max_batch, self.max_batch_bytes)
         for number, batch in enumerate(batches, 1):
             fetched = await self.s.fetch_messages(batch, sum(sizes[u] for u in batch))
-            parsed = await asyncio.to_thread(lambda f=fetched: [parse_message(m.raw) for m in f])  # type: ignore[misc]
+            parsed = await asyncio.to_thread(_parse_all, [m.raw for m in fetched])
             results = await self.store.insert_messages(
                 self.tenant_id,
                 self.account_id,
@@ -174,7 +179,7 @@ class MailboxSync:
             flags = {u: f for u, f in again.changed_flags.items() if u <= previous_high}
             vanished = [u for u in again.vanished if u <= previous_high]
         else:
-            flags = await self.s.fetch_flags(changed)
+            flags = await self.s.fetch_flags(changed, changedsince=state.highestmodseq)
             vanished = await self._vanished_by_search(state.uidvalidity)
         await self._apply(state.uidvalidity, flags, vanished)
 
@@ -182,10 +187,11 @@ class MailboxSync:
         """No CONDSTORE: expunges by UID SEARCH ALL; flags of a rotating window of known messages."""
         assert state.uidvalidity is not None
         vanished = await self._vanished_by_search(state.uidvalidity)
+        gone = set(vanished)
         known = [
             u
             for u in await self.store.known_uids(self.tenant_id, self.account_id, self.mailbox, state.uidvalidity)
-            if u <= previous_high and u not in set(vanished)
+            if u <= previous_high and u not in gone
         ]
         window = [u for u in known if u >= state.flag_cursor][: self.flag_window] or known[: self.flag_window]
         flags: dict[int, tuple[str, ...]] = {}
@@ -212,7 +218,7 @@ class MailboxSync:
         )
 
 
-@job(queue="email-sync", payload=SyncMailbox, max_attempts=5, backoff=2.0, backoff_cap=300.0)
+@job(queue="email-sync", payload=SyncMailbox, max_attempts=5)
 async def sync_mailbox(ctx: JobContext, payload: SyncMailbox) -> dict[str, Any]:
     """Sync one mailbox. One run per mailbox at a time across workers (a retry of the same job re-enters)."""
     store = get_store(ctx)
@@ -227,7 +233,7 @@ async def sync_mailbox(ctx: JobContext, payload: SyncMailbox) -> dict[str, Any]:
         raise PermanentError(str(exc)) from None
     lock = f"sync:{payload.account_id}:{mailbox_key(payload.mailbox)}"
     if not await store.acquire_lock(payload.tenant_id, lock, ctx.job_id, LOCK_TTL_S):
-        raise Defer("this mailbox is being synced by another job", delay=LOCK_TTL_S / 4)
+        raise Defer("this mailbox is being synced by another job", delay=LOCK_RETRY_S)
 
     async def request_analysis(r: InsertResult) -> None:
         await ctx.enqueue(
@@ -263,7 +269,7 @@ async def sync_mailbox(ctx: JobContext, payload: SyncMailbox) -> dict[str, Any]:
 async def sync_all_accounts(ctx: JobContext, payload: SyncAll) -> dict[str, int]:
     """Enqueue a sync of every mailbox of every active account, at most once per mailbox per period."""
     store = get_store(ctx)
-    period = int(time.time() // payload.every_s)
+    period = int(time.time() // (payload.every_s or ctx.settings.sync_interval_s))
     enqueued = duplicates = 0
     for tenant_id, account_id in await store.list_active_accounts():
         account = await store.get_account(tenant_id, account_id)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import re
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
@@ -39,6 +40,17 @@ _STATUS_CODES = {
 }
 _EXISTS = re.compile(rb"^(\d+) EXISTS")
 _VANISHED = re.compile(rb"^VANISHED \(EARLIER\) ([0-9:,]+)")
+
+
+class _HideCredentials(logging.Filter):
+    """aioimaplib's DEBUG log scrubs the raw password only; a quoted one (with " or \\) would leak."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        return " LOGIN " not in text and " AUTHENTICATE " not in text
+
+
+logging.getLogger(aioimaplib.__name__ + ".aioimaplib").addFilter(_HideCredentials())
 
 
 class ImapError(Exception):
@@ -240,7 +252,9 @@ def _uid_of(item: dict[str, FetchValue]) -> int | None:
 
 def _flags_of(item: dict[str, FetchValue]) -> tuple[str, ...] | None:
     value = item.get("FLAGS")
-    return tuple(sorted(str(f) for f in value)) if isinstance(value, list) else None
+    if not isinstance(value, list):
+        return None
+    return tuple(sorted(str(f) for f in value if str(f).upper() != "\\RECENT"))  # \Recent is per session
 
 
 class ImapSession:
@@ -297,6 +311,8 @@ class ImapSession:
     async def _call(self, what: str, awaitable: Awaitable[T], limit: float | None = None) -> T:
         """Await one protocol call under a deadline; a lost connection fails it immediately."""
         if self._lost.done():
+            if asyncio.iscoroutine(awaitable):
+                awaitable.close()  # never started: no "was never awaited" warning
             raise ImapConnectionError(f"{what}: connection lost")
         task = asyncio.ensure_future(awaitable)
         limit = limit or self.config.timeout

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from email import policy
 from email.headerregistry import Address
 from email.message import EmailMessage, Message
-from email.utils import format_datetime, make_msgid, parsedate_to_datetime
+from email.utils import format_datetime, make_msgid
 
 from email_validator import EmailNotValidError, validate_email
 from pydantic import BaseModel, Field
@@ -118,6 +118,25 @@ class AttachmentInfo(BaseModel):
     size: int = 0
 
 
+# Headers kept for triage (list mail, automation, authentication, priority, language, spam verdicts).
+TRIAGE_HEADERS = (
+    "list-id",
+    "list-unsubscribe",
+    "precedence",
+    "auto-submitted",
+    "authentication-results",
+    "reply-to",
+    "importance",
+    "x-priority",
+    "priority",
+    "content-language",
+    "x-spam-flag",
+    "x-spam-status",
+    "x-github-reason",
+)
+HEADER_LIMIT = 1000
+
+
 class ParsedMessage(BaseModel):
     """What the worker keeps of a fetched message."""
 
@@ -131,6 +150,7 @@ class ParsedMessage(BaseModel):
     html: str = ""
     attachments: list[AttachmentInfo] = Field(default_factory=list)
     defects: list[str] = Field(default_factory=list)
+    headers: dict[str, str] = Field(default_factory=dict, description="triage headers, lower-cased names")
     size: int = 0
     content_hash: str
     content_id: str
@@ -174,16 +194,17 @@ def content_identity(raw: bytes) -> tuple[str | None, str, str]:
 
 
 def _text_of(part: Message, defects: list[str]) -> str:
-    try:
-        content = part.get_content()  # type: ignore[attr-defined]
-        if isinstance(content, str):
-            return content
-    except Exception as exc:  # unknown charset, broken transfer encoding, ...
-        defects.append(f"body: {type(exc).__name__}: {exc}")
+    """The decoded text of a text/* part; an unknown charset falls back to UTF-8 with replacements."""
     payload = part.get_payload(decode=True)
-    if isinstance(payload, bytes):
+    if not isinstance(payload, bytes):
+        return ""
+    header = part.get("Content-Type")
+    charset = str(getattr(header, "params", {}).get("charset") or "utf-8")
+    try:
+        return payload.decode(charset, "replace")
+    except LookupError:
+        defects.append(f"body: unknown charset {charset!r}")
         return payload.decode("utf-8", "replace")
-    return ""
 
 
 def _addresses(msg: Message, name: str, defects: list[str]) -> list[str]:
@@ -210,13 +231,13 @@ def _header_str(msg: Message, name: str, defects: list[str]) -> str:
 
 
 def _date(msg: Message, defects: list[str]) -> datetime | None:
-    raw = _header_str(msg, "Date", defects)
-    if not raw:
-        return None
     try:
-        parsed = parsedate_to_datetime(raw)
-    except (TypeError, ValueError, IndexError) as exc:
+        header = msg.get("Date")
+        parsed = getattr(header, "datetime", None)  # policy.default parsed it already
+    except Exception as exc:
         defects.append(f"Date: {type(exc).__name__}: {exc}")
+        return None
+    if not isinstance(parsed, datetime):
         return None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
@@ -235,18 +256,24 @@ def parse_message(raw: bytes) -> ParsedMessage:
         out.to = _addresses(msg, "To", defects)
         out.cc = _addresses(msg, "Cc", defects)
         out.date = _date(msg, defects)
-        for kind in ("plain", "html"):
-            try:
-                body = msg.get_body((kind,))  # type: ignore[attr-defined]
-            except Exception as exc:
-                defects.append(f"get_body: {type(exc).__name__}: {exc}")
-                body = None
-            if body is not None:
-                text = _text_of(body, defects)[:TEXT_LIMIT]
-                if kind == "plain":
-                    out.text = text
-                else:
-                    out.html = text
+        for name in TRIAGE_HEADERS:
+            if name in msg:
+                value = _header_str(msg, name, defects)
+                if value:
+                    out.headers[name] = value[:HEADER_LIMIT]
+        if msg.is_multipart():
+            for kind in ("plain", "html"):
+                try:
+                    body = msg.get_body((kind,))  # type: ignore[attr-defined]
+                except Exception as exc:
+                    defects.append(f"get_body: {type(exc).__name__}: {exc}")
+                    body = None
+                if body is not None:
+                    setattr(out, "text" if kind == "plain" else "html", _text_of(body, defects)[:TEXT_LIMIT])
+        else:  # the common single-part case: the message is its own body (cheaper than get_body)
+            ctype = msg.get_content_type()
+            if ctype in ("text/plain", "text/html"):
+                setattr(out, "text" if ctype == "text/plain" else "html", _text_of(msg, defects)[:TEXT_LIMIT])
         for part in msg.iter_attachments():  # type: ignore[attr-defined]
             payload = part.get_payload(decode=True)
             out.attachments.append(

@@ -59,6 +59,7 @@ class QueueLoop:
             keys.ratelimit(f"queue:{queue}"),
             keys.PAUSED,
             keys.wake(queue),
+            keys.stats(queue),
         ]
         policy = worker.settings.queue(queue)
         self._rate = policy.rate_limit or 0

@@ -3,7 +3,7 @@
 // bullmq is resolved through NODE_PATH (bench/run.py installs it into a scratch dir at run time).
 'use strict';
 
-const { performance, monitorEventLoopDelay } = require('node:perf_hooks');
+const { performance } = require('node:perf_hooks');
 const readline = require('node:readline');
 
 const QUEUE = 'bench';
@@ -47,6 +47,7 @@ function summary(values) {
 const REC = {
   started: 0,
   ended: 0,
+  maxInFlight: 0,
   firstStart: null,
   lastEnd: null,
   latency: {},
@@ -66,6 +67,7 @@ const REC = {
     const now = wall();
     if (this.firstStart === null) this.firstStart = mono();
     this.started += 1;
+    this.maxInFlight = Math.max(this.maxInFlight, this.started - this.ended);
     if (data && typeof data.tag === 'string' && typeof data.ts === 'number') {
       (this.latency[data.tag] = this.latency[data.tag] || []).push((now - data.ts) * 1000);
       if (this.expect && this.expectMet()) this.resolveDone();
@@ -160,6 +162,34 @@ class BullAdapter {
   }
 }
 
+// Event-loop lag, measured like bench/common.py: how late a 5 ms timer fires, with its time.
+class LagMonitor {
+  constructor(intervalMs = 5) {
+    this.interval = intervalMs;
+    this.samples = [];
+    this.stopped = false;
+  }
+  start() {
+    const tick = () => {
+      if (this.stopped || this.samples.length > 2000000) return;
+      const t0 = mono();
+      setTimeout(() => {
+        const t1 = mono();
+        this.samples.push([t1, Math.max(0, (t1 - t0) * 1000 - this.interval)]);
+        tick();
+      }, this.interval);
+    };
+    tick();
+  }
+  stop() {
+    this.stopped = true;
+  }
+  window(lo, hi) {
+    if (lo === null || hi === null) return [];
+    return this.samples.filter(([t]) => t >= lo && t <= hi + this.interval / 1000).map(([, lag]) => lag);
+  }
+}
+
 async function inFlight(n, width, one) {
   let next = 0;
   const lane = async () => {
@@ -177,6 +207,35 @@ async function fill(a, kind, n) {
     for (let i = lo; i < Math.min(n, lo + BATCH_CHUNK); i++) chunk.push({ ts: wall(), tag: 'fill', i });
     await a.enqueueBatch(kind, chunk);
   }
+}
+
+async function produceOne(a, p) {
+  const times = [];
+  let sent = 0;
+  if (p.mode === 'rate') {
+    const t0 = wall() + 0.05;
+    for (let i = 0; i < p.count; i++) {
+      const wait = (t0 + i / p.rate - wall()) * 1000;
+      if (wait > 0) await sleep(wait);
+      const s = mono();
+      await a.enqueue('noop', { ts: wall(), tag: p.tag, i });
+      times.push((mono() - s) * 1000);
+      sent += 1;
+    }
+  } else if (p.mode === 'sched') {
+    const base = wall() + p.delay_s;
+    for (let i = 0; i < p.count; i++) {
+      const planned = base + (p.spread_s * i) / p.count;
+      await a.enqueue('noop', { ts: planned, tag: 'sched', i }, planned);
+      sent += 1;
+    }
+  } else if (p.mode === 'crash') {
+    await a.enqueue('crash', { ts: wall(), tag: 'crash' });
+    sent = 1;
+  } else {
+    throw new Error(`unknown produce mode ${p.mode}`);
+  }
+  return { sent, enqueue_p50_ms: percentile(times, 50), enqueue_p99_ms: percentile(times, 99) };
 }
 
 const commands = {
@@ -217,13 +276,14 @@ const commands = {
     await fill(a, kind, n);
     emit({ event: 'filled' });
     REC.target = n;
-    const lag = p.lag ? monitorEventLoopDelay({ resolution: 5 }) : null;
-    if (lag) lag.enable();
+    const lag = p.lag ? new LagMonitor() : null;
+    if (lag) lag.start();
     const cpu0 = process.cpuUsage();
+    const tStart = mono();
     await a.startWorker(concurrency);
     const timedOut = await withTimeout(REC.done, p.cap_s * 1000);
     const cpu = process.cpuUsage(cpu0);
-    if (lag) lag.disable();
+    if (lag) lag.stop();
     const done = REC.ended;
     const span = REC.firstStart !== null && REC.lastEnd !== null ? REC.lastEnd - REC.firstStart : null;
     const out = {
@@ -232,12 +292,16 @@ const commands = {
       partial: timedOut,
       seconds: span,
       jobs_s: span ? done / span : null,
+      jobs_s_from_worker_start: REC.lastEnd !== null ? done / (REC.lastEnd - tStart) : null,
+      max_in_flight: REC.maxInFlight,
       worker_cpu_us_per_job: done ? (cpu.user + cpu.system) / done : null,
     };
     if (kind === 'sleep' && span) out.efficiency_pct = (100 * (done * SLEEP_MS) / 1000 / concurrency) / span;
     if (lag) {
-      out.loop_lag_p99_ms = lag.percentile(99) / 1e6;
-      out.loop_lag_max_ms = lag.max / 1e6;
+      const lags = lag.window(REC.firstStart, REC.lastEnd);
+      out.loop_lag_p99_ms = percentile(lags, 99);
+      out.loop_lag_max_ms = lags.length ? Math.max(...lags) : null;
+      out.loop_lag_samples = lags.length;
     }
     emit({ result: out });
     await a.stopWorker();
@@ -250,7 +314,9 @@ const commands = {
     await sleep(200);
     emit({ event: 'ready' });
     const rl = readline.createInterface({ input: process.stdin });
+    let lines = 0;
     for await (const line of rl) {
+      if (++lines > 100) break;
       if (!line.trim()) continue;
       const msg = JSON.parse(line);
       if (msg.cmd === 'report') {
@@ -270,32 +336,9 @@ const commands = {
 
   async produce(a, p) {
     await a.open();
-    const times = [];
-    let sent = 0;
-    if (p.mode === 'rate') {
-      const t0 = wall() + 0.05;
-      for (let i = 0; i < p.count; i++) {
-        const wait = (t0 + i / p.rate - wall()) * 1000;
-        if (wait > 0) await sleep(wait);
-        const s = mono();
-        await a.enqueue('noop', { ts: wall(), tag: p.tag, i });
-        times.push((mono() - s) * 1000);
-        sent += 1;
-      }
-    } else if (p.mode === 'sched') {
-      const base = wall() + p.delay_s;
-      for (let i = 0; i < p.count; i++) {
-        const planned = base + (p.spread_s * i) / p.count;
-        await a.enqueue('noop', { ts: planned, tag: 'sched', i }, planned);
-        sent += 1;
-      }
-    } else if (p.mode === 'crash') {
-      await a.enqueue('crash', { ts: wall(), tag: 'crash' });
-      sent = 1;
-    } else {
-      throw new Error(`unknown produce mode ${p.mode}`);
-    }
-    return { sent, enqueue_p50_ms: percentile(times, 50), enqueue_p99_ms: percentile(times, 99) };
+    const phases = [];
+    for (const ph of p.phases || [p]) phases.push(await produceOne(a, { ...p, ...ph }));
+    return { phases };
   },
 
   async bytes(a, p) {

@@ -2,7 +2,7 @@
 -- Promotes due priority-deferred jobs, applies the queue-wide rate limit (GCRA), moves claimed ids from the
 -- queue zset to the active zset with a lease, sets arq's in-progress key (so arq's Job.status() still works),
 -- counts the attempt and emits 'started' events.
--- KEYS: 1 queue, 2 delayed, 3 active, 4 events, 5 rate-limit key, 6 paused set, 7 wake list
+-- KEYS: 1 queue, 2 delayed, 3 active, 4 events, 5 rate-limit key, 6 paused set, 7 wake list, 8 stats hash
 -- ARGV: 1 (unused), 2 n, 3 lease_ms, 4 worker_id, 5 events_maxlen, 6 rate per second (0 = unlimited), 7 burst,
 --       8 queue name
 -- Returns: {retry_after_ms, ms_until_next_due_or_-1, id1, payload1, attempt1, prio1, id2, ...}
@@ -47,7 +47,10 @@ if rate > 0 then
   if tat < now then tat = now end
   local allowed = math.floor((now + burst * interval - tat) / interval)
   if allowed < 0 then allowed = 0 end
-  if allowed < count then count = allowed end
+  if allowed < count then
+    count = allowed
+    redis.call('HINCRBY', KEYS[8], 'rate_limited', 1)  -- a claim held back by the queue's rate limit
+  end
   if count == 0 then
     return {math.ceil(tat + interval - burst * interval - now), -1}
   end

@@ -1,0 +1,157 @@
+"""Building outgoing mail strictly and parsing incoming mail tolerantly."""
+
+from __future__ import annotations
+
+import base64
+import email
+from email import policy
+
+import pytest
+
+from tests.support.imap import make_mail
+from worker.mail.message import (
+    HeaderInjectionError,
+    InvalidAddressError,
+    build_message,
+    content_identity,
+    new_message_id,
+    parse_message,
+    validate_address,
+)
+
+
+def build(**over: object) -> email.message.EmailMessage:
+    values: dict[str, object] = {
+        "sender": "alice@example.com",
+        "to": ["bob@example.com"],
+        "subject": "Hello",
+        "message_id": "<fixed@example.com>",
+        "text": "Hi Bob",
+    }
+    return build_message(**(values | over))  # type: ignore[arg-type]
+
+
+def test_build_message_headers_and_bcc_privacy() -> None:
+    msg = build(cc=["carol@example.com"], html="<p>Hi</p>", sender_name="Alice A.", subject="Grüße ✓")
+    raw = msg.as_bytes()
+    assert msg["Message-ID"] == "<fixed@example.com>"
+    assert b"Bcc" not in raw and b"\r\n" in raw and raw.isascii()
+    parsed = email.message_from_bytes(raw, policy=policy.default)
+    assert parsed["Subject"] == "Grüße ✓" and parsed["From"].addresses[0].display_name == "Alice A."
+    assert parsed.get_body(("html",)).get_content().strip() == "<p>Hi</p>"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("subject", "Hi\r\nBcc: victim@example.com"),
+        ("subject", "Hi\nX-Evil: 1"),
+        ("sender_name", "Alice\r\nBcc: victim@example.com"),
+        ("message_id", "<a@b>\r\nX-Evil: 1"),
+    ],
+)
+def test_header_injection_is_rejected(field: str, value: str) -> None:
+    with pytest.raises(HeaderInjectionError, match="header injection"):
+        build(**{field: value})
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "a@b.com, c@d.com",  # parseaddr would silently keep the first one
+        "Bob <bob@example.com>",
+        "bob@exa mple.com",
+        "bob",
+        "bob@",
+        "@example.com",
+        "bob@example.com\r\nBcc: x@y.com",
+        " bob@example.com",
+        "bob@@example.com",
+    ],
+)
+def test_addresses_are_validated_strictly(address: str) -> None:
+    with pytest.raises(InvalidAddressError):
+        validate_address(address)
+    with pytest.raises(InvalidAddressError):
+        build(to=[address])
+
+
+def test_valid_addresses_and_message_id() -> None:
+    assert validate_address("Bob.Smith+tag@Example.COM") == "Bob.Smith+tag@example.com"
+    assert validate_address("jörg@bücher.example") == "jörg@bücher.example"
+    mid = new_message_id("alice@example.com")
+    assert mid.startswith("<") and mid.endswith("@example.com>") and mid != new_message_id("alice@example.com")
+    with pytest.raises(InvalidAddressError):
+        build(to=[], cc=[])
+
+
+def test_content_identity_ignores_trace_headers_and_line_endings() -> None:
+    raw = make_mail(1)
+    _, hash1, cid1 = content_identity(raw)
+    relayed = b"Received: from mx by imap; Thu, 1 Jan 2026\r\nDelivered-To: x@y\r\n" + raw.replace(b"\r\n", b"\n")
+    assert content_identity(relayed)[1:] == (hash1, cid1)
+    assert content_identity(make_mail(2))[2] != cid1
+    # same Message-ID, different content: different identity
+    assert content_identity(raw.replace(b"Body of", b"Changed"))[2] != cid1
+
+
+BROKEN = [
+    b"",
+    b"\x00\xff\xfe garbage without headers",
+    b"Content-Type: multipart/mixed; boundary=zzz\r\nSubject: cut\r\n\r\n--zzz\r\nContent-Type: text/plain\r\n\r\nhalf",
+    b"Content-Type: multipart/mixed\r\n\r\nno boundary parameter",
+    b"Subject: =?x-unknown?q?abc?=\r\nContent-Type: text/plain; charset=x-unknown-8\r\n\r\n\xe9t\xe9",
+    b"Subject: bad b64\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Transfer-Encoding: base64\r\n\r\n!!!notb64",
+    b"From: <<<@@>>>\r\nTo: ,,,;;;\r\nDate: not a date\r\nSubject: \xff\xfe raw 8bit\r\n\r\nbody",
+    b'Content-Type: text/plain; charset="utf-8\r\nSubject: unterminated quote\r\n\r\nbody',
+]
+
+
+@pytest.mark.parametrize("raw", BROKEN)
+def test_parse_never_raises_on_broken_mail(raw: bytes) -> None:
+    parsed = parse_message(raw)
+    assert parsed.size == len(raw) and len(parsed.content_id) == 64
+
+
+def test_parse_odd_charsets_and_defects() -> None:
+    raw = (
+        b"Subject: =?koi8-r?b?8NLJ18XU?=\r\nFrom: a@example.com\r\n"
+        b"Content-Type: text/plain; charset=windows-1251\r\n\r\n"
+    ) + "Привет".encode("cp1251")
+    parsed = parse_message(raw)
+    assert parsed.subject == "Привет" and parsed.text.strip() == "Привет" and parsed.from_ == "a@example.com"
+    unknown = parse_message(BROKEN[4])
+    assert unknown.defects  # the unknown charset is reported, text decoded best-effort
+    assert "t" in unknown.text
+
+
+def test_parse_huge_attachment_keeps_metadata_only() -> None:
+    payload = b"\x89PNG" + bytes(range(256)) * 20_000  # ~5 MB
+    b64 = base64.encodebytes(payload)
+    raw = (
+        b"From: a@example.com\r\nSubject: big\r\nMessage-ID: <big@x>\r\n"
+        b'Content-Type: multipart/mixed; boundary="b1"\r\n\r\n'
+        b"--b1\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n"
+        b'--b1\r\nContent-Type: image/png\r\nContent-Disposition: attachment; filename="x.png"\r\n'
+        b"Content-Transfer-Encoding: base64\r\n\r\n" + b64 + b"--b1--\r\n"
+    )
+    parsed = parse_message(raw)
+    assert parsed.text.strip() == "see attached" and parsed.message_id_header == "<big@x>"
+    [att] = parsed.attachments
+    assert (att.filename, att.content_type, att.size) == ("x.png", "image/png", len(payload))
+    assert len(parsed.model_dump_json()) < 10_000
+
+
+def test_triage_headers_are_kept_lower_cased_and_bounded() -> None:
+    raw = (
+        b"From: news@shop.example\r\nTo: me@example.com\r\nSubject: Deals\r\n"
+        b"List-Id: <deals.shop.example>\r\nList-Unsubscribe: <https://shop.example/u>\r\n"
+        b"X-Priority: 5\r\nX-Other: not kept\r\nReply-To: " + b"a" * 2000 + b"@x.example\r\n\r\nHello\r\n"
+    )
+    parsed = parse_message(raw)
+    assert parsed.headers["list-id"] == "<deals.shop.example>"
+    assert parsed.headers["list-unsubscribe"] == "<https://shop.example/u>"
+    assert parsed.headers["x-priority"] == "5"
+    assert "x-other" not in parsed.headers
+    assert len(parsed.headers["reply-to"]) == 1000

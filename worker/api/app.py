@@ -1,0 +1,106 @@
+"""The FastAPI app: services created in the lifespan, routers, error handlers, the dashboard's static files."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.responses import FileResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
+from redis.asyncio import Redis
+
+import worker.jobs  # noqa: F401  (registers the product's jobs)
+from settings import Settings, get_settings
+from worker import metrics
+from worker.api import errors, jobs, mail, ops
+from worker.api.deps import Services, index_tenant_jobs
+from worker.runtime import Client, DeadLetters, create_pool, registry
+from worker.runtime.spec import Registry
+from worker.store import RedisStore
+
+STATIC = Path(__file__).resolve().parent.parent / "static"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    """What ``create_app`` was given; the lifespan reads it from ``app.state.worker_config``."""
+
+    settings: Settings | None = None
+    redis_url: str | None = None
+    registry: Registry = registry
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Create the Redis client, runtime Client, arq pool and store; run the metric samplers; close on exit.
+
+    Usable as the lifespan of your own app: routes can then depend on ``worker.api.get_client``.
+    """
+    cfg: ApiConfig = getattr(app.state, "worker_config", None) or ApiConfig()
+    settings = cfg.settings or get_settings()
+    url = cfg.redis_url or settings.redis_url or DEFAULT_REDIS_URL
+    redis: Redis = Redis.from_url(url)
+    client = Client(redis, settings, cfg.registry)
+    svc = Services(
+        settings=settings,
+        registry=cfg.registry,
+        redis=redis,
+        client=client,
+        arq=await create_pool(url),
+        store=RedisStore(redis, settings.secret_key),
+        dead_letters=DeadLetters(redis, client),
+        queues=metrics.known_queues(settings, cfg.registry),
+    )
+    observer = metrics.EventObserver(redis, svc.metrics)
+    tasks = [
+        asyncio.create_task(observer.run(), name="api:event-observer"),
+        asyncio.create_task(metrics.sample_forever(redis, svc.queues), name="api:throughput"),
+        asyncio.create_task(index_tenant_jobs(redis), name="api:tenant-jobs"),
+    ]
+    app.state.services = svc
+    try:
+        yield
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        app.state.services = None
+        await svc.arq.aclose()
+        await redis.aclose()
+
+
+def create_app(
+    settings: Settings | None = None, *, redis_url: str | None = None, registry: Registry = registry
+) -> FastAPI:
+    """A complete app: REST API under /v1, SSE feed, /health, /ready, /metrics and the dashboard."""
+    app = FastAPI(
+        title="Email worker",
+        version="1",
+        lifespan=lifespan,
+        description="Jobs, queues, dead letters and live events of the email product's workers.",
+    )
+    app.state.worker_config = ApiConfig(settings, redis_url, registry)
+    errors.install(app)
+    app.include_router(ops.probes)
+    app.include_router(jobs.router)
+    app.include_router(mail.router)
+    app.include_router(ops.router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    async def root() -> RedirectResponse:
+        return RedirectResponse("/dashboard")
+
+    @app.get("/dashboard", include_in_schema=False)
+    async def dashboard() -> FileResponse:
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
+
+    return app
+
+
+app = create_app()

@@ -1,0 +1,301 @@
+// Dashboard of the email worker: plain JS against the /v1 API (no build step).
+// Every value from the server is rendered with textContent, never as HTML.
+"use strict";
+
+const TOKEN_KEY = "worker.adminToken";
+const STATES = ["waiting", "delayed", "active", "completed", "retrying", "dead"];
+const CARDS = [
+  ["waiting", "Waiting"], ["delayed", "Delayed"], ["active", "Active"], ["completed", "Completed"],
+  ["failed", "Failed attempts"], ["dead", "Dead"], ["throughput", "Jobs / min"],
+];
+const MAX_EVENTS = 60;
+
+const ui = { queue: null, state: "waiting", view: "queue", overview: null, eventsAbort: null };
+const $ = (id) => document.getElementById(id);
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") node.className = v;
+    else if (k === "dataset") Object.assign(node.dataset, v);
+    else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    else node.setAttribute(k, v);
+  }
+  for (const c of children) node.append(c instanceof Node ? c : document.createTextNode(c ?? ""));
+  return node;
+}
+
+function token() { return localStorage.getItem(TOKEN_KEY); }
+
+async function api(path, options = {}) {
+  const res = await fetch(path, {
+    ...options,
+    headers: { Authorization: `Bearer ${token()}`, "Content-Type": "application/json", ...(options.headers || {}) },
+  });
+  if (res.status === 401 || res.status === 403) {
+    showLogin("That token was refused (the dashboard needs the admin token).");
+    throw new Error("unauthorized");
+  }
+  const body = res.status === 204 ? null : await res.json();
+  if (!res.ok) throw new Error(body && body.message ? body.message : `HTTP ${res.status}`);
+  return body;
+}
+
+function setStatus(text, ok) {
+  const s = $("status");
+  s.textContent = text;
+  s.className = "status " + (ok ? "ok" : "bad");
+}
+
+function ago(iso) {
+  if (!iso) return "";
+  const s = Math.round((Date.now() - new Date(iso).getTime()) / 1000);
+  if (Math.abs(s) < 60) return s >= 0 ? `${s}s ago` : `in ${-s}s`;
+  if (Math.abs(s) < 3600) return s >= 0 ? `${Math.round(s / 60)}m ago` : `in ${Math.round(-s / 60)}m`;
+  return new Date(iso).toLocaleString();
+}
+
+function progressBar(p, state) {
+  if (state === "complete") p = 100;
+  if (p === null || p === undefined) return "";
+  if (typeof p === "number") {
+    const bar = el("span", { class: "bar" }, el("span", { class: "fill", style: `width:${p}%` }));
+    return el("span", { class: "progress" }, bar, ` ${Math.round(p)}%`);
+  }
+  return JSON.stringify(p);
+}
+
+// -- queues -------------------------------------------------------------------------------------
+
+async function refreshQueues() {
+  const ov = await api("/v1/queues");
+  ui.overview = ov;
+  if (!ui.queue || !ov.queues.some((q) => q.name === ui.queue)) {
+    const busiest = ov.queues.find((q) => q.waiting + q.active + q.completed + q.dead > 0);
+    ui.queue = (busiest || ov.queues[0]).name;
+  }
+  const list = $("queues");
+  list.replaceChildren(...ov.queues.map((q) => el("li", {},
+    el("a", {
+      href: "#", class: "queue-link" + (q.name === ui.queue && ui.view === "queue" ? " selected" : ""),
+      dataset: { queue: q.name }, onclick: (e) => { e.preventDefault(); selectQueue(q.name); },
+    },
+    el("span", { class: "qname" }, q.name),
+    q.paused ? el("span", { class: "badge paused" }, "paused") : "",
+    el("span", { class: "badges" },
+      el("span", { class: "badge waiting", title: "waiting" }, String(q.waiting)),
+      el("span", { class: "badge active", title: "active" }, String(q.active)),
+      el("span", { class: "badge dead", title: "dead" }, String(q.dead)))))));
+  $("dlq-count").textContent = String(ov.dead_letters);
+  const done = ov.queues.reduce((n, q) => n + q.completed, 0);
+  $("totals").textContent = `${done} completed · ${ov.dead_letters} dead letters`;
+  renderQueue();
+}
+
+function renderQueue() {
+  const q = ui.overview && ui.overview.queues.find((x) => x.name === ui.queue);
+  if (!q) return;
+  $("queue-title").textContent = q.name;
+  $("paused-flag").hidden = !q.paused;
+  $("pause").textContent = q.paused ? "Resume" : "Pause";
+  $("cards").replaceChildren(...CARDS.map(([key, label]) => {
+    const value = key === "throughput" ? (q.throughput === null ? "–" : String(q.throughput)) : String(q[key]);
+    return el("div", { class: `card count ${key}`, dataset: { count: key } },
+      el("div", { class: "value" }, value), el("div", { class: "label" }, label));
+  }));
+  $("tabs").replaceChildren(...STATES.map((s) => el("button", {
+    class: "tab" + (s === ui.state ? " selected" : ""), dataset: { state: s },
+    onclick: () => { ui.state = s; renderQueue(); refreshJobs().catch(report); },
+  }, s)));
+}
+
+async function refreshJobs() {
+  if (ui.view !== "queue" || !ui.queue) return;
+  const jobs = await api(`/v1/queues/${encodeURIComponent(ui.queue)}/jobs?state=${ui.state}&limit=50`);
+  $("jobs").replaceChildren(...jobs.map((j) => el("tr", { dataset: { job: j.job_id }, onclick: () => openJob(j.job_id).catch(report) },
+    el("td", { class: "mono" }, j.job_id),
+    el("td", {}, j.function || ""),
+    el("td", {}, j.tenant_id || ""),
+    el("td", {}, el("span", { class: `state ${j.state}` }, j.state)),
+    el("td", {}, String(j.attempts)),
+    el("td", {}, progressBar(j.progress, j.state)),
+    el("td", { title: j.enqueued_at || "" }, ago(j.enqueued_at)),
+    el("td", { class: "error" }, j.error || ""))));
+  $("jobs-empty").hidden = jobs.length > 0;
+}
+
+function selectQueue(name) {
+  ui.queue = name;
+  ui.view = "queue";
+  $("queue-view").hidden = false;
+  $("dlq-view").hidden = true;
+  refreshQueues().then(refreshJobs).catch(report);
+}
+
+async function togglePause() {
+  const q = ui.overview.queues.find((x) => x.name === ui.queue);
+  await api(`/v1/queues/${encodeURIComponent(q.name)}/${q.paused ? "resume" : "pause"}`, { method: "POST" });
+  await refreshQueues();
+}
+
+// -- job detail ---------------------------------------------------------------------------------
+
+async function openJob(jobId) {
+  const j = await api(`/v1/jobs/${encodeURIComponent(jobId)}?detail=true`);
+  $("detail-title").textContent = `${j.function || "job"} · ${j.job_id}`;
+  const fields = [["State", j.state], ["Queue", j.queue], ["Tenant", j.tenant_id], ["Attempts", j.attempts],
+    ["Progress", j.progress === undefined ? "" : JSON.stringify(j.progress)],
+    ["Enqueued", j.enqueued_at], ["Run at", j.run_at], ["Finished", j.finished_at]];
+  $("detail-fields").replaceChildren(...fields.filter(([, v]) => v !== undefined && v !== null && v !== "")
+    .flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, String(v))]));
+  $("detail-payload").textContent = JSON.stringify(j.payload ?? null, null, 2);
+  $("detail-result-block").hidden = j.result === undefined;
+  $("detail-result").textContent = JSON.stringify(j.result ?? null, null, 2);
+  $("detail-error-block").hidden = !j.error;
+  $("detail-error").textContent = j.error || "";
+  $("detail-tb-block").hidden = !j.traceback;
+  $("detail-traceback").textContent = j.traceback || "";
+  $("detail-events").replaceChildren(...(j.events || []).map((e) => el("li", {},
+    el("span", { class: `state ${e.type}` }, e.type), " ", el("span", { class: "muted" }, new Date(e.at).toLocaleTimeString()),
+    " ", Object.keys(e.fields || {}).length ? JSON.stringify(e.fields) : "")));
+  $("detail").showModal();
+}
+
+// -- dead letters -------------------------------------------------------------------------------
+
+function showDeadLetters() {
+  ui.view = "dlq";
+  $("queue-view").hidden = true;
+  $("dlq-view").hidden = false;
+  refreshQueues().then(refreshDead).catch(report);
+}
+
+async function refreshDead() {
+  if (ui.view !== "dlq") return;
+  const page = await api("/v1/dead-letters?limit=100");
+  $("dead").replaceChildren(...page.items.map((d) => el("tr", { dataset: { job: d.job_id } },
+    el("td", { class: "mono link", onclick: () => openJob(d.job_id).catch(report) }, d.job_id),
+    el("td", {}, d.function),
+    el("td", {}, d.queue),
+    el("td", {}, String(d.attempts)),
+    el("td", { title: d.failed_at }, ago(d.failed_at)),
+    el("td", { class: "error" }, d.error),
+    el("td", { class: "actions" },
+      el("button", { dataset: { action: "retry" }, onclick: () => retryDead(d.job_id).catch(report) }, "Retry"),
+      el("button", { class: "danger", dataset: { action: "purge" }, onclick: () => purgeDead([d.job_id]).catch(report) }, "Purge")))));
+  $("dead-empty").hidden = page.items.length > 0;
+}
+
+async function retryDead(jobId) {
+  const r = await api(`/v1/dead-letters/${encodeURIComponent(jobId)}/retry`, {
+    method: "POST", headers: { "Idempotency-Key": `dashboard-retry-${jobId}` },
+  });
+  flash(`Retried ${jobId} as ${r.job_id}`);
+  await refreshQueues();
+  await refreshDead();
+}
+
+async function purgeDead(ids) {
+  const body = ids ? { job_ids: ids } : { all: true };
+  if (!ids && !confirm("Delete every dead letter? This cannot be undone.")) return;
+  const r = await api("/v1/dead-letters/purge", { method: "POST", body: JSON.stringify(body) });
+  flash(`Purged ${r.purged} dead letter(s)`);
+  await refreshQueues();
+  await refreshDead();
+}
+
+// -- live events (SSE over fetch, so the token travels in a header) --------------------------------
+
+async function followEvents() {
+  if (ui.eventsAbort) ui.eventsAbort.abort();
+  const ctl = new AbortController();
+  ui.eventsAbort = ctl;
+  for (;;) {
+    try {
+      const res = await fetch("/v1/events", { headers: { Authorization: `Bearer ${token()}` }, signal: ctl.signal });
+      const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buf = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buf += value;
+        let cut;
+        while ((cut = buf.indexOf("\n\n")) >= 0) {
+          const block = buf.slice(0, cut);
+          buf = buf.slice(cut + 2);
+          const data = block.split("\n").find((l) => l.startsWith("data: "));
+          if (data) addEvent(JSON.parse(data.slice(6)));
+        }
+      }
+    } catch (err) {
+      if (ctl.signal.aborted) return;
+    }
+    await new Promise((r) => setTimeout(r, 2000));
+  }
+}
+
+function addEvent(e) {
+  const list = $("events");
+  const detail = e.fields && e.fields.progress !== undefined ? ` ${JSON.stringify(e.fields.progress)}`
+    : e.fields && e.fields.error ? ` ${e.fields.error}` : "";
+  list.prepend(el("li", { onclick: () => e.job_id && openJob(e.job_id).catch(report) },
+    el("span", { class: `state ${e.type}` }, e.type), " ",
+    el("span", { class: "mono" }, e.job_id || ""), " ",
+    el("span", { class: "muted" }, `${e.function || ""} ${e.queue || ""}${detail}`)));
+  while (list.children.length > MAX_EVENTS) list.lastChild.remove();
+}
+
+// -- plumbing -----------------------------------------------------------------------------------
+
+function flash(text) { setStatus(text, true); }
+
+function report(err) {
+  if (err && err.message !== "unauthorized") setStatus(String(err.message || err), false);
+}
+
+function showLogin(message) {
+  $("app").hidden = true;
+  $("login").hidden = false;
+  $("logout").hidden = true;
+  $("login-error").textContent = message || "";
+}
+
+let timer = null;
+async function tick() {
+  try {
+    await refreshQueues();
+    await (ui.view === "queue" ? refreshJobs() : refreshDead());
+    setStatus(`live · ${new Date().toLocaleTimeString()}`, true);
+  } catch (err) {
+    report(err);
+  }
+}
+
+function start() {
+  $("login").hidden = true;
+  $("app").hidden = false;
+  $("logout").hidden = false;
+  tick();
+  clearInterval(timer);
+  timer = setInterval(tick, 1500);
+  followEvents();
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  const fromHash = new URLSearchParams(location.hash.slice(1)).get("token");
+  if (fromHash) {
+    localStorage.setItem(TOKEN_KEY, fromHash);
+    history.replaceState(null, "", location.pathname);
+  }
+  $("login").addEventListener("submit", (e) => {
+    e.preventDefault();
+    localStorage.setItem(TOKEN_KEY, $("token").value);
+    start();
+  });
+  $("logout").addEventListener("click", () => { localStorage.removeItem(TOKEN_KEY); clearInterval(timer); showLogin(); });
+  $("pause").addEventListener("click", () => togglePause().catch(report));
+  $("dlq-link").addEventListener("click", (e) => { e.preventDefault(); showDeadLetters(); });
+  $("purge-all").addEventListener("click", () => purgeDead(null).catch(report));
+  $("detail-close").addEventListener("click", () => $("detail").close());
+  if (token()) start(); else showLogin();
+});
