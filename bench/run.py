@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import queue
+import re
 import shutil
 import signal
 import statistics
@@ -44,6 +45,7 @@ SAQ_VENV = BENCH / ".venv-saq"  # only when saq cannot live in the project venv 
 SYSTEM_NAMES = ("project", "bullmq", "arq", "arq_fast", "saq")
 PEERS = SYSTEM_NAMES[1:]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+ID_LIKE = re.compile(r"[A-Za-z0-9-]{16,}|(?<![A-Za-z])(?=[A-Za-z0-9-]*\d)[A-Za-z0-9-]{6,}|(?<=:)\d+(?=:|$)")
 
 
 @dataclass(frozen=True)
@@ -424,6 +426,7 @@ class Bench:
         self.r: redis.Redis = redis.Redis.from_url(server.url)
         self.warnings: list[str] = []
         self.loadavg: list[float] = []  # 1-minute load average before each measurement
+        self.memory_breakdown: dict[str, list[dict[str, float]]] = {}
 
     def flush(self) -> None:
         """FLUSHALL and make sure nobody but us is connected (a leftover runner would skew results)."""
@@ -569,7 +572,21 @@ class Bench:
 
     def m_bytes(self, s: System) -> dict[str, float | None]:
         res = run_once(s, "bytes", {"redis_url": self.url(), "n": self.cfg.bytes_n}, timeout=180)
+        self.memory_breakdown.setdefault(s.name, []).append(self.key_breakdown(self.cfg.bytes_n))
         return {"bytes_per_job": res.get("bytes_per_job")}
+
+    def key_breakdown(self, n_jobs: int, max_keys: int = 50_000) -> dict[str, float]:
+        """MEMORY USAGE of every key left by the bytes measurement, grouped by key shape (ids -> '*'),
+        per queued job: which structures the bytes go to."""
+        groups: dict[str, int] = {}
+        for i, key in enumerate(self.r.scan_iter(count=1000)):
+            if i >= max_keys:
+                break
+            name = key.decode(errors="replace") if isinstance(key, bytes) else str(key)
+            shape = ID_LIKE.sub("*", name)
+            usage = self.r.memory_usage(key, samples=0) or 0
+            groups[shape] = groups.get(shape, 0) + int(usage)
+        return {k: v / n_jobs for k, v in sorted(groups.items(), key=lambda kv: -kv[1])}
 
     def recovery(self, systems: list[System]) -> dict[str, float | None]:
         """All systems at once, each in its own Redis db: SIGKILL a worker mid-job, time the rerun."""
@@ -817,6 +834,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"crash recovery (all systems in parallel, cap {cfg.recovery_cap_s:.0f}s)")
             recovery = bench.recovery([systems[n] for n in active])
         warnings = bench.warnings + STDERR_PROBLEMS
+        memory_breakdown = bench.memory_breakdown
         load = bench.loadavg
         ncpu = os.cpu_count() or 1
         if load and max(load) > 0.75 * ncpu:
@@ -839,6 +857,10 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"benchmark ({mode_name}, {cfg.rounds} round(s), {elapsed:.0f}s, redis {redis_version}, loop {args.loop})")
     print_table(summary, ev, systems, over_cap)
+    for name, per_round in memory_breakdown.items():
+        if per_round:
+            top = ", ".join(f"{k} {v:.0f}" for k, v in list(per_round[-1].items())[:4])
+            print(f"  redis bytes/job by key ({name}, MEMORY USAGE): {top}")
     for w in warnings:
         print(f"  warning: {w}")
 
@@ -862,6 +884,7 @@ def main(argv: list[str] | None = None) -> int:
         "orders": orders,
         "rounds": rounds,
         "recovery_s": {k: v for k, v in recovery.items() if ":" not in k},
+        "memory_breakdown_bytes_per_job": memory_breakdown,
         "recovery_over_cap_s": over_cap,
         "summary": summary,
         "evaluation": ev,

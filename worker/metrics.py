@@ -43,6 +43,7 @@ class QueueStats(BaseModel):
     failed: int
     retried: int
     dead: int
+    rate_limited: int = 0  # claims held back by the queue-wide rate limit (total)
     paused: bool
     throughput: float | None  # completed jobs per minute over the last minute (None until two samples exist)
 
@@ -71,14 +72,14 @@ async def overview(redis: Redis, queues: Sequence[str]) -> Overview:
             pipe.zcount(keys.queue(q), f"({now}", "+inf")
             pipe.zcard(keys.delayed(q))
             pipe.zcard(keys.active(q))
-            pipe.hmget(keys.stats(q), ["completed", "retried", "dead"])
+            pipe.hmget(keys.stats(q), ["completed", "retried", "dead", "rate_limited"])
         pipe.smembers(keys.PAUSED)
         pipe.zcard(keys.DEAD_LETTERS)
         res = await pipe.execute()
     paused = {p.decode() for p in res[-2]}
     out: list[QueueStats] = []
     for i, q in enumerate(queues):
-        ready, later, delayed, active, (completed, retried, dead) = res[i * 5 : i * 5 + 5]
+        ready, later, delayed, active, (completed, retried, dead, limited) = res[i * 5 : i * 5 + 5]
         c, r, d = _int(completed), _int(retried), _int(dead)
         out.append(
             QueueStats(
@@ -90,6 +91,7 @@ async def overview(redis: Redis, queues: Sequence[str]) -> Overview:
                 failed=r + d,
                 retried=r,
                 dead=d,
+                rate_limited=_int(limited),
                 paused=q in paused,
                 throughput=None,
             )
@@ -199,7 +201,11 @@ class _Snapshot(Collector):
         retries = CounterMetricFamily("worker_job_retries", "Failed attempts that were retried", labels=["queue"])
         depth = GaugeMetricFamily("worker_queue_jobs", "Jobs in a queue by state", labels=["queue", "state"])
         paused = GaugeMetricFamily("worker_queue_paused", "1 when the queue is paused", labels=["queue"])
+        limited = CounterMetricFamily(
+            "worker_queue_rate_limited", "Claims held back by the queue-wide rate limit", labels=["queue"]
+        )
         for q in self.ov.queues:
+            limited.add_metric([q.name], q.rate_limited)
             jobs.add_metric([q.name, "completed"], q.completed)
             jobs.add_metric([q.name, "dead"], q.dead)
             retries.add_metric([q.name], q.retried)
@@ -207,7 +213,7 @@ class _Snapshot(Collector):
                 depth.add_metric([q.name, state], getattr(q, state))
             paused.add_metric([q.name], int(q.paused))
         dead = GaugeMetricFamily("worker_dead_letters", "Entries in the dead-letter queue", value=self.ov.dead_letters)
-        yield from (jobs, retries, depth, paused, dead)
+        yield from (jobs, retries, depth, paused, limited, dead)
 
 
 def render(ov: Overview, process_registry: CollectorRegistry | None = None) -> bytes:

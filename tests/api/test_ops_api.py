@@ -123,4 +123,5 @@ async def test_probes_and_metrics(
     assert 'worker_jobs_total{outcome="dead",queue="api-test"} 1.0' in text
     assert 'worker_queue_jobs{queue="api-test",state="waiting"} 0.0' in text
     assert "worker_dead_letters 1.0" in text
+    assert 'worker_queue_rate_limited_total{queue="api-test"} 0.0' in text  # this queue has no limit
     assert 'worker_job_duration_seconds_count{outcome="completed",queue="api-test"} 1.0' in text

@@ -191,3 +191,15 @@ async def test_per_key_rate_limit_defers_without_consuming_attempts(
     assert len(a) == 8 and len(b) == 1
     assert a[-1] - a[0] >= 0.5  # 5/s with burst 5: jobs 6..8 wait
     assert b[0] < a[-1]  # another key is not held back behind tenant A's limit
+
+
+async def test_queue_rate_limit_waits_are_counted(redis_url: str, redis: Redis) -> None:
+    settings = Settings(queues={"rt-other": {"rate_limit": 5, "rate_burst": 1}}, idle_poll_ms=100)  # type: ignore[arg-type]
+    client = Client(redis, settings)
+    ids = [r.job_id for r in await client.enqueue_many("noop_other", [{"key": str(i)} for i in range(4)])]
+    async with Worker(redis_url, queues=["rt-other"], settings=settings):
+        for i in ids:
+            assert (await client.wait(i, timeout=10)).state == "complete"
+    # 4 jobs at 5/s with a burst of 1: claims were held back, and each hold-back was counted
+    assert int(await redis.hget("rt:stats:rt-other", "rate_limited") or 0) >= 1
+    assert int(await redis.hget("rt:stats:rt-other", "completed") or 0) == 4
