@@ -297,8 +297,13 @@ class Executor:
             out.idem_token,
         ]
 
-    async def finish(self, queue: str, items: list[list[Any]], owner: str) -> list[int]:
-        """Record a batch of outcomes of one queue in one round trip; 0 marks a job whose lease was lost."""
+    async def finish(
+        self, queue: str, items: list[list[Any]], owner: str, claim: tuple[int, int, float, int] = (0, 0, 0, 0)
+    ) -> tuple[list[int], list[Any]]:
+        """Record a batch of outcomes of one queue in one round trip; 0 marks a job whose lease was lost.
+
+        ``claim`` = (n, lease_ms, rate, burst): also claim up to n new jobs, returned in claim.lua's format.
+        """
         res = await self.scripts.finish(
             keys=[
                 keys.queue(queue),
@@ -307,6 +312,9 @@ class Executor:
                 keys.EVENTS,
                 keys.stats(queue),
                 keys.DEAD_LETTERS,
+                keys.ratelimit(f"queue:{queue}"),
+                keys.PAUSED,
+                keys.wake(queue),
             ],
             args=[
                 owner,
@@ -315,9 +323,11 @@ class Executor:
                 self.settings.dead_letter_max,
                 self.settings.idempotency_ttl,
                 pack_for_lua(items),
+                *claim,
             ],
         )
-        return [int(x) for x in res]
+        n = int(res[0])
+        return [int(x) for x in res[1 : n + 1]], res[n + 1 :]
 
 
 class _Deadline:

@@ -48,6 +48,7 @@ class QueueLoop:
         self.concurrency = concurrency
         self.running: dict[str, _Running] = {}
         self._slot_free = asyncio.Event()
+        self._reserved = 0  # slots promised to claims in flight (claim loop and finish loop may both claim)
         self._wake = asyncio.Event()
         self._finished: list[tuple[str, Outcome]] = []
         self._flush = asyncio.Event()
@@ -69,17 +70,19 @@ class QueueLoop:
     async def claim_loop(self) -> None:
         w, s = self.w, self.w.settings
         while not w.stopping:
-            free = self.concurrency - len(self.running)
+            free = self.concurrency - len(self.running) - self._reserved
             if free <= 0:
                 self._slot_free.clear()
                 await self._slot_free.wait()
                 continue
+            n = min(free, s.claim_batch)
+            self._reserved += n
             try:
                 res = await w.scripts.claim(
                     keys=self._keys,
                     args=[
                         0,  # unused: the script reads the server clock
-                        min(free, s.claim_batch),
+                        n,
                         s.lease_ms,
                         w.worker_id,
                         s.events_maxlen,
@@ -89,16 +92,13 @@ class QueueLoop:
                     ],
                 )
             except RedisError as exc:
+                self._reserved -= n
                 log.error("claim on %s failed (%s); retrying in 1s", self.queue, exc)
                 await asyncio.sleep(1)
                 continue
+            self._reserved -= n
             retry_after, next_due = int(res[0]), int(res[1])  # ms to wait / until the next due job
-            for i in range(2, len(res), 4):
-                job_id = res[i].decode()
-                attempt, prio = int(res[i + 2]), int(res[i + 3])
-                task = asyncio.create_task(self._run(job_id, res[i + 1], attempt))
-                self.running[job_id] = _Running(task, attempt, prio)
-            if len(res) > 2:
+            if self._start(res):
                 continue
             wait_ms = s.idle_poll_ms
             if next_due >= 0:
@@ -121,6 +121,15 @@ class QueueLoop:
                 await asyncio.sleep(1)
             self._wake.set()
 
+    def _start(self, res: list[Any]) -> int:
+        """Start the jobs of a claim reply ({retry_after, next_due, id, payload, attempt, prio, ...})."""
+        for i in range(2, len(res), 4):
+            job_id = res[i].decode()
+            attempt, prio = int(res[i + 2]), int(res[i + 3])
+            task = asyncio.create_task(self._run(job_id, res[i + 1], attempt))
+            self.running[job_id] = _Running(task, attempt, prio)
+        return (len(res) - 2) // 4
+
     async def _run(self, job_id: str, raw: bytes | None, attempt: int) -> Outcome:
         out = await self.w.executor.run_raw(job_id, raw, attempt, self.queue)
         self._finished.append((job_id, out))
@@ -141,25 +150,39 @@ class QueueLoop:
                 run = self.running.get(job_id)
                 attempt, prio = (run.attempt, run.priority) if run else (0, 0)
                 items.append(w.executor.finish_item(job_id, out, attempt, prio))
-            flags = await self._record(items)
+            flags, claimed = await self._record(items)
             for (job_id, out), ok in zip(batch, flags, strict=True):
                 if not ok:
                     log.warning("job %s: lease lost to another worker; outcome %s discarded", job_id, out.kind)
                 self.running.pop(job_id, None)
                 self.processed += 1
+            self._reserved -= self._start(claimed) if claimed else 0
             self._slot_free.set()
 
-    async def _record(self, items: list[list[Any]]) -> list[int]:
-        """finish.lua with retries; if Redis stays down the leases lapse and the jobs run again (at least once)."""
+    async def _record(self, items: list[list[Any]]) -> tuple[list[int], list[Any]]:
+        """finish.lua with retries, claiming replacements for the slots this batch frees in the same call.
+
+        Returns the flags and the claim reply; the claimed slots stay reserved until the caller starts them.
+        If Redis stays down the leases lapse and the jobs run again elsewhere (at least once).
+        """
+        w = self.w
         for attempt in range(5):
+            n = 0 if w.stopping else max(0, self.concurrency - len(self.running) - self._reserved + len(items))
+            self._reserved += n
             try:
-                return await self.w.executor.finish(self.queue, items, self.w.worker_id)
+                flags, claimed = await w.executor.finish(
+                    self.queue, items, w.worker_id, (n, w.settings.lease_ms, self._rate, self._burst)
+                )
             except RedisError as exc:
+                self._reserved -= n
                 log.error(
                     "recording %d outcome(s) on %s failed (%s); retry %d/5", len(items), self.queue, exc, attempt + 1
                 )
                 await asyncio.sleep(0.5 * (attempt + 1))
-        return [0] * len(items)
+                continue
+            self._reserved -= n - ((len(claimed) - 2) // 4 if claimed else 0)
+            return flags, claimed
+        return [0] * len(items), []
 
     async def renew(self) -> None:
         if not self.running:

@@ -25,11 +25,18 @@ NAMES = (
 
 @cache
 def source(name: str) -> str:
-    """Script text with `-- @include file.lua` lines expanded."""
+    """Script text with `-- @include file.lua` lines expanded (recursively, each file once)."""
+    return _expand(name, set())
+
+
+def _expand(name: str, seen: set[str]) -> str:
     lines = []
     for line in (_DIR / f"{name}.lua").read_text().splitlines():
         if line.startswith("-- @include "):
-            lines.append((_DIR / line.removeprefix("-- @include ").strip()).read_text())
+            dep = line.removeprefix("-- @include ").strip().removesuffix(".lua")
+            if dep not in seen:
+                seen.add(dep)
+                lines.append(_expand(dep, seen))
         else:
             lines.append(line)
     return "\n".join(lines)
