@@ -101,3 +101,18 @@ async def deferring(ctx: JobContext, p: Work) -> int:
 @job(queue=Q2, payload=Work)
 async def noop_other(ctx: JobContext, p: Work) -> str:
     return p.key
+
+
+@job(queue=Q2, payload=Work, timeout=60)
+async def track_concurrency(ctx: JobContext, p: Work) -> None:
+    """Records the highest number of simultaneous executions."""
+    now = await ctx.redis.incr("t:executing")
+    await ctx.redis.eval(
+        "if tonumber(redis.call('GET', KEYS[1]) or 0) < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end",
+        1,
+        "t:max_executing",
+        now,
+    )
+    await asyncio.sleep(p.sleep)
+    await ctx.redis.decr("t:executing")
+    await ctx.redis.rpush("t:tracked", p.key)

@@ -182,3 +182,32 @@ async def test_resources_cached_in_state_are_closed_when_the_worker_stops(redis_
     w.executor.state["plain"] = 42
     await w.stop()
     assert closed == ["resource"] and w.executor.state == {}
+
+
+async def test_prefetch_keeps_the_concurrency_bound_and_returns_unstarted_jobs_on_stop(
+    redis_url: str, redis: Redis
+) -> None:
+    settings = Settings(queues={"rt-other": {"rate_limit": None, "concurrency": 2, "prefetch": 4}})  # type: ignore[arg-type]
+    client = Client(redis, settings)
+    ids = [
+        r.job_id
+        for r in await client.enqueue_many("track_concurrency", [{"key": str(i), "sleep": 0.3} for i in range(10)])
+    ]
+    w = Worker(redis_url, queues=["rt-other"], settings=settings)
+    await w.start()
+    await asyncio.sleep(0.1)
+    # two execute, four more are claimed ahead (leased, shown as active), four wait in Redis
+    states = [(await client.status(i)).state for i in ids]
+    assert states.count("active") == 6 and states.count("queued") == 4
+    await w.stop(grace=5)  # running jobs finish; the prefetched ones go back unstarted
+    assert int(await redis.get("t:max_executing") or 0) == 2
+    done = await redis.llen("t:tracked")
+    assert done == 2
+    after = [await client.status(i) for i in ids]
+    assert sum(s.state == "complete" for s in after) == 2
+    back = [s for s in after if s.state == "queued"]
+    assert len(back) == 8 and all(s.attempts == 0 for s in back)  # the returned ones used no attempt
+    async with Worker(redis_url, queues=["rt-other"], settings=settings):
+        for i in ids:
+            assert (await client.wait(i, timeout=15)).state == "complete"
+    assert int(await redis.get("t:max_executing") or 0) == 2

@@ -90,6 +90,20 @@ class Executor:
             p = self._policies[function] = spec.policy(self.settings)
         return p
 
+    def not_started(self, raw: bytes | None, queue: str) -> Outcome:
+        """The outcome of a claimed job given back unstarted (shutdown): re-queued, no attempt counted."""
+        try:
+            record = unpack(raw) if raw else {}
+        except PayloadError:
+            record = {}
+        function = record.get("f") if isinstance(record, dict) else None
+        return Outcome(
+            "requeue",
+            function=str(function or "<unknown>"),
+            queue=queue,
+            error="worker shut down before the job started",
+        )
+
     async def run_raw(self, job_id: str, raw: bytes | None, attempt: int, queue: str) -> Outcome:
         """Decode a job record read from Redis and run it."""
         started = _now_ms()

@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,24 +30,33 @@ from worker.runtime.spec import Registry, registry
 
 log = logging.getLogger("worker.runtime")
 REAP_EVERY_S = 1.0
+FINISH_IN_FLIGHT = 2  # finish calls of one queue loop in flight at once
 
 
 @dataclass
 class _Running:
-    task: asyncio.Task[Outcome]
+    """A claimed job: buffered (prefetched, ``task`` None) or executing, until its outcome is recorded."""
+
     attempt: int
     priority: int
+    raw: bytes | None = None
+    task: asyncio.Task[Outcome] | None = None
     lost: bool = False
 
 
 class QueueLoop:
-    """Claims and runs the jobs of one queue with bounded concurrency."""
+    """Claims and runs the jobs of one queue: at most ``concurrency`` execute, and up to ``prefetch`` more are
+    claimed ahead (leased, in a local buffer) so the next job starts as soon as a slot frees."""
 
     def __init__(self, worker: Worker, queue: str, concurrency: int) -> None:
         self.w = worker
         self.queue = queue
         self.concurrency = concurrency
-        self.running: dict[str, _Running] = {}
+        policy = worker.settings.queue(queue)
+        self.capacity = concurrency + policy.prefetch  # claimed and not yet recorded, at most
+        self.running: dict[str, _Running] = {}  # every claimed job until its outcome is recorded
+        self.buffer: deque[str] = deque()  # claimed, waiting for an execution slot
+        self.executing = 0
         self._slot_free = asyncio.Event()
         self._reserved = 0  # slots promised to claims in flight (claim loop and finish loop may both claim)
         self._wake = asyncio.Event()
@@ -62,7 +72,6 @@ class QueueLoop:
             keys.wake(queue),
             keys.stats(queue),
         ]
-        policy = worker.settings.queue(queue)
         self._rate = policy.rate_limit or 0
         self._burst = policy.rate_burst
         self.processed = 0
@@ -70,7 +79,7 @@ class QueueLoop:
     async def claim_loop(self) -> None:
         w, s = self.w, self.w.settings
         while not w.stopping:
-            free = self.concurrency - len(self.running) - self._reserved
+            free = self.capacity - len(self.running) - self._reserved
             if free <= 0:
                 self._slot_free.clear()
                 await self._slot_free.wait()
@@ -122,34 +131,59 @@ class QueueLoop:
             self._wake.set()
 
     def _start(self, res: list[Any]) -> int:
-        """Start the jobs of a claim reply ({retry_after, next_due, id, payload, attempt, prio, ...})."""
+        """Take the jobs of a claim reply ({retry_after, next_due, id, payload, attempt, prio, ...})."""
         for i in range(2, len(res), 4):
             job_id = res[i].decode()
-            attempt, prio = int(res[i + 2]), int(res[i + 3])
-            task = asyncio.create_task(self._run(job_id, res[i + 1], attempt))
-            self.running[job_id] = _Running(task, attempt, prio)
+            self.running[job_id] = _Running(int(res[i + 2]), int(res[i + 3]), raw=res[i + 1])
+            self.buffer.append(job_id)
+        self._fill()
         return (len(res) - 2) // 4
 
+    def _fill(self) -> None:
+        """Start buffered jobs while execution slots are free."""
+        while self.executing < self.concurrency and self.buffer and not self.w.stopping:
+            job_id = self.buffer.popleft()
+            run = self.running.get(job_id)
+            if run is None or run.lost:
+                continue
+            run.task = asyncio.create_task(self._run(job_id, run.raw, run.attempt))
+            run.raw = None
+            self.executing += 1
+
     async def _run(self, job_id: str, raw: bytes | None, attempt: int) -> Outcome:
-        out = await self.w.executor.run_raw(job_id, raw, attempt, self.queue)
+        try:
+            out = await self.w.executor.run_raw(job_id, raw, attempt, self.queue)
+        finally:
+            self.executing -= 1
         self._finished.append((job_id, out))
         self._flush.set()
+        self._fill()
         return out
 
     async def finish_loop(self) -> None:
-        """Record finished jobs in pipelined batches (one round trip for everything finished meanwhile)."""
-        w = self.w
+        """Record finished jobs in batches: one script call for everything finished meanwhile, at most
+        ``FINISH_IN_FLIGHT`` calls at once (so recording overlaps execution)."""
+        in_flight = asyncio.Semaphore(FINISH_IN_FLIGHT)
+        pending: set[asyncio.Task[None]] = set()
         while True:
             await self._flush.wait()
             self._flush.clear()
+            await in_flight.acquire()
             batch, self._finished = self._finished, []
             if not batch:
+                in_flight.release()
                 continue
+            task = asyncio.create_task(self._flush_batch(batch, in_flight))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+
+    async def _flush_batch(self, batch: list[tuple[str, Outcome]], in_flight: asyncio.Semaphore) -> None:
+        try:
             items = []
             for job_id, out in batch:
                 run = self.running.get(job_id)
                 attempt, prio = (run.attempt, run.priority) if run else (0, 0)
-                items.append(w.executor.finish_item(job_id, out, attempt, prio))
+                items.append(self.w.executor.finish_item(job_id, out, attempt, prio))
             flags, claimed = await self._record(items)
             for (job_id, out), ok in zip(batch, flags, strict=True):
                 if not ok:
@@ -157,7 +191,11 @@ class QueueLoop:
                 self.running.pop(job_id, None)
                 self.processed += 1
             self._reserved -= self._start(claimed) if claimed else 0
+        finally:
+            in_flight.release()
             self._slot_free.set()
+            if self._finished:
+                self._flush.set()
 
     async def _record(self, items: list[list[Any]]) -> tuple[list[int], list[Any]]:
         """finish.lua with retries, claiming replacements for the slots this batch frees in the same call.
@@ -167,7 +205,7 @@ class QueueLoop:
         """
         w = self.w
         for attempt in range(5):
-            n = 0 if w.stopping else max(0, self.concurrency - len(self.running) - self._reserved + len(items))
+            n = 0 if w.stopping else max(0, self.capacity - len(self.running) - self._reserved + len(items))
             self._reserved += n
             try:
                 flags, claimed = await w.executor.finish(
@@ -196,9 +234,14 @@ class QueueLoop:
         for raw_id in lost:
             job_id = raw_id.decode()
             lost_run = self.running.get(job_id)
-            if lost_run and not lost_run.lost and not lost_run.task.done():
+            if lost_run is None or lost_run.lost:
+                continue
+            lost_run.lost = True
+            if lost_run.task is None:  # still buffered: another worker has it now
+                log.warning("job %s: lease lost before it started; dropped from the local buffer", job_id)
+                del self.running[job_id]
+            elif not lost_run.task.done():
                 log.warning("job %s: lease lost (worker stalled?); cancelling the local execution", job_id)
-                lost_run.lost = True
                 lost_run.task.cancel()
 
     async def reap(self) -> int:
@@ -210,8 +253,14 @@ class QueueLoop:
         )
 
     async def drain(self, grace: float) -> None:
-        """Wait up to ``grace`` s for running jobs, cancel the rest (they are re-queued), record everything."""
-        tasks = [r.task for r in self.running.values()]
+        """Re-queue buffered jobs, wait up to ``grace`` s for running ones, cancel the rest (they are re-queued),
+        and record every outcome."""
+        while self.buffer:
+            job_id = self.buffer.popleft()
+            run = self.running.get(job_id)
+            if run is not None and run.task is None:
+                self._finished.append((job_id, self.w.executor.not_started(run.raw, self.queue)))
+        tasks = [r.task for r in self.running.values() if r.task is not None]
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=grace)
             for t in pending:
