@@ -258,8 +258,9 @@ class Client:
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.zscore(keys.queue(st.queue), job_id)
                 pipe.zscore(keys.delayed(st.queue), job_id)
-                in_queue, in_delayed = await pipe.execute()
-            now = now_ms()
+                pipe.time()
+                in_queue, in_delayed, (sec, usec) = await pipe.execute()
+            now = sec * 1000 + usec / 1000  # the server's clock, which scheduled the job
             if in_delayed is not None:
                 st.state, st.run_at = "deferred", _ms_to_dt(int(in_delayed) // 16)
             elif in_queue is not None:
