@@ -59,6 +59,9 @@ class Recorder:
     """Per-process record of job starts and ends, filled by the job functions."""
 
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
         self.started = 0
         self.ended = 0
         self.max_in_flight = 0
@@ -237,6 +240,15 @@ async def cmd_drain(adapter: Adapter, p: dict[str, Any]) -> dict[str, Any]:
     """Fill n jobs, then one worker drains them: n / (last end - first start)."""
     n, conc, kind, cap = int(p["n"]), int(p["concurrency"]), str(p["kind"]), float(p["cap_s"])
     await adapter.open()
+    warm = int(p.get("warmup", 0))
+    if warm:  # same jobs through a first worker: JIT, Lua script cache, connection pools, imports
+        await fill(adapter, kind, warm)
+        REC.target = warm
+        await adapter.start_worker(conc)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(REC.done.wait(), min(cap, 5.0))
+        await _stop(adapter)
+        REC.reset()
     await fill(adapter, kind, n)
     emit({"event": "filled"})
     REC.target = n

@@ -42,6 +42,7 @@ BENCH = ROOT / "bench"
 RESULTS = BENCH / "results"
 NODE_DIR = BENCH / "node"  # scratch npm install (gitignored)
 SAQ_VENV = BENCH / ".venv-saq"  # only when saq cannot live in the project venv (gitignored)
+SAQ_VENV_PACKAGES = ("saq", "typing_extensions", "redis[hiredis]", "msgpack", "uvloop")
 SYSTEM_NAMES = ("project", "bullmq", "arq", "arq_fast", "saq")
 PEERS = SYSTEM_NAMES[1:]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -55,6 +56,7 @@ class Config:
     n_c32: int
     n_batch: int
     n_noop: int
+    warmup: int
     n_sleep: int
     drain_cap_s: float
     idle_s: float
@@ -71,6 +73,7 @@ QUICK = Config(
     n_c32=2000,
     n_batch=10_000,
     n_noop=2000,
+    warmup=300,
     n_sleep=3000,
     drain_cap_s=2.5,
     idle_s=1.0,
@@ -86,6 +89,7 @@ FULL = Config(
     n_c32=10_000,
     n_batch=50_000,
     n_noop=20_000,
+    warmup=1000,
     n_sleep=20_000,
     drain_cap_s=12.0,
     idle_s=5.0,
@@ -290,7 +294,8 @@ class RunnerProc:
         bad = [
             line
             for line in self.stderr.read().decode(errors="replace").splitlines()
-            if line.startswith(("ERROR", "CRITICAL", "Traceback")) or " ERROR " in line
+            if (line.startswith(("ERROR", "CRITICAL", "Traceback")) or " ERROR " in line)
+            and "Unclosed" not in line  # asyncio's GC notice for a client cancelled at shutdown
         ]
         if bad:
             STDERR_PROBLEMS.append(
@@ -374,12 +379,15 @@ def _saq_python() -> tuple[str | None, str | None]:
         try:
             subprocess.run([sys.executable, "-m", "venv", str(SAQ_VENV)], check=True, timeout=120)
             subprocess.run(
-                [str(py), "-m", "pip", "install", "-q", "saq", "redis[hiredis]", "msgpack", "uvloop"],
+                # saq 0.26 imports typing_extensions without declaring it
+                [str(py), "-m", "pip", "install", "-q", *SAQ_VENV_PACKAGES],
                 check=True,
                 timeout=300,
             )
         except (subprocess.SubprocessError, OSError) as exc:
             return None, f"could not install saq: {exc}"
+        if subprocess.run([str(py), "-c", "import saq"], capture_output=True).returncode:
+            return None, f"saq is still not importable in {SAQ_VENV}"
     return str(py), None
 
 
@@ -494,6 +502,7 @@ class Bench:
             "kind": kind,
             "cap_s": self.cfg.drain_cap_s,
             "lag": lag,
+            "warmup": self.cfg.warmup,
         }
         proc = RunnerProc(s, "drain", params)
         try:
@@ -584,7 +593,7 @@ class Bench:
                 break
             name = key.decode(errors="replace") if isinstance(key, bytes) else str(key)
             shape = ID_LIKE.sub("*", name)
-            usage = self.r.memory_usage(key, samples=0) or 0
+            usage = cast(int | None, self.r.memory_usage(key, samples=0)) or 0
             groups[shape] = groups.get(shape, 0) + int(usage)
         return {k: v / n_jobs for k, v in sorted(groups.items(), key=lambda kv: -kv[1])}
 

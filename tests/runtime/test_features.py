@@ -211,3 +211,18 @@ async def test_prefetch_keeps_the_concurrency_bound_and_returns_unstarted_jobs_o
         for i in ids:
             assert (await client.wait(i, timeout=15)).state == "complete"
     assert int(await redis.get("t:max_executing") or 0) == 2
+
+
+async def test_enqueue_many_is_all_or_nothing_and_fifo_across_chunks(
+    redis_url: str, redis: Redis, settings: Settings
+) -> None:
+    client = Client(redis, settings)
+    bad = [{"key": str(i)} for i in range(2500)] + [{"key": None}]
+    with pytest.raises(ValidationError):
+        await client.enqueue_many("record_order", bad, chunk=5000)
+    assert await redis.zcard("rt-test") == 0  # nothing written
+    ids = [r.job_id for r in await client.enqueue_many("record_order", bad[:2500], chunk=5000)]
+    assert len(set(ids)) == 2500
+    async with Worker(redis_url, queues=["rt-test"], concurrency=1, settings=settings):
+        await client.wait(ids[-1], timeout=60)
+    assert [x.decode() for x in await redis.lrange("t:order", 0, -1)] == [str(i) for i in range(2500)]

@@ -10,7 +10,7 @@ import asyncio
 import base64
 import datetime as dt
 import json
-import secrets
+import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -38,8 +38,8 @@ def now_ms() -> int:
 
 
 def new_job_id() -> str:
-    """16 lowercase base32 characters (80 random bits): short ids keep Redis memory per job low."""
-    return base64.b32encode(secrets.token_bytes(10)).decode().lower()
+    """16 URL-safe base64 characters (96 random bits): short ids keep Redis memory per job low."""
+    return base64.urlsafe_b64encode(os.urandom(12)).decode()
 
 
 @dataclass(frozen=True)
@@ -101,27 +101,15 @@ class Client:
             raise UnknownFunction(f"no job named {function!r} is registered")
         return spec
 
-    def _record(
-        self,
-        spec: JobSpec,
-        payload: dict[str, Any] | BaseModel | None,
-        now: int,
-        priority: int,
-        idem: str | None,
-    ) -> bytes:
+    @staticmethod
+    def _kwargs(spec: JobSpec, payload: dict[str, Any] | BaseModel | None) -> dict[str, Any]:
+        """The payload validated against the function's model, as JSON-compatible kwargs."""
         if spec.payload is not None:
             model = payload if isinstance(payload, spec.payload) else spec.payload.model_validate(payload or {})
-            kwargs = model.model_dump(mode="json")
-        elif isinstance(payload, BaseModel):
-            kwargs = payload.model_dump(mode="json")
-        else:
-            kwargs = dict(payload or {})
-        record: dict[str, Any] = {"t": None, "f": spec.name, "a": [], "k": kwargs, "et": now}
-        if priority:
-            record["p"] = priority
-        if idem:
-            record["ik"] = idem
-        return pack(record)
+            return model.model_dump(mode="json")
+        if isinstance(payload, BaseModel):
+            return payload.model_dump(mode="json")
+        return dict(payload or {})
 
     async def enqueue(
         self,
@@ -159,20 +147,24 @@ class Client:
         defer_by: float | dt.timedelta | None = None,
         chunk: int = 1000,
     ) -> list[Enqueued]:
-        """Enqueue many jobs of one function in few round trips (one script call per ``chunk`` jobs)."""
-        items = list(payloads)
+        """Enqueue many jobs of one function: one script call per ``chunk`` jobs, FIFO across chunks.
+
+        Every payload is validated first: one invalid payload raises and nothing is written. The next chunk is
+        packed while Redis runs the previous one.
+        """
+        spec = self.spec(function)
+        kwargs = [self._kwargs(spec, p) for p in payloads]
+        chunk = max(1, min(chunk, 1000))  # Lua's unpack() takes a few thousand values at most
         out: list[Enqueued] = []
-        for start in range(0, len(items), chunk):
-            part = items[start : start + chunk]
-            out += await self._enqueue(
-                function,
-                part,
-                idempotency_key=None,
-                priority=priority,
-                defer_by=defer_by,
-                defer_until=None,
-                job_ids=[None] * len(part),
-            )
+        sending: asyncio.Task[list[Enqueued]] | None = None
+        for start in range(0, len(kwargs), chunk):
+            part = kwargs[start : start + chunk]
+            argv = self._argv(spec, part, None, priority, defer_by, None, [None] * len(part))
+            if sending is not None:
+                out += await sending
+            sending = asyncio.create_task(self._send(spec, argv))
+        if sending is not None:
+            out += await sending
         return out
 
     async def _enqueue(
@@ -187,17 +179,41 @@ class Client:
         job_ids: list[str | None],
     ) -> list[Enqueued]:
         spec = self.spec(function)
+        kwargs = [self._kwargs(spec, p) for p in payloads]
+        argv = self._argv(spec, kwargs, idempotency_key, priority, defer_by, defer_until, job_ids)
+        return await self._send(spec, argv)
+
+    def _argv(
+        self,
+        spec: JobSpec,
+        kwargs: list[dict[str, Any]],
+        idempotency_key: str | None,
+        priority: int | None,
+        defer_by: float | dt.timedelta | None,
+        defer_until: dt.datetime | None,
+        job_ids: list[str | None],
+    ) -> list[Any]:
+        """enqueue.lua's arguments for already validated payloads."""
         prio = spec.priority if priority is None else priority
         if not 0 <= prio <= keys.MAX_PRIORITY:
             raise ValueError(f"priority must be 0..{keys.MAX_PRIORITY}")
         now = now_ms()
         run_at, delay = _when(defer_by, defer_until)
         ik = keys.idempotency(spec.name, idempotency_key) if idempotency_key else ""
+        extra = ({"p": prio} if prio else {}) | ({"ik": idempotency_key} if idempotency_key else {})
         jobs = [
-            [jid or new_job_id(), self._record(spec, payload, now, prio, idempotency_key), run_at, delay, prio, ik]
-            for payload, jid in zip(payloads, job_ids, strict=True)
+            [
+                jid or new_job_id(),
+                pack({"t": None, "f": spec.name, "a": [], "k": k, "et": now, **extra}),
+                run_at,
+                delay,
+                prio,
+                ik,
+                1 if jid else 0,
+            ]
+            for k, jid in zip(kwargs, job_ids, strict=True)
         ]
-        argv: list[Any] = [
+        return [
             0,
             self.settings.events_maxlen,
             spec.name,
@@ -206,9 +222,10 @@ class Client:
             self.settings.idempotency_ttl,
             pack_for_lua(jobs),
         ]
+
+    async def _send(self, spec: JobSpec, argv: list[Any]) -> list[Enqueued]:
         res = await self.scripts.enqueue(
-            keys=[keys.EVENTS, keys.wake(spec.queue), keys.queue(spec.queue), keys.delayed(spec.queue)],
-            args=argv,
+            keys=[keys.EVENTS, keys.wake(spec.queue), keys.queue(spec.queue), keys.delayed(spec.queue)], args=argv
         )
         return [Enqueued(_s(res[i]), not int(res[i + 1])) for i in range(0, len(res), 2)]
 

@@ -45,17 +45,15 @@ function summary(values) {
 }
 
 const REC = {
-  started: 0,
-  ended: 0,
-  maxInFlight: 0,
-  firstStart: null,
-  lastEnd: null,
-  latency: {},
-  target: null,
-  expect: null,
-  resolveDone: null,
-  done: null,
   reset() {
+    this.started = 0;
+    this.ended = 0;
+    this.maxInFlight = 0;
+    this.firstStart = null;
+    this.lastEnd = null;
+    this.latency = {};
+    this.target = null;
+    this.expect = null;
     this.done = new Promise((r) => {
       this.resolveDone = r;
     });
@@ -273,6 +271,15 @@ const commands = {
   async drain(a, p) {
     const { n, concurrency, kind } = p;
     await a.open();
+    if (p.warmup) {
+      // same jobs through a first worker: JIT, Lua script cache, connections
+      await fill(a, kind, p.warmup);
+      REC.target = p.warmup;
+      await a.startWorker(concurrency);
+      await withTimeout(REC.done, Math.min(p.cap_s, 5) * 1000);
+      await a.stopWorker();
+      REC.reset();
+    }
     await fill(a, kind, n);
     emit({ event: 'filled' });
     REC.target = n;

@@ -2,7 +2,7 @@
 -- KEYS: 1 events stream, 2 wake list, 3 queue zset, 4 delayed zset
 -- ARGV: 1 (unused), 2 events_maxlen (0 = no events), 3 function, 4 queue name, 5 expires_ms, 6 idem_ttl_s,
 --       7 msgpack list of jobs, each {job_id, payload, run_at_ms (-1 = now + delay), delay_ms, priority,
---       idem_key ('' = none)}
+--       idem_key ('' = none), caller_id (1 when the caller chose the id: check it is not taken)}
 -- Jobs enqueued in the same millisecond keep FIFO order: scores carry the server's microseconds.
 -- Returns a flat list: job_id, created (1) / duplicate (0) per job.
 -- @include now_fn.lua
@@ -15,6 +15,7 @@ local BAND = 100000000000
 local out = {}
 local added = 0
 local seq = 0
+local queued = {}  -- score, id pairs: one variadic ZADD at the end
 for _, j in ipairs(cmsgpack.unpack(ARGV[7])) do
   local id, payload, run_at, prio, ik = j[1], j[2], j[3], j[5], j[6]
   if run_at < 0 then run_at = now + j[4] + seq * 0.001 end
@@ -26,7 +27,7 @@ for _, j in ipairs(cmsgpack.unpack(ARGV[7])) do
       out[#out + 1] = owner; out[#out + 1] = 0; existing = true
     end
   end
-  if not existing and redis.call('EXISTS', 'arq:job:' .. id, 'arq:result:' .. id) > 0 then
+  if not existing and j[7] == 1 and redis.call('EXISTS', 'arq:job:' .. id, 'arq:result:' .. id) > 0 then
     out[#out + 1] = id; out[#out + 1] = 0; existing = true
   end
   if not existing then
@@ -34,7 +35,8 @@ for _, j in ipairs(cmsgpack.unpack(ARGV[7])) do
     if prio > 0 and run_at > now then
       redis.call('ZADD', KEYS[4], math.floor(run_at) * 16 + prio, id)
     else
-      redis.call('ZADD', KEYS[3], run_at - prio * BAND, id)
+      queued[#queued + 1] = run_at - prio * BAND
+      queued[#queued + 1] = id
     end
     if ik ~= '' then
       redis.call('HSET', ik, 'j', id, 's', 'queued')
@@ -47,6 +49,9 @@ for _, j in ipairs(cmsgpack.unpack(ARGV[7])) do
     out[#out + 1] = id; out[#out + 1] = 1
     added = added + 1
   end
+end
+if #queued > 0 then
+  redis.call('ZADD', KEYS[3], unpack(queued))
 end
 if added > 0 then
   redis.call('LPUSH', KEYS[2], 1)
