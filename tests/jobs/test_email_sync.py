@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import pytest
 from redis.asyncio import Redis
@@ -24,6 +24,8 @@ from worker.runtime import Client, Events, JobStatus, Worker
 from worker.store import Account, OutboxIn, RedisStore, mailbox_key
 
 ANALYSIS_QUEUE = "ai-analysis"
+
+WORKER_QUEUES = ["email-sync"]
 
 
 @pytest.fixture
@@ -44,22 +46,6 @@ def pymap() -> Iterator[PymapServer]:
 def imap(request: pytest.FixtureRequest) -> ImapServer:
     server: ImapServer = request.getfixturevalue(request.param)
     return server
-
-
-@pytest.fixture
-def store(redis: Redis) -> RedisStore:
-    return RedisStore(redis, job_settings().secret_key)
-
-
-@pytest.fixture
-def client(redis: Redis) -> Client:
-    return Client(redis, job_settings())
-
-
-@pytest.fixture
-async def worker(redis_url: str, redis: Redis) -> AsyncIterator[Worker]:
-    async with Worker(redis_url, queues=["email-sync"], settings=job_settings(), registry=job_registry()) as w:
-        yield w
 
 
 async def sync(client: Client, account: Account, mailbox: str = "INBOX", timeout: float = 60) -> JobStatus:

@@ -3,43 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from redis.asyncio import Redis
 
 from tests.helpers import eventually
-from tests.support import job_registry, job_settings, mail_account
+from tests.support import mail_account
 from tests.support.smtp import SmtpServer
 from worker.jobs.scheduled_emails import cancel_scheduled_email, reschedule_email, schedule_email
 from worker.runtime import Client, Worker
 from worker.store import Account, OutboxIn, OutboxItem, OutboxStatus, RedisStore
 
-QUEUES = ["scheduled-emails", "send-email"]
-
-
-@pytest.fixture
-def smtp() -> Iterator[SmtpServer]:
-    server = SmtpServer().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def store(redis: Redis) -> RedisStore:
-    return RedisStore(redis, job_settings().secret_key)
-
-
-@pytest.fixture
-def client(redis: Redis) -> Client:
-    return Client(redis, job_settings())
-
-
-@pytest.fixture
-async def worker(redis_url: str, redis: Redis) -> AsyncIterator[Worker]:
-    async with Worker(redis_url, queues=QUEUES, settings=job_settings(), registry=job_registry()) as w:
-        yield w
+WORKER_QUEUES = ["scheduled-emails", "send-email"]
 
 
 @pytest.fixture

@@ -6,10 +6,8 @@ import contextlib
 import email
 import os
 import signal
-from collections.abc import AsyncIterator, Iterator
 from email import policy
 
-import pytest
 from redis.asyncio import Redis
 
 from tests.helpers import eventually
@@ -21,28 +19,7 @@ from worker.store import Account, OutboxIn, OutboxItem, OutboxStatus, RedisStore
 
 RCPTS = ["bob@example.com", "carol@example.com"]
 
-
-@pytest.fixture
-def smtp() -> Iterator[SmtpServer]:
-    server = SmtpServer().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def store(redis: Redis) -> RedisStore:
-    return RedisStore(redis, job_settings().secret_key)
-
-
-@pytest.fixture
-def client(redis: Redis) -> Client:
-    return Client(redis, job_settings())
-
-
-@pytest.fixture
-async def worker(redis_url: str, redis: Redis) -> AsyncIterator[Worker]:
-    async with Worker(redis_url, queues=["send-email"], settings=job_settings(), registry=job_registry()) as w:
-        yield w
+WORKER_QUEUES = ["send-email"]
 
 
 async def outbox(store: RedisStore, account: Account, **over: object) -> OutboxItem:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import traceback
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -19,7 +18,7 @@ from redis.asyncio import Redis
 
 from settings import Settings
 from worker.runtime import keys
-from worker.runtime.client import Client
+from worker.runtime.client import Client, now_ms
 from worker.runtime.context import JobContext
 from worker.runtime.errors import Defer, PermanentError, RetryLater
 from worker.runtime.scripts import Scripts
@@ -50,10 +49,6 @@ class Outcome:
     idem_token: str = ""
     result_ttl_ms: int = 3_600_000
     started_ms: int = 0
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class Executor:
@@ -106,7 +101,7 @@ class Executor:
 
     async def run_raw(self, job_id: str, raw: bytes | None, attempt: int, queue: str) -> Outcome:
         """Decode a job record read from Redis and run it."""
-        started = _now_ms()
+        started = now_ms()
         if raw is None:
             return Outcome(
                 "dead",
@@ -143,7 +138,7 @@ class Executor:
         self, job_id: str, record: dict[str, Any], attempt: int, queue: str, started: int | None = None
     ) -> Outcome:
         """Run a decoded job record; never raises (cancellation becomes a 'requeue' outcome)."""
-        started = started or _now_ms()
+        started = started or now_ms()
         name = record["f"]
         spec = self.registry.get(name)
         out = Outcome("dead", function=name, queue=queue, record=record, started_ms=started)
@@ -267,7 +262,7 @@ class Executor:
                 "s": success,
                 "r": out.result if success else out.error,
                 "st": out.started_ms,
-                "ft": _now_ms(),
+                "ft": now_ms(),
                 "q": out.queue,
                 "id": job_id,
             }
@@ -287,7 +282,7 @@ class Executor:
                 "traceback": out.traceback,
                 "attempts": attempt,
                 "enqueued_at": out.record.get("et"),
-                "failed_at": _now_ms(),
+                "failed_at": now_ms(),
                 "raw": out.raw.hex() if out.raw is not None else None,
             }
         )

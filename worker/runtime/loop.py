@@ -74,7 +74,6 @@ class QueueLoop:
         ]
         self._rate = policy.rate_limit or 0
         self._burst = policy.rate_burst
-        self.processed = 0
 
     async def claim_loop(self) -> None:
         w, s = self.w, self.w.settings
@@ -189,7 +188,6 @@ class QueueLoop:
                 if not ok:
                     log.warning("job %s: lease lost to another worker; outcome %s discarded", job_id, out.kind)
                 self.running.pop(job_id, None)
-                self.processed += 1
             self._reserved -= self._start(claimed) if claimed else 0
         finally:
             in_flight.release()
