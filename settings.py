@@ -19,8 +19,12 @@ class QueuePolicy(BaseModel):
     """Per-queue worker policy; every job function on the queue inherits it unless it overrides."""
 
     concurrency: int = Field(5, ge=1, le=1000)
-    prefetch: int = Field(
-        0, ge=0, le=1000, description="jobs claimed ahead of free slots: hides Redis round trips for short jobs"
+    prefetch: int | None = Field(
+        None,
+        ge=0,
+        le=1000,
+        description="jobs claimed ahead of free slots; None = automatic: `concurrency` while jobs average under "
+        "50 ms (hides Redis round trips), 0 for longer jobs (no work parked in one worker)",
     )
     rate_limit: float | None = Field(10.0, gt=0, description="jobs/s across all workers; None = unlimited")
     rate_burst: int = Field(10, ge=1)

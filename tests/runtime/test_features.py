@@ -226,3 +226,20 @@ async def test_enqueue_many_is_all_or_nothing_and_fifo_across_chunks(
     async with Worker(redis_url, queues=["rt-test"], concurrency=1, settings=settings):
         await client.wait(ids[-1], timeout=60)
     assert [x.decode() for x in await redis.lrange("t:order", 0, -1)] == [str(i) for i in range(2500)]
+
+
+async def test_automatic_prefetch_engages_only_for_short_jobs(redis_url: str, redis: Redis) -> None:
+    settings = Settings(queues={"rt-other": {"rate_limit": None, "concurrency": 3}})  # type: ignore[arg-type]
+    client = Client(redis, settings)
+    async with Worker(redis_url, queues=["rt-other"], settings=settings) as w:
+        loop = w.loops[0]
+        assert loop.capacity == 3  # nothing measured yet: no prefetch
+        quick = await client.enqueue_many("track_concurrency", [{"key": f"q{i}"} for i in range(20)])
+        for r in quick:
+            await client.wait(r.job_id, timeout=10)
+        assert loop.capacity == 6  # short jobs: as many again are claimed ahead
+        slow = await client.enqueue_many("track_concurrency", [{"key": f"s{i}", "sleep": 0.2} for i in range(12)])
+        for r in slow:
+            await client.wait(r.job_id, timeout=20)
+        assert loop.capacity == 3  # jobs now average over 50 ms: nothing is parked in this worker
+    assert int(await redis.get("t:max_executing") or 0) <= 3

@@ -31,6 +31,7 @@ from worker.runtime.spec import Registry, registry
 log = logging.getLogger("worker.runtime")
 REAP_EVERY_S = 1.0
 FINISH_IN_FLIGHT = 2  # finish calls of one queue loop in flight at once
+AUTO_PREFETCH_BELOW_MS = 50.0  # automatic prefetch: claim ahead while jobs average less than this
 
 
 @dataclass
@@ -53,12 +54,14 @@ class QueueLoop:
         self.queue = queue
         self.concurrency = concurrency
         policy = worker.settings.queue(queue)
-        self.capacity = concurrency + policy.prefetch  # claimed and not yet recorded, at most
+        self._prefetch = policy.prefetch  # None: automatic, from the average job duration
+        self._avg_ms: float | None = None
         self.running: dict[str, _Running] = {}  # every claimed job until its outcome is recorded
         self.buffer: deque[str] = deque()  # claimed, waiting for an execution slot
         self.executing = 0
         self._slot_free = asyncio.Event()
-        self._reserved = 0  # slots promised to claims in flight (claim loop and finish loop may both claim)
+        self._reserved = 0  # slots promised to the claim in flight
+        self._claiming = False  # one claim at a time, so jobs start in the order Redis handed them out
         self._wake = asyncio.Event()
         self._finished: list[tuple[str, Outcome]] = []
         self._flush = asyncio.Event()
@@ -75,16 +78,25 @@ class QueueLoop:
         self._rate = policy.rate_limit or 0
         self._burst = policy.rate_burst
 
+    @property
+    def capacity(self) -> int:
+        """Jobs claimed and not yet recorded, at most: the execution slots plus the prefetch."""
+        if self._prefetch is not None:
+            return self.concurrency + self._prefetch
+        short = self._avg_ms is not None and self._avg_ms < AUTO_PREFETCH_BELOW_MS
+        return self.concurrency * 2 if short else self.concurrency
+
     async def claim_loop(self) -> None:
         w, s = self.w, self.w.settings
         while not w.stopping:
             free = self.capacity - len(self.running) - self._reserved
-            if free <= 0:
+            if free <= 0 or self._claiming:
                 self._slot_free.clear()
                 await self._slot_free.wait()
                 continue
             n = min(free, s.claim_batch)
             self._reserved += n
+            self._claiming = True
             try:
                 res = await w.scripts.claim(
                     keys=self._keys,
@@ -100,11 +112,12 @@ class QueueLoop:
                     ],
                 )
             except RedisError as exc:
-                self._reserved -= n
                 log.error("claim on %s failed (%s); retrying in 1s", self.queue, exc)
                 await asyncio.sleep(1)
                 continue
-            self._reserved -= n
+            finally:
+                self._reserved -= n
+                self._claiming = False
             retry_after, next_due = int(res[0]), int(res[1])  # ms to wait / until the next due job
             if self._start(res):
                 continue
@@ -150,10 +163,13 @@ class QueueLoop:
             self.executing += 1
 
     async def _run(self, job_id: str, raw: bytes | None, attempt: int) -> Outcome:
+        started = time.perf_counter()
         try:
             out = await self.w.executor.run_raw(job_id, raw, attempt, self.queue)
         finally:
             self.executing -= 1
+        ms = (time.perf_counter() - started) * 1000
+        self._avg_ms = ms if self._avg_ms is None else 0.9 * self._avg_ms + 0.1 * ms
         self._finished.append((job_id, out))
         self._flush.set()
         self._fill()
@@ -203,20 +219,26 @@ class QueueLoop:
         """
         w = self.w
         for attempt in range(5):
-            n = 0 if w.stopping else max(0, self.capacity - len(self.running) - self._reserved + len(items))
+            claims = not (w.stopping or self._claiming)
+            n = max(0, self.capacity - len(self.running) - self._reserved + len(items)) if claims else 0
             self._reserved += n
+            self._claiming = self._claiming or n > 0
             try:
                 flags, claimed = await w.executor.finish(
                     self.queue, items, w.worker_id, (n, w.settings.lease_ms, self._rate, self._burst)
                 )
             except RedisError as exc:
                 self._reserved -= n
+                if n:
+                    self._claiming = False
                 log.error(
                     "recording %d outcome(s) on %s failed (%s); retry %d/5", len(items), self.queue, exc, attempt + 1
                 )
                 await asyncio.sleep(0.5 * (attempt + 1))
                 continue
             self._reserved -= n - ((len(claimed) - 2) // 4 if claimed else 0)
+            if n:
+                self._claiming = False
             return flags, claimed
         return [0] * len(items), []
 
