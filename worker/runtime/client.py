@@ -214,7 +214,6 @@ class Client:
             for k, jid in zip(kwargs, job_ids, strict=True)
         ]
         return [
-            0,
             self.settings.events_maxlen,
             spec.name,
             spec.queue,

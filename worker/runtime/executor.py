@@ -189,7 +189,7 @@ class Executor:
                 rl_key = spec.rate_limit_key(payload) if spec.rate_limit_key else ""
                 wait_ms = await self.scripts.ratelimit(
                     keys=[keys.ratelimit(f"{name}:{rl_key}")],
-                    args=[0, limit, int(period * 1000), max(1, limit)],
+                    args=[limit, int(period * 1000), max(1, limit)],
                 )
                 if int(wait_ms) > 0:
                     out.kind, out.delay, out.error = (

@@ -101,7 +101,6 @@ class QueueLoop:
                 res = await w.scripts.claim(
                     keys=self._keys,
                     args=[
-                        0,  # unused: the script reads the server clock
                         n,
                         s.lease_ms,
                         w.worker_id,
@@ -245,7 +244,7 @@ class QueueLoop:
     async def renew(self) -> None:
         if not self.running:
             return
-        args: list[Any] = [0, self.w.settings.lease_ms, self.w.worker_id]
+        args: list[Any] = [self.w.settings.lease_ms, self.w.worker_id]
         locks = self.w.executor.idem_locks
         for job_id, run in list(self.running.items()):
             lock_key, token = locks.get(job_id, ("", ""))
@@ -268,7 +267,7 @@ class QueueLoop:
         return int(
             await self.w.scripts.reap(
                 keys=[keys.active(self.queue), keys.queue(self.queue), keys.EVENTS, keys.wake(self.queue)],
-                args=[0, self.w.settings.events_maxlen, self.queue],
+                args=[self.w.settings.events_maxlen, self.queue],
             )
         )
 

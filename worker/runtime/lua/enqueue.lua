@@ -1,22 +1,22 @@
 -- Enqueue N jobs atomically per job (arq-compatible data model plus our extras).
 -- KEYS: 1 events stream, 2 wake list, 3 queue zset, 4 delayed zset
--- ARGV: 1 (unused), 2 events_maxlen (0 = no events), 3 function, 4 queue name, 5 expires_ms, 6 idem_ttl_s,
---       7 msgpack list of jobs, each {job_id, payload, run_at_ms (-1 = now + delay), delay_ms, priority,
+-- ARGV: 1 events_maxlen (0 = no events), 2 function, 3 queue name, 4 expires_ms, 5 idem_ttl_s,
+--       6 msgpack list of jobs, each {job_id, payload, run_at_ms (-1 = now + delay), delay_ms, priority,
 --       idem_key ('' = none), caller_id (1 when the caller chose the id: check it is not taken)}
 -- Jobs enqueued in the same millisecond keep FIFO order: scores carry the server's microseconds.
 -- Returns a flat list: job_id, created (1) / duplicate (0) per job.
 -- @include now_fn.lua
 local now = server_now()
-local maxlen = tonumber(ARGV[2])
-local fn, queue = ARGV[3], ARGV[4]
-local expires = tonumber(ARGV[5])
-local idem_ttl = tonumber(ARGV[6])
+local maxlen = tonumber(ARGV[1])
+local fn, queue = ARGV[2], ARGV[3]
+local expires = tonumber(ARGV[4])
+local idem_ttl = tonumber(ARGV[5])
 local BAND = 100000000000
 local out = {}
 local added = 0
 local seq = 0
 local queued = {}  -- score, id pairs: one variadic ZADD at the end
-for _, j in ipairs(cmsgpack.unpack(ARGV[7])) do
+for _, j in ipairs(cmsgpack.unpack(ARGV[6])) do
   local id, payload, run_at, prio, ik = j[1], j[2], j[3], j[5], j[6]
   if run_at < 0 then run_at = now + j[4] + seq * 0.001 end
   seq = seq + 1

@@ -1,7 +1,7 @@
--- GCRA limiter: take one token from KEYS[1]. ARGV: 1 (unused), 2 rate (tokens per period), 3 period_ms, 4 burst
+-- GCRA limiter: take one token from KEYS[1]. ARGV: 1 rate (tokens per period), 2 period_ms, 3 burst
 -- Returns 0 when allowed, else the milliseconds to wait before a token is free.
 -- @include now_fn.lua
-local now, rate, period, burst = server_now(), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local now, rate, period, burst = server_now(), tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local interval = period / rate
 local tat = tonumber(redis.call('GET', KEYS[1]) or now)
 if tat < now then tat = now end

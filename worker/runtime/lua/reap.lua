@@ -1,8 +1,8 @@
 -- Return jobs whose worker died (lease expired) to the front of their priority band.
 -- KEYS: 1 active, 2 queue, 3 events, 4 wake list
--- ARGV: 1 (unused), 2 events_maxlen, 3 queue name
+-- ARGV: 1 events_maxlen, 2 queue name
 -- @include now_fn.lua
-local now, maxlen = server_now(), tonumber(ARGV[2])
+local now, maxlen = server_now(), tonumber(ARGV[1])
 local BAND = 100000000000
 local stale = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', math.floor(now) * 16, 'WITHSCORES', 'LIMIT', 0, 100)
 local n = 0
@@ -13,7 +13,7 @@ for i = 1, #stale, 2 do
     redis.call('ZREM', KEYS[1], id)
     redis.call('ZADD', KEYS[2], now - prio * BAND, id)
     if maxlen > 0 then
-      redis.call('XADD', KEYS[3], 'MAXLEN', '~', maxlen, '*', 'type', 'stalled', 'job_id', id, 'queue', ARGV[3])
+      redis.call('XADD', KEYS[3], 'MAXLEN', '~', maxlen, '*', 'type', 'stalled', 'job_id', id, 'queue', ARGV[2])
     end
     n = n + 1
   end

@@ -1,11 +1,11 @@
 -- Heartbeat: extend the leases of the jobs this worker runs (and their idempotency locks).
 -- KEYS: 1 active zset
--- ARGV: 1 (unused), 2 lease_ms, 3 worker_id, then groups of 4: id, priority, lock key ('' = none), lock token
+-- ARGV: 1 lease_ms, 2 worker_id, then groups of 4: id, priority, lock key ('' = none), lock token
 -- Returns the ids whose lease this worker has lost (another worker took the job after a stall).
 -- @include now_fn.lua
-local now, lease, me = server_now(), tonumber(ARGV[2]), ARGV[3]
+local now, lease, me = server_now(), tonumber(ARGV[1]), ARGV[2]
 local lost = {}
-for i = 4, #ARGV, 4 do
+for i = 3, #ARGV, 4 do
   local id = ARGV[i]
   local key = 'arq:in-progress:' .. id
   local holder = redis.call('GET', key)
