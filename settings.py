@@ -23,7 +23,7 @@ class QueuePolicy(BaseModel):
         None,
         ge=0,
         le=1000,
-        description="jobs claimed ahead of free slots; None = automatic: `concurrency` while jobs average under "
+        description="jobs claimed ahead of free slots; None = automatic: `2 x concurrency` while jobs average under "
         "50 ms (hides Redis round trips), 0 for longer jobs (no work parked in one worker)",
     )
     rate_limit: float | None = Field(10.0, gt=0, description="jobs/s across all workers; None = unlimited")

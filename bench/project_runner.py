@@ -96,6 +96,7 @@ class ProjectAdapter(Adapter):
         self.has_batch = hasattr(rt.Client, "enqueue_many")
         self.redis: Redis | None = None
         self.client: Any = None
+        self.pipe: Any = None
         self.worker: Any = None
 
     def version(self) -> str:
@@ -112,12 +113,12 @@ class ProjectAdapter(Adapter):
 
     async def open(self) -> None:
         self.redis = Redis.from_url(self.redis_url)
-        try:
-            self.client = self.rt.Client(self.redis, settings=self.settings, registry=self.registry)
-        except TypeError:
-            self.client = self.rt.Client(self.redis)
+        self.pipe = self.rt.Pipe.for_client(self.redis)  # auto-pipelined enqueues, as the API app does
+        self.client = self.rt.Client(self.redis, settings=self.settings, registry=self.registry, pipe=self.pipe)
 
     async def close(self) -> None:
+        if self.pipe is not None:
+            await self.pipe.aclose()
         if self.redis is not None:
             await self.redis.aclose()
 

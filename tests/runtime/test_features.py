@@ -237,7 +237,7 @@ async def test_automatic_prefetch_engages_only_for_short_jobs(redis_url: str, re
         quick = await client.enqueue_many("track_concurrency", [{"key": f"q{i}"} for i in range(20)])
         for r in quick:
             await client.wait(r.job_id, timeout=10)
-        assert loop.capacity == 6  # short jobs: as many again are claimed ahead
+        assert loop.capacity == 9  # short jobs: twice as many again are claimed ahead
         slow = await client.enqueue_many("track_concurrency", [{"key": f"s{i}", "sleep": 0.2} for i in range(12)])
         for r in slow:
             await client.wait(r.job_id, timeout=20)

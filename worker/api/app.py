@@ -19,6 +19,7 @@ from worker import metrics
 from worker.api import errors, jobs, mail, ops
 from worker.api.deps import Services, index_tenant_jobs
 from worker.runtime import Client, DeadLetters, create_pool, registry
+from worker.runtime.pipe import Pipe
 from worker.runtime.spec import Registry
 from worker.store import RedisStore
 
@@ -45,7 +46,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings = cfg.settings or get_settings()
     url = cfg.redis_url or settings.redis_url or DEFAULT_REDIS_URL
     redis: Redis = Redis.from_url(url)
-    client = Client(redis, settings, cfg.registry)
+    pipe = Pipe.for_client(redis)  # concurrent enqueues from request handlers share one pipelined connection
+    client = Client(redis, settings, cfg.registry, pipe=pipe)
     svc = Services(
         settings=settings,
         registry=cfg.registry,
@@ -71,6 +73,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.gather(*tasks, return_exceptions=True)
         app.state.services = None
         await svc.arq.aclose()
+        if pipe is not None:
+            await pipe.aclose()
         await redis.aclose()
 
 

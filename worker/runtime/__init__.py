@@ -6,6 +6,7 @@ from worker.runtime.deadletter import DeadLetter, DeadLetters
 from worker.runtime.errors import Defer, PermanentError, RetryLater, UnknownFunction
 from worker.runtime.events import Events
 from worker.runtime.loop import Worker
+from worker.runtime.pipe import Pipe
 from worker.runtime.spec import JobSpec, Registry, job, registry
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "JobSpec",
     "JobStatus",
     "PermanentError",
+    "Pipe",
     "Registry",
     "RetryLater",
     "UnknownFunction",

@@ -24,6 +24,7 @@ from redis.asyncio import Redis
 from settings import Settings, get_settings
 from worker.runtime import keys
 from worker.runtime.errors import UnknownFunction
+from worker.runtime.pipe import Pipe
 from worker.runtime.scripts import Scripts
 from worker.runtime.serializer import PayloadError, pack, pack_for_lua, unpack
 from worker.runtime.spec import JobSpec, Registry, registry
@@ -87,13 +88,24 @@ def _when(defer_by: float | dt.timedelta | None, defer_until: dt.datetime | None
 
 
 class Client:
-    """Enqueue and inspect jobs. Cheap to construct; share one per app."""
+    """Enqueue and inspect jobs. Cheap to construct; share one per app.
 
-    def __init__(self, redis: Redis, settings: Settings | None = None, registry: Registry = registry) -> None:
+    With ``pipe`` (``Pipe.for_client(redis)``, closed by whoever made it), enqueues and other script calls
+    share one auto-pipelined connection: many concurrent enqueues go out in a few writes.
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        settings: Settings | None = None,
+        registry: Registry = registry,
+        *,
+        pipe: Pipe | None = None,
+    ) -> None:
         self.redis = redis
         self.settings = settings or get_settings()
         self.registry = registry
-        self.scripts = Scripts(redis)
+        self.scripts = Scripts(redis, pipe)
 
     def spec(self, function: str) -> JobSpec:
         spec = self.registry.get(function)

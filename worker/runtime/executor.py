@@ -21,6 +21,7 @@ from worker.runtime import keys
 from worker.runtime.client import Client, now_ms
 from worker.runtime.context import JobContext
 from worker.runtime.errors import Defer, PermanentError, RetryLater
+from worker.runtime.pipe import Pipe
 from worker.runtime.scripts import Scripts
 from worker.runtime.serializer import PayloadError, pack, pack_for_lua, unpack
 from worker.runtime.spec import Policy, Registry
@@ -54,13 +55,15 @@ class Outcome:
 class Executor:
     """Stateless apart from its Redis client, registry and the per-process ``state`` dict shared by jobs."""
 
-    def __init__(self, redis: Redis, settings: Settings, registry: Registry, worker_id: str) -> None:
+    def __init__(
+        self, redis: Redis, settings: Settings, registry: Registry, worker_id: str, pipe: Pipe | None = None
+    ) -> None:
         self.redis = redis
         self.settings = settings
         self.registry = registry
         self.worker_id = worker_id
-        self.scripts = Scripts(redis)
-        self.client = Client(redis, settings, registry)
+        self.scripts = Scripts(redis, pipe)
+        self.client = Client(redis, settings, registry, pipe=pipe)
         self.state: dict[str, Any] = {}
         self.idem_locks: dict[str, tuple[str, str]] = {}  # job id -> (lock key, token), renewed by heartbeats
         self._policies: dict[str, Policy] = {}

@@ -25,13 +25,16 @@ from settings import Settings, get_settings
 from worker.runtime import keys
 from worker.runtime.client import new_job_id
 from worker.runtime.executor import Executor, Outcome
+from worker.runtime.pipe import Pipe
 from worker.runtime.scripts import Scripts
 from worker.runtime.spec import Registry, registry
 
 log = logging.getLogger("worker.runtime")
 REAP_EVERY_S = 1.0
-FINISH_IN_FLIGHT = 2  # finish calls of one queue loop in flight at once
+FINISH_IN_FLIGHT = 3  # finish calls of one queue loop in flight at once
+CLAIMS_IN_FLIGHT = 3  # claims of one queue loop in flight at once, on the ordered pipe (else 1)
 AUTO_PREFETCH_BELOW_MS = 50.0  # automatic prefetch: claim ahead while jobs average less than this
+AUTO_PREFETCH_FACTOR = 3  # ... up to this many times the concurrency
 
 
 @dataclass
@@ -61,7 +64,10 @@ class QueueLoop:
         self.executing = 0
         self._slot_free = asyncio.Event()
         self._reserved = 0  # slots promised to the claim in flight
-        self._claiming = False  # one claim at a time, so jobs start in the order Redis handed them out
+        # Claims in flight. Several only on the pipe: Redis runs one connection's calls in order and their
+        # replies are handled in order, so jobs still start in the order Redis handed them out.
+        self._claims = 0
+        self._max_claims = CLAIMS_IN_FLIGHT if worker.pipe is not None else 1
         self._wake = asyncio.Event()
         self._finished: list[tuple[str, Outcome]] = []
         self._flush = asyncio.Event()
@@ -84,19 +90,19 @@ class QueueLoop:
         if self._prefetch is not None:
             return self.concurrency + self._prefetch
         short = self._avg_ms is not None and self._avg_ms < AUTO_PREFETCH_BELOW_MS
-        return self.concurrency * 2 if short else self.concurrency
+        return self.concurrency * AUTO_PREFETCH_FACTOR if short else self.concurrency
 
     async def claim_loop(self) -> None:
         w, s = self.w, self.w.settings
         while not w.stopping:
             free = self.capacity - len(self.running) - self._reserved
-            if free <= 0 or self._claiming:
+            if free <= 0 or self._claims >= self._max_claims:
                 self._slot_free.clear()
                 await self._slot_free.wait()
                 continue
             n = min(free, s.claim_batch)
             self._reserved += n
-            self._claiming = True
+            self._claims += 1
             try:
                 res = await w.scripts.claim(
                     keys=self._keys,
@@ -116,7 +122,7 @@ class QueueLoop:
                 continue
             finally:
                 self._reserved -= n
-                self._claiming = False
+                self._claims -= 1
             retry_after, next_due = int(res[0]), int(res[1])  # ms to wait / until the next due job
             if self._start(res):
                 continue
@@ -218,26 +224,24 @@ class QueueLoop:
         """
         w = self.w
         for attempt in range(5):
-            claims = not (w.stopping or self._claiming)
+            claims = not w.stopping and self._claims < self._max_claims
             n = max(0, self.capacity - len(self.running) - self._reserved + len(items)) if claims else 0
             self._reserved += n
-            self._claiming = self._claiming or n > 0
+            self._claims += 1 if n else 0
             try:
                 flags, claimed = await w.executor.finish(
                     self.queue, items, w.worker_id, (n, w.settings.lease_ms, self._rate, self._burst)
                 )
             except RedisError as exc:
                 self._reserved -= n
-                if n:
-                    self._claiming = False
+                self._claims -= 1 if n else 0
                 log.error(
                     "recording %d outcome(s) on %s failed (%s); retry %d/5", len(items), self.queue, exc, attempt + 1
                 )
                 await asyncio.sleep(0.5 * (attempt + 1))
                 continue
             self._reserved -= n - ((len(claimed) - 2) // 4 if claimed else 0)
-            if n:
-                self._claiming = False
+            self._claims -= 1 if n else 0
             return flags, claimed
         return [0] * len(items), []
 
@@ -312,8 +316,9 @@ class Worker:
         self.blocking: Redis = Redis.from_url(url)
         self.registry = registry
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{new_job_id()[:6]}"
-        self.scripts = Scripts(self.redis)
-        self.executor = Executor(self.redis, self.settings, registry, self.worker_id)
+        self.pipe = Pipe.for_client(self.redis)  # claims, finishes and renewals share one ordered connection
+        self.scripts = Scripts(self.redis, self.pipe)
+        self.executor = Executor(self.redis, self.settings, registry, self.worker_id, self.pipe)
         names = list(queues) if queues else registry.queues()
         self.loops = [QueueLoop(self, q, concurrency or self.settings.queue(q).concurrency) for q in names]
         self.stopping = False
@@ -326,6 +331,7 @@ class Worker:
 
     async def start(self) -> None:
         await self.redis.ping()
+        await self.scripts.load()
         for lp in self.loops:
             self._tasks.append(asyncio.create_task(lp.finish_loop(), name=f"finish:{lp.queue}"))
             self._tasks.append(asyncio.create_task(lp.claim_loop(), name=f"claim:{lp.queue}"))
@@ -378,6 +384,8 @@ class Worker:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.executor.close_state()
+        if self.pipe is not None:
+            await self.pipe.aclose()
         await self.redis.aclose()
         await self.blocking.aclose()
         self._stopped.set()

@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 from redis.asyncio import Redis
-from redis.commands.core import AsyncScript
+
+from worker.runtime.pipe import Pipe, sha1
 
 _DIR = Path(__file__).with_name("lua")
-NAMES = (
-    "enqueue",
-    "claim",
-    "finish",
-    "renew",
-    "reap",
-    "cancel",
-    "reschedule",
-    "idem_begin",
-    "ratelimit",
-    "promote",
-)
 
 
 @cache
@@ -42,17 +33,43 @@ def _expand(name: str, seen: set[str]) -> str:
     return "\n".join(lines)
 
 
-class Scripts:
-    """All runtime scripts registered on one client (EVALSHA with automatic reload on NOSCRIPT)."""
+class Script:
+    """One script: EVALSHA (EVAL when the server does not know it yet) through the pipe, else redis-py."""
 
-    def __init__(self, redis: Redis) -> None:
-        self.enqueue: AsyncScript = redis.register_script(source("enqueue"))
-        self.claim: AsyncScript = redis.register_script(source("claim"))
-        self.finish: AsyncScript = redis.register_script(source("finish"))
-        self.renew: AsyncScript = redis.register_script(source("renew"))
-        self.reap: AsyncScript = redis.register_script(source("reap"))
-        self.cancel: AsyncScript = redis.register_script(source("cancel"))
-        self.reschedule: AsyncScript = redis.register_script(source("reschedule"))
-        self.idem_begin: AsyncScript = redis.register_script(source("idem_begin"))
-        self.ratelimit: AsyncScript = redis.register_script(source("ratelimit"))
-        self.promote: AsyncScript = redis.register_script(source("promote"))
+    __slots__ = ("_redis_script", "pipe", "sha", "text")
+
+    def __init__(self, redis: Redis, pipe: Pipe | None, text: str) -> None:
+        self.text, self.sha, self.pipe = text, sha1(text), pipe
+        self._redis_script = redis.register_script(text)
+
+    async def load(self) -> None:
+        if self.pipe is not None:
+            await self.pipe.call("SCRIPT", "LOAD", self.text)
+        else:
+            await self._redis_script.registered_client.script_load(self.text)
+
+    async def __call__(self, keys: Sequence[Any] = (), args: Sequence[Any] = ()) -> Any:
+        if self.pipe is not None:
+            return await self.pipe.evalsha(self.sha, self.text, keys, args)
+        return await self._redis_script(keys=list(keys), args=list(args))
+
+
+class Scripts:
+    """All runtime scripts bound to one client; with a ``pipe``, calls share its auto-pipelined connection."""
+
+    def __init__(self, redis: Redis, pipe: Pipe | None = None) -> None:
+        self.enqueue = Script(redis, pipe, source("enqueue"))
+        self.claim = Script(redis, pipe, source("claim"))
+        self.finish = Script(redis, pipe, source("finish"))
+        self.renew = Script(redis, pipe, source("renew"))
+        self.reap = Script(redis, pipe, source("reap"))
+        self.cancel = Script(redis, pipe, source("cancel"))
+        self.reschedule = Script(redis, pipe, source("reschedule"))
+        self.idem_begin = Script(redis, pipe, source("idem_begin"))
+        self.ratelimit = Script(redis, pipe, source("ratelimit"))
+        self.promote = Script(redis, pipe, source("promote"))
+
+    async def load(self) -> None:
+        """SCRIPT LOAD every script, so pipelined EVALSHAs do not fall back to EVAL (out of order) at startup."""
+        for script in vars(self).values():
+            await script.load()
