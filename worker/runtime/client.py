@@ -26,7 +26,7 @@ from worker.runtime import keys
 from worker.runtime.errors import UnknownFunction
 from worker.runtime.pipe import Pipe
 from worker.runtime.scripts import Scripts
-from worker.runtime.serializer import PayloadError, pack, pack_for_lua, unpack
+from worker.runtime.serializer import PayloadError, map_prefix, pack, unpack
 from worker.runtime.spec import JobSpec, Registry, registry
 
 JOB_EXPIRY_MS = 7 * 86400 * 1000  # a queued job record lives this long past its run time
@@ -41,6 +41,12 @@ def now_ms() -> int:
 def new_job_id() -> str:
     """16 URL-safe base64 characters (96 random bits): short ids keep Redis memory per job low."""
     return base64.urlsafe_b64encode(os.urandom(12)).decode()
+
+
+def new_job_ids(n: int) -> list[str]:
+    """``n`` job ids from one read of the OS random source (12 bytes encode to exactly 16 characters)."""
+    text = base64.urlsafe_b64encode(os.urandom(12 * n)).decode()
+    return [text[i : i + 16] for i in range(0, 16 * n, 16)]
 
 
 @dataclass(frozen=True)
@@ -157,12 +163,12 @@ class Client:
         *,
         priority: int | None = None,
         defer_by: float | dt.timedelta | None = None,
-        chunk: int = 1000,
+        chunk: int = 250,
     ) -> list[Enqueued]:
         """Enqueue many jobs of one function: one script call per ``chunk`` jobs, FIFO across chunks.
 
         Every payload is validated first: one invalid payload raises and nothing is written. The next chunk is
-        packed while Redis runs the previous one.
+        packed while Redis runs the previous one (on another core).
         """
         spec = self.spec(function)
         kwargs = [self._kwargs(spec, p) for p in payloads]
@@ -175,6 +181,7 @@ class Client:
             if sending is not None:
                 out += await sending
             sending = asyncio.create_task(self._send(spec, argv))
+            await asyncio.sleep(0)  # the send goes out now, before the next chunk is packed
         if sending is not None:
             out += await sending
         return out
@@ -213,26 +220,25 @@ class Client:
         run_at, delay = _when(defer_by, defer_until)
         ik = keys.idempotency(spec.name, idempotency_key) if idempotency_key else ""
         extra = ({"p": prio} if prio else {}) | ({"ik": idempotency_key} if idempotency_key else {})
-        jobs = [
-            [
-                jid or new_job_id(),
-                pack({"t": None, "f": spec.name, "a": [], "k": k, "et": now, **extra}),
-                run_at,
-                delay,
-                prio,
-                ik,
-                1 if jid else 0,
-            ]
-            for k, jid in zip(kwargs, job_ids, strict=True)
-        ]
-        return [
+        # arq's job record; everything but the kwargs is the same for the whole call, so it is packed once
+        head = {"t": None, "f": spec.name, "a": [], "et": now, **extra}
+        prefix = map_prefix(head, "k")
+        argv: list[Any] = [
             self.settings.events_maxlen,
             spec.name,
             spec.queue,
             JOB_EXPIRY_MS,
             self.settings.idempotency_ttl,
-            pack_for_lua(jobs),
+            run_at,
+            delay,
+            prio,
+            ik,
+            1 if any(job_ids) else 0,
         ]
+        fresh = iter(new_job_ids(len(kwargs)))
+        for k, jid in zip(kwargs, job_ids, strict=True):
+            argv += (jid or next(fresh), prefix + pack(k))
+        return argv
 
     async def _send(self, spec: JobSpec, argv: list[Any]) -> list[Enqueued]:
         res = await self.scripts.enqueue(

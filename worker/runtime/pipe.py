@@ -28,6 +28,8 @@ from redis.asyncio.connection import Connection, UnixDomainSocketConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError, NoScriptError
 
+FLUSH_NOW_BYTES = 8192  # commands at least this big are written at once instead of at the end of the loop turn
+
 
 def encode(args: Sequence[Any]) -> bytes:
     """One command in RESP: an array of bulk strings (bytes, str, int or float arguments)."""
@@ -115,6 +117,10 @@ class Pipe:
             raise RedisConnectionError("not connected to Redis")
         fut = self._loop.create_future()
         self._waiters.append(fut)
+        if len(command) >= FLUSH_NOW_BYTES:  # a big command gains nothing from waiting: Redis can start now
+            self._out.append(command)
+            self._flush()
+            return fut
         if not self._out:
             self._loop.call_soon(self._flush)
         self._out.append(command)

@@ -30,6 +30,14 @@ def pack(obj: Any) -> bytes:
     return msgpack.packb(obj, default=_default, use_bin_type=True)  # type: ignore[no-any-return]
 
 
+def map_prefix(head: dict[str, Any], last_key: str) -> bytes:
+    """msgpack of a map of ``head`` plus ``last_key`` without the last value: ``prefix + pack(value)`` is the
+    whole map. Packs the shared part of many records once (at most 14 entries in ``head``)."""
+    if len(head) > 14:
+        raise ValueError("map_prefix takes at most 14 entries")
+    return bytes([0x80 | (len(head) + 1)]) + pack(head)[1:] + pack(last_key)
+
+
 def pack_for_lua(obj: Any) -> bytes:
     """msgpack for a script argument: Redis's Lua cmsgpack knows no bin type, and Lua strings are bytes anyway."""
     return msgpack.packb(obj, use_bin_type=False)  # type: ignore[no-any-return]

@@ -1,8 +1,9 @@
--- Enqueue N jobs atomically per job (arq-compatible data model plus our extras).
+-- Enqueue N jobs of one function (arq-compatible data model plus our extras); each job is created atomically.
 -- KEYS: 1 events stream, 2 wake list, 3 queue zset, 4 delayed zset
 -- ARGV: 1 events_maxlen (0 = no events), 2 function, 3 queue name, 4 expires_ms, 5 idem_ttl_s,
---       6 msgpack list of jobs, each {job_id, payload, run_at_ms (-1 = now + delay), delay_ms, priority,
---       idem_key ('' = none), caller_id (1 when the caller chose the id: check it is not taken)}
+--       6 run_at_ms (-1 = now + delay), 7 delay_ms, 8 priority, 9 idempotency key ('' = none),
+--       10 caller ids (1 when the caller chose the ids: check they are not taken),
+--       11.. job_id1, record1, job_id2, record2, ...
 -- Jobs enqueued in the same millisecond keep FIFO order: scores carry the server's microseconds.
 -- Returns a flat list: job_id, created (1) / duplicate (0) per job.
 -- @include now_fn.lua
@@ -11,14 +12,17 @@ local maxlen = tonumber(ARGV[1])
 local fn, queue = ARGV[2], ARGV[3]
 local expires = tonumber(ARGV[4])
 local idem_ttl = tonumber(ARGV[5])
+local base_at, delay, prio, ik = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9]
+local check_ids = ARGV[10] == '1'
 local BAND = 100000000000
 local out = {}
 local added = 0
 local seq = 0
 local queued = {}  -- score, id pairs: one variadic ZADD at the end
-for _, j in ipairs(cmsgpack.unpack(ARGV[6])) do
-  local id, payload, run_at, prio, ik = j[1], j[2], j[3], j[5], j[6]
-  if run_at < 0 then run_at = now + j[4] + seq * 0.001 end
+for i = 11, #ARGV, 2 do
+  local id, record = ARGV[i], ARGV[i + 1]
+  local run_at = base_at
+  if run_at < 0 then run_at = now + delay + seq * 0.001 end
   seq = seq + 1
   local existing = false
   if ik ~= '' then
@@ -27,11 +31,11 @@ for _, j in ipairs(cmsgpack.unpack(ARGV[6])) do
       out[#out + 1] = owner; out[#out + 1] = 0; existing = true
     end
   end
-  if not existing and j[7] == 1 and redis.call('EXISTS', 'arq:job:' .. id, 'arq:result:' .. id) > 0 then
+  if not existing and check_ids and redis.call('EXISTS', 'arq:job:' .. id, 'arq:result:' .. id) > 0 then
     out[#out + 1] = id; out[#out + 1] = 0; existing = true
   end
   if not existing then
-    redis.call('SET', 'arq:job:' .. id, payload, 'PX', math.ceil(expires + math.max(run_at - now, 0)))
+    redis.call('SET', 'arq:job:' .. id, record, 'PX', math.ceil(expires + math.max(run_at - now, 0)))
     if prio > 0 and run_at > now then
       redis.call('ZADD', KEYS[4], math.floor(run_at) * 16 + prio, id)
     else
