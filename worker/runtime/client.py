@@ -221,7 +221,7 @@ class Client:
         ik = keys.idempotency(spec.name, idempotency_key) if idempotency_key else ""
         extra = ({"p": prio} if prio else {}) | ({"ik": idempotency_key} if idempotency_key else {})
         # arq's job record; everything but the kwargs is the same for the whole call, so it is packed once
-        head = {"t": None, "f": spec.name, "a": [], "et": now, **extra}
+        head: dict[str, Any] = {"t": None, "f": spec.name, "a": [], "et": now, **extra}
         prefix = map_prefix(head, "k")
         argv: list[Any] = [
             self.settings.events_maxlen,
