@@ -69,6 +69,7 @@ class QueueLoop:
         self._claims = 0
         self._max_claims = CLAIMS_IN_FLIGHT if worker.pipe is not None else 1
         self._wake = asyncio.Event()
+        self._idle = asyncio.Event()  # set while the claim loop waits for work (the last claim found none)
         self._finished: list[tuple[str, Outcome]] = []
         self._flush = asyncio.Event()
         self._keys = [
@@ -132,14 +133,21 @@ class QueueLoop:
             if retry_after > 0:
                 wait_ms = min(wait_ms, retry_after)
             # a local timer is exact; Redis checks blocking timeouts only when its event loop wakes (~100 ms)
+            self._idle.set()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), wait_ms / 1000)
+            self._idle.clear()
             self._wake.clear()
 
     async def wake_loop(self) -> None:
-        """Block on the queue's wake-up list (pushed by every enqueue) and wake the claim loop."""
+        """Block on the queue's wake-up list (pushed by every enqueue) and wake the claim loop.
+
+        Only while the claim loop is idle: a busy loop claims anyway, and a push meanwhile stays in the list
+        (it holds one element), so the next block returns at once and nothing is missed.
+        """
         key, timeout = keys.wake(self.queue), max(self.w.settings.idle_poll_ms / 1000, 0.1)
         while True:
+            await self._idle.wait()
             try:
                 await self.w.blocking.blpop([key], timeout=timeout)  # type: ignore[arg-type]
             except RedisError as exc:
