@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from worker.runtime.client import Client, Enqueued
 
 
-@dataclass
+@dataclass(slots=True)
 class JobContext:
     """Per-execution context: identity, attempt, shared worker state, progress reporting, follow-up enqueue."""
 

@@ -33,7 +33,7 @@ MAX_TRACEBACK = 8000
 MAX_RAW = 4096
 
 
-@dataclass
+@dataclass(slots=True)
 class Outcome:
     """What happened to one execution, and what to record."""
 
