@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import msgpack
+import pytest
 from redis.asyncio import Redis
 
 from settings import Settings
@@ -203,3 +204,38 @@ async def test_queue_rate_limit_waits_are_counted(redis_url: str, redis: Redis) 
     # 4 jobs at 5/s with a burst of 1: claims were held back, and each hold-back was counted
     assert int(await redis.hget("rt:stats:rt-other", "rate_limited") or 0) >= 1
     assert int(await redis.hget("rt:stats:rt-other", "completed") or 0) == 4
+
+
+async def test_worker_survives_its_redis_connections_being_dropped(
+    redis_url: str, redis: Redis, settings: Settings, client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every worker connection (pipelined claims/finishes, pool, blocking wake-up) is killed, once while jobs
+    run and once while the worker idles in its blocking wait: it reconnects and every job completes once."""
+
+    async def kill_worker_connections() -> None:
+        killed = await redis.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+        assert killed >= 2
+
+    async def some_done() -> bool:
+        return int(await redis.llen("t:tracked")) >= 3
+
+    async with Worker(redis_url, queues=["rt-other"], concurrency=5, settings=settings) as w:
+        busy = await client.enqueue_many("track_concurrency", [{"key": f"a{i}", "sleep": 0.2} for i in range(20)])
+        await eventually(some_done)
+        await kill_worker_connections()
+        for r in busy:
+            assert (await client.wait(r.job_id, timeout=30)).state == "complete"
+
+        await eventually(lambda: _true(w.loops[0]._idle.is_set()))
+        await asyncio.sleep(0.1)  # the wake-up BLPOP is now pending
+        await kill_worker_connections()
+        idle = await client.enqueue_many("track_concurrency", [{"key": f"b{i}", "sleep": 0} for i in range(5)])
+        for r in idle:
+            assert (await client.wait(r.job_id, timeout=30)).state == "complete"
+    assert "waiting on rt:wake:rt-other failed" in caplog.text  # the pending blocking call did fail
+    tracked = sorted(x.decode() for x in await redis.lrange("t:tracked", 0, -1))
+    assert tracked == sorted([f"a{i}" for i in range(20)] + [f"b{i}" for i in range(5)])  # each exactly once
+
+
+async def _true(value: bool) -> bool:
+    return value
