@@ -210,7 +210,8 @@ async def test_worker_survives_its_redis_connections_being_dropped(
     redis_url: str, redis: Redis, settings: Settings, client: Client, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Every worker connection (pipelined claims/finishes, pool, blocking wake-up) is killed, once while jobs
-    run and once while the worker idles in its blocking wait: it reconnects and every job completes once."""
+    run and once while the idle worker is blocked in Redis with a claim queued behind: it reconnects and every
+    job completes once."""
 
     async def kill_worker_connections() -> None:
         killed = await redis.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
@@ -226,16 +227,46 @@ async def test_worker_survives_its_redis_connections_being_dropped(
         for r in busy:
             assert (await client.wait(r.job_id, timeout=30)).state == "complete"
 
-        await eventually(lambda: _true(w.loops[0]._idle.is_set()))
-        await asyncio.sleep(0.1)  # the wake-up BLPOP is now pending
+        await eventually(lambda: _true(not w.loops[0]._claim_settled.is_set()))  # blocked, claim queued behind
         await kill_worker_connections()
         idle = await client.enqueue_many("track_concurrency", [{"key": f"b{i}", "sleep": 0} for i in range(5)])
         for r in idle:
             assert (await client.wait(r.job_id, timeout=30)).state == "complete"
-    assert "waiting on rt:wake:rt-other failed" in caplog.text  # the pending blocking call did fail
+    assert "claim on rt-other failed (connection to Redis lost" in caplog.text  # the blocked claim did fail
     tracked = sorted(x.decode() for x in await redis.lrange("t:tracked", 0, -1))
     assert tracked == sorted([f"a{i}" for i in range(20)] + [f"b{i}" for i in range(5)])  # each exactly once
 
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_stopping_an_idle_worker_gives_back_what_its_blocked_claim_took(redis_url: str, redis: Redis) -> None:
+    """An idle worker waits in Redis with a claim queued behind its BLPOP. A job that arrives without a wake-up
+    (plain arq producer) is taken by that claim only when stop unblocks it: the drain must give it back
+    unstarted, with no attempt counted, instead of leaving it leased to a stopped worker."""
+    from tests.runtime.conftest import test_settings
+
+    slow_poll = test_settings(idle_poll_ms=30_000)
+    client = Client(redis, slow_poll)
+    w = Worker(redis_url, queues=["rt-other"], settings=slow_poll)
+    await w.start()
+
+    async def blocked() -> bool:
+        return not w.loops[0]._claim_settled.is_set()
+
+    await eventually(blocked)
+    pool = await create_pool(redis_url)
+    job = await pool.enqueue_job("noop_other", key="late", _queue_name="rt-other")
+    assert job is not None
+    await pool.aclose()
+    await asyncio.wait_for(w.stop(), 10)  # unblocked at once, not after the 30 s poll
+    kinds = [f[b"type"] for _, f in await redis.xrange("rt:events") if f[b"job_id"] == job.job_id.encode()]
+    assert kinds == [b"started", b"requeued"]  # the queued claim ran at stop and the drain gave the job back
+    assert await redis.zscore("rt-other", job.job_id) is not None  # back in the queue
+    assert await redis.zcard("rt:active:rt-other") == 0
+    assert not await redis.exists(f"arq:in-progress:{job.job_id}")
+    assert (await client.status(job.job_id)).attempts == 0
+    async with Worker(redis_url, queues=["rt-other"], settings=test_settings()):
+        st = await client.wait(job.job_id, timeout=10)
+    assert st.state == "complete" and st.attempts == 1 and st.result == "late"

@@ -48,6 +48,11 @@ class _Running:
     lost: bool = False
 
 
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()
+
+
 class QueueLoop:
     """Claims and runs the jobs of one queue: at most ``concurrency`` execute, and up to ``prefetch`` more are
     claimed ahead (leased, in a local buffer) so the next job starts as soon as a slot frees."""
@@ -69,7 +74,10 @@ class QueueLoop:
         self._claims = 0
         self._max_claims = CLAIMS_IN_FLIGHT if worker.pipe is not None else 1
         self._wake = asyncio.Event()
-        self._idle = asyncio.Event()  # set while the claim loop waits for work (the last claim found none)
+        self._idle = asyncio.Event()  # set while the claim loop waits on a local timer for a job due soon
+        self._wake_pipe = Pipe.for_client(worker.blocking)  # BLPOP + pipelined claim (None: plain redis-py BLPOP)
+        self._claim_settled = asyncio.Event()  # cleared while a claim is queued behind a blocked BLPOP
+        self._claim_settled.set()
         self._finished: list[tuple[str, Outcome]] = []
         self._flush = asyncio.Event()
         self._keys = [
@@ -95,6 +103,7 @@ class QueueLoop:
 
     async def claim_loop(self) -> None:
         w, s = self.w, self.w.settings
+        deep = False  # the last claim found nothing due within the poll interval
         while not w.stopping:
             free = self.capacity - len(self.running) - self._reserved
             if free <= 0 or self._claims >= self._max_claims:
@@ -105,18 +114,12 @@ class QueueLoop:
             self._reserved += n
             self._claims += 1
             try:
-                res = await w.scripts.claim(
-                    keys=self._keys,
-                    args=[
-                        n,
-                        s.lease_ms,
-                        w.worker_id,
-                        s.events_maxlen,
-                        self._rate,
-                        self._burst,
-                        self.queue,
-                    ],
-                )
+                if deep and self._wake_pipe is not None:
+                    # Block in Redis with the claim queued behind the BLPOP on the same connection: Redis claims
+                    # the moment a job is enqueued, with no round trip in between (the timeout is the poll).
+                    res = await self._block_then_claim(self._wake_pipe, n)
+                else:
+                    res = await w.scripts.claim(keys=self._keys, args=self._claim_args(n))
             except RedisError as exc:
                 log.error("claim on %s failed (%s); retrying in 1s", self.queue, exc)
                 await asyncio.sleep(1)
@@ -126,24 +129,57 @@ class QueueLoop:
                 self._claims -= 1
             retry_after, next_due = int(res[0]), int(res[1])  # ms to wait / until the next due job
             if self._start(res):
+                deep = False
                 continue
+            deep = retry_after <= 0 and (next_due < 0 or next_due >= s.idle_poll_ms)
+            if deep and self._wake_pipe is not None:
+                continue
+            # Something is due soon (or rate-limited): wait on a local timer, which is exact (Redis checks
+            # blocking timeouts only when its event loop wakes, ~100 ms), or until the wake loop sees an enqueue.
             wait_ms = s.idle_poll_ms
             if next_due >= 0:
                 wait_ms = min(wait_ms, max(next_due, 1))
             if retry_after > 0:
                 wait_ms = min(wait_ms, retry_after)
-            # a local timer is exact; Redis checks blocking timeouts only when its event loop wakes (~100 ms)
             self._idle.set()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), wait_ms / 1000)
             self._idle.clear()
             self._wake.clear()
 
-    async def wake_loop(self) -> None:
-        """Block on the queue's wake-up list (pushed by every enqueue) and wake the claim loop.
+    def _claim_args(self, n: int) -> list[Any]:
+        s = self.w.settings
+        return [n, s.lease_ms, self.w.worker_id, s.events_maxlen, self._rate, self._burst, self.queue]
 
-        Only while the claim loop is idle: a busy loop claims anyway, and a push meanwhile stays in the list
-        (it holds one element), so the next block returns at once and nothing is missed.
+    async def _block_then_claim(self, pipe: Pipe, n: int) -> list[Any]:
+        """BLPOP on the wake-up list (up to the poll interval) with a claim of ``n`` pipelined behind it.
+
+        The futures are shielded: on stop, ``unblock`` ends the wait and the claim's jobs reach the buffer,
+        from which the drain gives them back.
+        """
+        await pipe.connect()
+        self._claim_settled.clear()
+        try:
+            timeout = max(self.w.settings.idle_poll_ms / 1000, 0.1)
+            blocked = pipe.send("BLPOP", keys.wake(self.queue), timeout)
+            claimed = pipe.send("EVALSHA", self.w.scripts.claim.sha, len(self._keys), *self._keys, *self._claim_args(n))
+            for fut in (blocked, claimed):  # if this task is cancelled, nobody else reads their errors
+                fut.add_done_callback(_retrieve)
+            await asyncio.shield(blocked)
+            res: list[Any] = await asyncio.shield(claimed)
+            if self.w.stopping:
+                self._start(res)  # into the buffer now: the drain runs once the claim is settled
+                return [0, -1]
+            return res
+        finally:
+            self._claim_settled.set()
+
+    async def wake_loop(self) -> None:
+        """Block on the queue's wake-up list (pushed by every enqueue) and wake the claim loop while it waits on
+        a local timer (something is due soon).
+
+        Only then: a busy loop claims anyway, and a push meanwhile stays in the list (it holds one element), so
+        the next block returns at once and nothing is missed.
         """
         key, timeout = keys.wake(self.queue), max(self.w.settings.idle_poll_ms / 1000, 0.1)
         while True:
@@ -154,6 +190,15 @@ class QueueLoop:
                 log.error("waiting on %s failed (%s); retrying in 1s", key, exc)
                 await asyncio.sleep(1)
             self._wake.set()
+
+    async def unblock(self) -> None:
+        """Stop: end a blocked wait early (CLIENT UNBLOCK) and take in what its queued claim returns, so the
+        drain gives those jobs back instead of leaving them leased to a stopped worker."""
+        if self._claim_settled.is_set() or self._wake_pipe is None or self._wake_pipe.client_id is None:
+            return
+        await self.w.redis.client_unblock(self._wake_pipe.client_id)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._claim_settled.wait(), 5)
 
     def _start(self, res: list[Any]) -> int:
         """Take the jobs of a claim reply ({retry_after, next_due, id, payload, attempt, prio, ...})."""
@@ -384,6 +429,7 @@ class Worker:
             return
         self.stopping = True
         grace = self.settings.shutdown_grace_s if grace is None else grace
+        await asyncio.gather(*(lp.unblock() for lp in self.loops))
         for t in self._tasks:
             if t.get_name().startswith(("claim:", "wake:")):
                 t.cancel()
@@ -392,8 +438,9 @@ class Worker:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.executor.close_state()
-        if self.pipe is not None:
-            await self.pipe.aclose()
+        for pipe in [self.pipe, *(lp._wake_pipe for lp in self.loops)]:
+            if pipe is not None:
+                await pipe.aclose()
         await self.redis.aclose()
         await self.blocking.aclose()
         self._stopped.set()

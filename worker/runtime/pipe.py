@@ -19,7 +19,7 @@ import asyncio
 import hashlib
 from collections import deque
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import hiredis
 from redis._parsers.base import BaseParser  # redis-py's mapping of error replies to exceptions
@@ -84,6 +84,7 @@ class Pipe:
         self._out: list[bytes] = []
         self._connecting: asyncio.Future[None] | None = None
         self._closed = False
+        self.client_id: int | None = None  # CLIENT ID of the current connection (for CLIENT UNBLOCK)
 
     @classmethod
     def for_client(cls, redis: Redis) -> Pipe | None:
@@ -101,9 +102,18 @@ class Pipe:
 
     async def call(self, *args: Any) -> Any:
         """Send one command (in the next write) and wait for its reply."""
+        await self.connect()
+        return await self._send(encode(args))
+
+    async def connect(self) -> None:
+        """Connect unless connected (``call`` does this by itself; ``send`` needs it done)."""
         if self._transport is None or self._loop is not asyncio.get_running_loop():
             await self._connect()
-        return await self._send(encode(args))
+
+    def send(self, *args: Any) -> asyncio.Future[Any]:
+        """Queue one command right now, without awaiting (so several go out back to back); the future gets the
+        reply. Needs a connection: ``await connect()`` first."""
+        return self._send(encode(args))
 
     async def evalsha(self, sha: str, script: str, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         """EVALSHA, falling back to EVAL (which caches the script) when the server does not know it yet."""
@@ -158,9 +168,12 @@ class Pipe:
                 setup.append(self._send(encode(["AUTH", *self._auth])))
             if self._db:
                 setup.append(self._send(encode(["SELECT", self._db])))
-            for failure in await asyncio.gather(*setup, return_exceptions=True):
-                if isinstance(failure, BaseException):
-                    raise failure
+            setup.append(self._send(encode(["CLIENT", "ID"])))
+            replies = await asyncio.gather(*setup, return_exceptions=True)
+            for reply in replies:
+                if isinstance(reply, BaseException):
+                    raise reply
+            self.client_id = int(cast(int, replies[-1]))
             self._connecting.set_result(None)
         except BaseException as exc:
             self._connecting.set_exception(exc)
