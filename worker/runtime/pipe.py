@@ -126,8 +126,10 @@ class Pipe:
         if self._transport is None or self._loop is None:
             raise RedisConnectionError("not connected to Redis")
         fut = self._loop.create_future()
+        idle = not self._waiters
         self._waiters.append(fut)
-        if len(command) >= FLUSH_NOW_BYTES:  # a big command gains nothing from waiting: Redis can start now
+        if (idle and not self._out) or len(command) >= FLUSH_NOW_BYTES:
+            # nothing in flight (a lone caller pays no extra loop turn), or big enough to gain nothing by waiting
             self._out.append(command)
             self._flush()
             return fut
