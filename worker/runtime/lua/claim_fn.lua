@@ -66,7 +66,7 @@ local function claim(k, now, n, lease, owner, maxlen, rate, burst, qname)
       job_keys[#job_keys + 1] = 'arq:job:' .. id
       local attempt = redis.call('HINCRBY', 'rt:info:' .. id, 'a', 1)
       if maxlen > 0 then
-        redis.call('XADD', k.events, 'MAXLEN', '~', maxlen, '*', 'type', 'started', 'job_id', id, 'queue', qname,
+        redis.call('XADD', k.events, '*', 'type', 'started', 'job_id', id, 'queue', qname,
           'attempt', attempt)
       end
       out[#out + 1] = id
@@ -76,6 +76,7 @@ local function claim(k, now, n, lease, owner, maxlen, rate, burst, qname)
     end
   end
   if #claimed > 0 then
+    if maxlen > 0 then redis.call('XTRIM', k.events, 'MAXLEN', '~', maxlen) end  -- once, not per XADD
     redis.call('ZREM', k.queue, unpack(claimed))
     redis.call('ZADD', k.active, unpack(active_args))
     local payloads = redis.call('MGET', unpack(job_keys))

@@ -47,7 +47,7 @@ for i = 11, #ARGV, 2 do
       redis.call('EXPIRE', ik, idem_ttl)
     end
     if maxlen > 0 then
-      redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', 'type', 'enqueued', 'job_id', id,
+      redis.call('XADD', KEYS[1], '*', 'type', 'enqueued', 'job_id', id,
         'function', fn, 'queue', queue, 'run_at', math.floor(run_at))
     end
     out[#out + 1] = id; out[#out + 1] = 1
@@ -58,6 +58,7 @@ if #queued > 0 then
   redis.call('ZADD', KEYS[3], unpack(queued))
 end
 if added > 0 then
+  if maxlen > 0 then redis.call('XTRIM', KEYS[1], 'MAXLEN', '~', maxlen) end  -- once, not per XADD
   redis.call('LPUSH', KEYS[2], 1)
   redis.call('LTRIM', KEYS[2], 0, 0)
 end

@@ -32,7 +32,7 @@ end
 
 local function event(j, kind, extra_k, extra_v)
   if maxlen > 0 then
-    redis.call('XADD', KEYS[4], 'MAXLEN', '~', maxlen, '*', 'type', kind, 'job_id', j[1], 'function', j[3],
+    redis.call('XADD', KEYS[4], '*', 'type', kind, 'job_id', j[1], 'function', j[3],
       'queue', queue, 'attempt', j[4], extra_k, extra_v)
   end
 end
@@ -113,6 +113,7 @@ out[1] = #jobs
 for i, j in ipairs(jobs) do
   out[i + 1] = finish(i, j)
 end
+if maxlen > 0 and #jobs > 0 then redis.call('XTRIM', KEYS[4], 'MAXLEN', '~', maxlen) end  -- once, not per XADD
 if #dels > 0 then redis.call('DEL', unpack(dels)) end
 if #released > 0 then redis.call('ZREM', KEYS[3], unpack(released)) end
 for field, n in pairs(stats) do
