@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import enum
 
 import pytest
 from redis.asyncio import Redis
@@ -10,7 +11,7 @@ from redis.exceptions import AuthenticationError, DataError, NoScriptError, Resp
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from worker.devstack import RedisServer
-from worker.runtime.pipe import Pipe, sha1
+from worker.runtime.pipe import Pipe, encode, sha1
 
 
 async def test_concurrent_calls_share_one_connection_and_get_their_own_replies_in_order(redis: Redis) -> None:
@@ -113,3 +114,18 @@ def test_tls_clients_are_left_to_redis_py() -> None:
     assert Pipe.for_client(Redis.from_url("rediss://127.0.0.1:6390/0")) is None
     unix = Pipe.for_client(Redis.from_url("unix:///tmp/redis.sock?db=2"))
     assert unix is not None and unix._where[2] == "/tmp/redis.sock" and unix._db == 2
+
+
+def test_encode_sends_every_supported_argument_type_as_a_bulk_string() -> None:
+    class Name(enum.StrEnum):
+        A = "a"
+
+    class Level(enum.IntEnum):
+        B = 3
+
+    assert encode(["SET", Name.A, Level.B, 1.5, 7, b"\x00", bytearray(b"y")]) == (
+        b"*7\r\n$3\r\nSET\r\n$1\r\na\r\n$1\r\n3\r\n$3\r\n1.5\r\n$1\r\n7\r\n$1\r\n\x00\r\n$1\r\ny\r\n"
+    )
+    for bad in (True, None, [1]):
+        with pytest.raises(DataError):
+            encode([bad])

@@ -33,20 +33,32 @@ FLUSH_NOW_BYTES = 8192  # commands at least this big are written at once instead
 
 def encode(args: Sequence[Any]) -> bytes:
     """One command in RESP: an array of bulk strings (bytes, str, int or float arguments)."""
-    parts = [b"*%d\r\n" % len(args)]
+    out = [b"*%d\r\n" % len(args)]
+    add = out.append
     for a in args:
-        if isinstance(a, bytes):
+        kind = type(a)  # exact type checks first: this runs for every argument of every hot-path call
+        if kind is bytes:
             b = a
-        elif isinstance(a, str):
+        elif kind is str:
             b = a.encode()
+        elif kind is int:
+            b = b"%d" % a
+        elif kind is float:
+            b = repr(a).encode()
+        elif isinstance(a, bytes | bytearray | memoryview):
+            b = bytes(a)
+        elif isinstance(a, str):
+            b = str.encode(a)
         elif isinstance(a, int) and not isinstance(a, bool):
             b = b"%d" % a
         elif isinstance(a, float):
-            b = repr(a).encode()
+            b = repr(float(a)).encode()
         else:
             raise DataError(f"invalid argument type {type(a).__name__}: pass bytes, str, int or float")
-        parts.append(b"$%d\r\n%s\r\n" % (len(b), b))
-    return b"".join(parts)
+        add(b"$%d\r\n" % len(b))
+        add(b)
+        add(b"\r\n")
+    return b"".join(out)
 
 
 class _Protocol(asyncio.Protocol):
