@@ -104,6 +104,19 @@ class Recorder:
 REC = Recorder()
 
 
+# The no-op and 10 ms jobs of the peers whose job functions take the payload as keyword arguments (arq, SAQ);
+# both name jobs after the function, so the names matter.
+async def noop(ctx: dict[str, Any], **kw: Any) -> None:
+    REC.start(kw)
+    REC.end()
+
+
+async def sleep(ctx: dict[str, Any], **kw: Any) -> None:
+    REC.start(kw)
+    await asyncio.sleep(SLEEP_S)
+    REC.end()
+
+
 def crash_started(attempt: int | None) -> None:
     """Called by the 'crash' job of every system when it starts."""
     emit({"event": "job_started", "t": time.time(), "attempt": attempt})

@@ -14,7 +14,7 @@ from arq import create_pool
 from arq.connections import ArqRedis, RedisSettings
 from arq.worker import Worker, func
 
-from bench.common import CRASH_SLEEP_S, JOB_TIMEOUT_S, QUEUE, REC, SLEEP_S, Adapter, JobData, crash_started, main
+from bench.common import CRASH_SLEEP_S, JOB_TIMEOUT_S, QUEUE, REC, Adapter, JobData, crash_started, main, noop, sleep
 
 QUEUE_NAME = f"arq:{QUEUE}"
 
@@ -24,17 +24,6 @@ def _serialize(obj: Any) -> bytes:
 
 
 _deserialize = functools.partial(msgpack.unpackb, raw=False)
-
-
-async def noop(ctx: dict[str, Any], **kw: Any) -> None:
-    REC.start(kw)
-    REC.end()
-
-
-async def sleep(ctx: dict[str, Any], **kw: Any) -> None:
-    REC.start(kw)
-    await asyncio.sleep(SLEEP_S)
-    REC.end()
 
 
 async def crash(ctx: dict[str, Any], **kw: Any) -> None:

@@ -9,18 +9,7 @@ from typing import Any
 
 from saq import Queue, Worker
 
-from bench.common import CRASH_SLEEP_S, JOB_TIMEOUT_S, QUEUE, REC, SLEEP_S, Adapter, JobData, crash_started, main
-
-
-async def noop(ctx: dict[str, Any], **kw: Any) -> None:
-    REC.start(kw)
-    REC.end()
-
-
-async def sleep(ctx: dict[str, Any], **kw: Any) -> None:
-    REC.start(kw)
-    await asyncio.sleep(SLEEP_S)
-    REC.end()
+from bench.common import CRASH_SLEEP_S, JOB_TIMEOUT_S, QUEUE, REC, Adapter, JobData, crash_started, main, noop, sleep
 
 
 async def crash(ctx: dict[str, Any], **kw: Any) -> None:
