@@ -270,3 +270,20 @@ async def test_stopping_an_idle_worker_gives_back_what_its_blocked_claim_took(re
     async with Worker(redis_url, queues=["rt-other"], settings=test_settings()):
         st = await client.wait(job.job_id, timeout=10)
     assert st.state == "complete" and st.attempts == 1 and st.result == "late"
+
+
+async def test_idle_worker_recovers_when_redis_forgets_its_scripts(
+    redis_url: str, redis: Redis, settings: Settings, client: Client
+) -> None:
+    """SCRIPT FLUSH (as after a Redis restart) while the idle worker's claim waits behind its BLPOP: that claim
+    fails with NOSCRIPT, and the worker reloads the script and runs the job instead of failing forever."""
+    async with Worker(redis_url, queues=["rt-other"], settings=settings) as w:
+
+        async def blocked() -> bool:
+            return not w.loops[0]._claim_settled.is_set()
+
+        await eventually(blocked)
+        await redis.script_flush()
+        r = await client.enqueue("noop_other", {"key": "after-flush"})
+        st = await client.wait(r.job_id, timeout=15)
+    assert st.state == "complete" and st.result == "after-flush"

@@ -122,6 +122,7 @@ class QueueLoop:
                     res = await w.scripts.claim(keys=self._keys, args=self._claim_args(n))
             except RedisError as exc:
                 log.error("claim on %s failed (%s); retrying in 1s", self.queue, exc)
+                deep = False  # retry through Script, which reloads the script if Redis lost it (restart, flush)
                 await asyncio.sleep(1)
                 continue
             finally:
