@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
@@ -14,58 +15,54 @@ from worker.devstack import RedisServer
 from worker.runtime.pipe import Pipe, encode, sha1
 
 
-async def test_concurrent_calls_share_one_connection_and_get_their_own_replies_in_order(redis: Redis) -> None:
-    pipe = Pipe.for_client(redis)
-    assert pipe is not None
-    try:
-        replies = await asyncio.gather(*(pipe.call("INCR", "n") for _ in range(500)))
-        assert replies == list(range(1, 501))  # sent and answered in call order
-        clients = [c for c in await redis.client_list() if c.get("cmd") == "incr"]
-        assert len(clients) == 1  # one connection carried all 500
-        assert await pipe.call("SET", "k", b"\x00\xffbin") == b"OK"
-        assert await pipe.call("GET", "k") == b"\x00\xffbin"
-        assert await pipe.call("HSET", "h", "f", 1.5, "g", 7) == 2
-        assert await redis.hgetall("h") == {b"f": b"1.5", b"g": b"7"}
-    finally:
-        await pipe.aclose()
+@pytest.fixture
+async def pipe(redis: Redis) -> AsyncIterator[Pipe]:
+    """A pipe to the test Redis, closed after the test."""
+    made = Pipe.for_client(redis)
+    assert made is not None
+    yield made
+    await made.aclose()
 
 
-async def test_error_replies_raise_redis_py_exceptions_and_keep_the_order(redis: Redis) -> None:
-    pipe = Pipe.for_client(redis)
-    assert pipe is not None
-    try:
-        await redis.set("str", "x")
-        results = await asyncio.gather(
-            pipe.call("INCR", "a"), pipe.call("LPUSH", "str", 1), pipe.call("INCR", "a"), return_exceptions=True
-        )
-        assert results[0] == 1 and results[2] == 2
-        assert isinstance(results[1], ResponseError) and "WRONGTYPE" in str(results[1])
-        with pytest.raises(NoScriptError):
-            await pipe.call("EVALSHA", "0" * 40, 0)
-        with pytest.raises(DataError):
-            await pipe.call("SET", "k", None)
-        script = "return ARGV[1] .. 'x'"
-        assert await pipe.evalsha(sha1(script), script, [], ["a"]) == b"ax"  # unknown: EVAL loads it
-        assert await redis.script_exists(sha1(script)) == [True]
-        await redis.script_flush()
-        assert await pipe.evalsha(sha1(script), script, [], ["b"]) == b"bx"  # flushed: loaded again
-    finally:
-        await pipe.aclose()
+async def test_concurrent_calls_share_one_connection_and_get_their_own_replies_in_order(
+    redis: Redis, pipe: Pipe
+) -> None:
+    replies = await asyncio.gather(*(pipe.call("INCR", "n") for _ in range(500)))
+    assert replies == list(range(1, 501))  # sent and answered in call order
+    clients = [c for c in await redis.client_list() if c.get("cmd") == "incr"]
+    assert len(clients) == 1  # one connection carried all 500
+    assert await pipe.call("SET", "k", b"\x00\xffbin") == b"OK"
+    assert await pipe.call("GET", "k") == b"\x00\xffbin"
+    assert await pipe.call("HSET", "h", "f", 1.5, "g", 7) == 2
+    assert await redis.hgetall("h") == {b"f": b"1.5", b"g": b"7"}
 
 
-async def test_a_cancelled_caller_does_not_shift_the_replies_of_others(redis: Redis) -> None:
-    pipe = Pipe.for_client(redis)
-    assert pipe is not None
-    try:
-        await redis.rpush("l", "v")
-        slow = asyncio.create_task(pipe.call("BLPOP", "empty", 0.3))  # blocks the connection for 0.3 s
-        after = asyncio.create_task(pipe.call("LPOP", "l"))
-        await asyncio.sleep(0.05)
-        slow.cancel()
-        assert await after == b"v"  # the BLPOP's nil reply was dropped, not handed to LPOP
-        assert await pipe.call("PING") == b"PONG"
-    finally:
-        await pipe.aclose()
+async def test_error_replies_raise_redis_py_exceptions_and_keep_the_order(redis: Redis, pipe: Pipe) -> None:
+    await redis.set("str", "x")
+    results = await asyncio.gather(
+        pipe.call("INCR", "a"), pipe.call("LPUSH", "str", 1), pipe.call("INCR", "a"), return_exceptions=True
+    )
+    assert results[0] == 1 and results[2] == 2
+    assert isinstance(results[1], ResponseError) and "WRONGTYPE" in str(results[1])
+    with pytest.raises(NoScriptError):
+        await pipe.call("EVALSHA", "0" * 40, 0)
+    with pytest.raises(DataError):
+        await pipe.call("SET", "k", None)
+    script = "return ARGV[1] .. 'x'"
+    assert await pipe.evalsha(sha1(script), script, [], ["a"]) == b"ax"  # unknown: EVAL loads it
+    assert await redis.script_exists(sha1(script)) == [True]
+    await redis.script_flush()
+    assert await pipe.evalsha(sha1(script), script, [], ["b"]) == b"bx"  # flushed: loaded again
+
+
+async def test_a_cancelled_caller_does_not_shift_the_replies_of_others(redis: Redis, pipe: Pipe) -> None:
+    await redis.rpush("l", "v")
+    slow = asyncio.create_task(pipe.call("BLPOP", "empty", 0.3))  # blocks the connection for 0.3 s
+    after = asyncio.create_task(pipe.call("LPOP", "l"))
+    await asyncio.sleep(0.05)
+    slow.cancel()
+    assert await after == b"v"  # the BLPOP's nil reply was dropped, not handed to LPOP
+    assert await pipe.call("PING") == b"PONG"
 
 
 async def test_connection_loss_fails_pending_calls_and_the_next_call_reconnects(redis: Redis) -> None:

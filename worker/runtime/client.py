@@ -40,7 +40,7 @@ def now_ms() -> int:
 
 def new_job_id() -> str:
     """16 URL-safe base64 characters (96 random bits): short ids keep Redis memory per job low."""
-    return base64.urlsafe_b64encode(os.urandom(12)).decode()
+    return new_job_ids(1)[0]
 
 
 def new_job_ids(n: int) -> list[str]:

@@ -26,7 +26,6 @@ from worker.runtime import keys
 from worker.runtime.client import new_job_id
 from worker.runtime.executor import Executor, Outcome
 from worker.runtime.pipe import Pipe
-from worker.runtime.scripts import Scripts
 from worker.runtime.spec import Registry, registry
 
 log = logging.getLogger("worker.runtime")
@@ -74,6 +73,7 @@ class QueueLoop:
         self._claims = 0
         self._max_claims = CLAIMS_IN_FLIGHT if worker.pipe is not None else 1
         self._wake = asyncio.Event()
+        self._poll_s = max(worker.settings.idle_poll_ms, 100) / 1000  # longest blocking wait on the wake-up list
         self._idle = asyncio.Event()  # set while the claim loop waits on a local timer for a job due soon
         self._wake_pipe = Pipe.for_client(worker.blocking)  # BLPOP + pipelined claim (None: plain redis-py BLPOP)
         self._claim_settled = asyncio.Event()  # cleared while a claim is queued behind a blocked BLPOP
@@ -167,9 +167,8 @@ class QueueLoop:
         await pipe.connect()
         self._claim_settled.clear()
         try:
-            timeout = max(self.w.settings.idle_poll_ms / 1000, 0.1)
-            blocked = pipe.send("BLPOP", keys.wake(self.queue), timeout)
-            claimed = pipe.send("EVALSHA", self.w.scripts.claim.sha, len(self._keys), *self._keys, *self._claim_args(n))
+            blocked = pipe.send("BLPOP", keys.wake(self.queue), self._poll_s)
+            claimed = pipe.send(*self.w.scripts.claim.command(self._keys, self._claim_args(n)))
             for fut in (blocked, claimed):  # if this task is cancelled, nobody else reads their errors
                 fut.add_done_callback(_retrieve)
             await asyncio.shield(blocked)
@@ -188,11 +187,11 @@ class QueueLoop:
         Only then: a busy loop claims anyway, and a push meanwhile stays in the list (it holds one element), so
         the next block returns at once and nothing is missed.
         """
-        key, timeout = keys.wake(self.queue), max(self.w.settings.idle_poll_ms / 1000, 0.1)
+        key = keys.wake(self.queue)
         while True:
             await self._idle.wait()
             try:
-                await self.w.blocking.blpop([key], timeout=timeout)  # type: ignore[arg-type]
+                await self.w.blocking.blpop([key], timeout=self._poll_s)  # type: ignore[arg-type]
             except RedisError as exc:
                 log.error("waiting on %s failed (%s); retrying in 1s", key, exc)
                 await asyncio.sleep(1)
@@ -377,8 +376,8 @@ class Worker:
         self.registry = registry
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{new_job_id()[:6]}"
         self.pipe = Pipe.for_client(self.redis)  # claims, finishes and renewals share one ordered connection
-        self.scripts = Scripts(self.redis, self.pipe)
         self.executor = Executor(self.redis, self.settings, registry, self.worker_id, self.pipe)
+        self.scripts = self.executor.scripts
         names = list(queues) if queues else registry.queues()
         self.loops = [QueueLoop(self, q, concurrency or self.settings.queue(q).concurrency) for q in names]
         self.stopping = False

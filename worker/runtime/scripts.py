@@ -48,6 +48,11 @@ class Script:
         else:
             await self._redis_script.registered_client.script_load(self.text)
 
+    def command(self, keys: Sequence[Any], args: Sequence[Any]) -> list[Any]:
+        """The EVALSHA command for a connection of the caller's choosing (e.g. pipelined behind a blocking
+        command); no EVAL fallback, so the script must be loaded (the worker loads all at start)."""
+        return ["EVALSHA", self.sha, len(keys), *keys, *args]
+
     async def __call__(self, keys: Sequence[Any] = (), args: Sequence[Any] = ()) -> Any:
         if self.pipe is not None:
             return await self.pipe.evalsha(self.sha, self.text, keys, args)
