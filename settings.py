@@ -59,7 +59,9 @@ class Settings(BaseSettings):
     heartbeat_ms: int = Field(1500, ge=100)
     shutdown_grace_s: float = Field(10.0, ge=0)
     idle_poll_ms: int = Field(1000, ge=10, description="fallback wake-up for producers that skip the marker")
-    claim_batch: int = Field(100, ge=1, le=1000, description="jobs claimed per script call")
+    claim_batch: int = Field(
+        100, ge=1, le=1000, description="most jobs claimed per script call (also at most the queue's concurrency)"
+    )
 
     idempotency_ttl: int = Field(86400, ge=1)
     sync_interval_s: float = Field(300.0, gt=0, description="how often every active mailbox is synced")
