@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+DEV_SECRET_KEY = "dev-only-insecure-key-change-me"
 QUEUE_NAMES = ("email-sync", "send-email", "ai-analysis", "scheduled-emails")
 
 
@@ -70,8 +71,18 @@ class Settings(BaseSettings):
     dead_letter_retention_s: int = Field(14 * 86400, ge=60)
     dead_letter_max: int = Field(100_000, ge=10)
 
+    database_url: str | None = Field(
+        None,
+        description="postgresql://... (asyncpg) or sqlite:///path (aiosqlite); unset = SQLite file in data_dir",
+    )
+    data_dir: str = Field("data", description="where the embedded SQLite database lives when DATABASE_URL is unset")
+    database_pool_size: int = Field(10, ge=1, le=1000, description="connections kept open per process")
+    database_max_overflow: int = Field(10, ge=0, le=1000, description="extra connections under load")
+    database_pool_timeout_s: float = Field(10.0, gt=0, description="longest wait for a pooled connection")
+
     secret_key: SecretStr = Field(
-        SecretStr("dev-only-insecure-key-change-me"), description="encrypts stored credentials"
+        SecretStr(DEV_SECRET_KEY),
+        description="encrypts stored credentials; several comma-separated keys: the first encrypts, all decrypt",
     )
     api_admin_token: SecretStr = Field(SecretStr("dev-admin-token"))
 

@@ -17,6 +17,21 @@ _PER_QUEUE = {
 }
 
 
+def _checked(cls: Any) -> Any:
+    """arq settings whose startup first checks the store's schema (as `worker run` does)."""
+    from settings import get_settings
+    from worker.store.commands import check_store
+
+    start = cls.on_startup
+
+    async def on_startup(ctx: dict[str, Any]) -> None:
+        await check_store(get_settings())
+        await start(ctx)
+
+    cls.on_startup = staticmethod(on_startup)
+    return cls
+
+
 def __getattr__(name: str) -> Any:
     """Build arq settings classes lazily, so importing `worker` stays cheap."""
     if name == "WorkerSettings" or name in _PER_QUEUE:
@@ -24,5 +39,5 @@ def __getattr__(name: str) -> Any:
         from worker.runtime.arq_compat import worker_settings
 
         queue = _PER_QUEUE.get(name) or os.environ.get("WORKER_QUEUE", "email-sync")
-        return worker_settings(queue)
+        return _checked(worker_settings(queue))
     raise AttributeError(name)

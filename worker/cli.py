@@ -27,6 +27,8 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn
 from rich.table import Table
 
 from settings import QUEUE_NAMES, Settings, get_settings
+from worker.store import commands as store_commands
+from worker.store.commands import StoreCommandError
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 PIPE_WIDTH = 160  # when output is not a terminal (CI logs, pipes): do not squeeze tables into 80 columns
@@ -45,6 +47,7 @@ class CliError(Exception):
 def _run(args: argparse.Namespace) -> int:
     from worker.runtime import Worker, registry
     from worker.runtime.local import ensure_redis
+    from worker.store.commands import check_store
 
     for mod in args.imports or ["worker.jobs"]:
         importlib.import_module(mod)
@@ -56,11 +59,15 @@ def _run(args: argparse.Namespace) -> int:
         return 2
 
     async def main() -> None:
+        await check_store(settings)  # schema at head, else one line naming `worker db upgrade`
         async with ensure_redis(settings) as url:
             await Worker(url, queues=queues, concurrency=args.concurrency, settings=settings).run_forever()
 
     _install_loop()
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except StoreCommandError as exc:
+        raise CliError(str(exc)) from None
     return 0
 
 
@@ -456,6 +463,7 @@ def _api(args: argparse.Namespace) -> int:
 
     from worker.api import create_app
     from worker.runtime.local import ensure_redis
+    from worker.store.commands import check_store
 
     settings = get_settings()
     default_token = settings.api_admin_token == Settings.model_fields["api_admin_token"].default
@@ -463,6 +471,7 @@ def _api(args: argparse.Namespace) -> int:
         raise CliError(f"refusing to serve on {args.host} with the development admin token: set API_ADMIN_TOKEN", 2)
 
     async def main() -> None:
+        await check_store(settings)
         async with ensure_redis(settings) as url:
             config = uvicorn.Config(
                 create_app(settings, redis_url=url), host=args.host, port=args.port, timeout_graceful_shutdown=2
@@ -470,7 +479,10 @@ def _api(args: argparse.Namespace) -> int:
             await uvicorn.Server(config).serve()
 
     _install_loop()
-    return _arun(_as_int(main()))
+    try:
+        return _arun(_as_int(main()))
+    except StoreCommandError as exc:
+        raise CliError(str(exc)) from None
 
 
 async def _as_int(coro: Coroutine[Any, Any, None]) -> int:
@@ -623,6 +635,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep the API and dashboard up after the story until Ctrl-C (default: only when run in a terminal)",
     )
     demo.set_defaults(func=_demo)
+    store_commands.add_parsers(sub)
     return p
 
 

@@ -18,6 +18,7 @@ import os
 import shutil
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -88,6 +89,7 @@ class Stack:
 
     redis_url: str = ""
     redis_note: str = ""
+    database_note: str = ""
     smtp_port: int = 0
     imap_port: int = 0
     api_url: str = ""
@@ -113,6 +115,31 @@ async def local_redis(settings: Settings) -> AsyncIterator[tuple[str, str]]:
         yield server.url, f"private redis-server on :{server.port}"
     finally:
         server.stop()
+
+
+@contextlib.asynccontextmanager
+async def local_database(settings: Settings) -> AsyncIterator[tuple[Settings, str]]:
+    """DATABASE_URL if set (it must be migrated), else a private SQLite file created for this run and removed
+    after it (so the demo never touches the embedded default database)."""
+    from worker.store.commands import check_store
+    from worker.store.sql.engine import create_engine
+    from worker.store.sql.schema import upgrade
+
+    if settings.database_url:
+        await check_store(settings)
+        yield settings, "DATABASE_URL"
+        return
+    directory = tempfile.mkdtemp(prefix="worker-demo-")
+    try:
+        settings = settings.model_copy(update={"database_url": f"sqlite:///{directory}/demo.db"})
+        engine = create_engine(settings)
+        try:
+            await upgrade(engine)
+        finally:
+            await engine.dispose()
+        yield settings, "private SQLite file"
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -402,8 +429,8 @@ def summary(steps: list[Step], stack: Stack, settings: Settings) -> None:
     console.print(table)
     token = settings.api_admin_token.get_secret_value()
     console.print(
-        f"Local stack: Redis {stack.redis_note}, SMTP sink :{stack.smtp_port}, IMAP (pymap) "
-        f":{stack.imap_port}, workers for {', '.join(QUEUE_NAMES)}, API {stack.api_url}"
+        f"Local stack: Redis {stack.redis_note}, store {stack.database_note}, SMTP sink :{stack.smtp_port}, "
+        f"IMAP (pymap) :{stack.imap_port}, workers for {', '.join(QUEUE_NAMES)}, API {stack.api_url}"
     )
     console.print(f"Dashboard:   {stack.api_url}/dashboard#token={token}")
     console.print(f"API docs:    {stack.api_url}/docs     Metrics: {stack.api_url}/metrics")
@@ -429,32 +456,33 @@ async def run_demo(serve_after: bool | None = None, settings: Settings | None = 
     if missing:
         console.print(f"The demo needs {' and '.join(missing)}: pip install -e '.[test]' (or bash .ci/run demo)")
         return 2
-    settings = settings or get_settings()
+    config: Settings = settings or get_settings()
     main = asyncio.current_task()
     if main is not None:  # SIGTERM (e.g. a CI timeout) unwinds like Ctrl-C, so everything started is stopped
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
     if serve_after is None:
         serve_after = sys.stdout.isatty()
-    ai = "Claude (ANTHROPIC_API_KEY is set)" if settings.anthropic_api_key else "the offline analyzer"
+    ai = "Claude (ANTHROPIC_API_KEY is set)" if config.anthropic_api_key else "the offline analyzer"
     console.rule("[bold]Email worker demo")
     console.print(f"Sync a mailbox, analyse it with {ai}, send, schedule and dead-letter email — all locally.\n")
     stack = Stack()
     async with contextlib.AsyncExitStack() as stack_cm:
         with console.status("starting Redis, SMTP sink, IMAP server, workers and API …"):
-            stack.redis_url, stack.redis_note = await stack_cm.enter_async_context(local_redis(settings))
+            stack.redis_url, stack.redis_note = await stack_cm.enter_async_context(local_redis(config))
+            config, stack.database_note = await stack_cm.enter_async_context(local_database(config))
             stack.smtp_port = stack_cm.enter_context(smtp_sink(stack.received))
             stack.imap_port = await stack_cm.enter_async_context(imap_server())
             jobs = Registry()  # without the periodic schedule: a cron sync would race the story's own sync
             for spec in registry:
                 jobs.add(spec)
-            workers = Worker(stack.redis_url, queues=list(QUEUE_NAMES), settings=settings, registry=jobs)
+            workers = Worker(stack.redis_url, queues=list(QUEUE_NAMES), settings=config, registry=jobs)
             await stack_cm.enter_async_context(workers)
-            stack.api_url = await stack_cm.enter_async_context(serve(create_app(settings, redis_url=stack.redis_url)))
+            stack.api_url = await stack_cm.enter_async_context(serve(create_app(config, redis_url=stack.redis_url)))
         console.print(
             f"[green]✓[/] local stack up: Redis ({stack.redis_note}), SMTP :{stack.smtp_port}, "
             f"IMAP :{stack.imap_port} with {len(SAMPLE_MAIL)} messages, API {stack.api_url}"
         )
-        admin = {"Authorization": f"Bearer {settings.api_admin_token.get_secret_value()}"}
+        admin = {"Authorization": f"Bearer {config.api_admin_token.get_secret_value()}"}
         async with httpx.AsyncClient(base_url=stack.api_url, headers=admin, timeout=30) as api:
             story = Story(api, stack)
             await story.step("1. account", story.tenant_and_account)
@@ -466,7 +494,7 @@ async def run_demo(serve_after: bool | None = None, settings: Settings | None = 
             await story.step("7. queues", story.overview)
             if story.tenant is not None:
                 await story.tenant.aclose()
-        summary(story.steps, stack, settings)
+        summary(story.steps, stack, config)
         if serve_after:
             console.print("\nThe stack stays up so you can look around. Press Ctrl-C to stop and clean up.")
             await _until_interrupted()

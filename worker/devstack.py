@@ -1,11 +1,13 @@
-"""Start local servers the worker depends on (redis-server) on free loopback ports.
+"""Start local servers the worker depends on (redis-server, PostgreSQL) on free loopback ports.
 
-Used by the runner when REDIS_URL is unset and nothing answers, by the demo and by the test suite.
+Used by the runner when REDIS_URL is unset and nothing answers, by the demo and by the test suite (which
+also starts throwaway PostgreSQL clusters).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import socket
 import subprocess
@@ -96,3 +98,93 @@ class RedisServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def postgres_bindir() -> Path:
+    """Where initdb and pg_ctl live: PATH, else the newest /usr/lib/postgresql/<version>/bin (Debian)."""
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).resolve().parent
+    candidates = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+        key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0,
+    )
+    if not candidates:
+        raise RuntimeError("PostgreSQL is not installed (apt-get install postgresql)")
+    return candidates[-1].parent
+
+
+@dataclass
+class PostgresServer:
+    """A throwaway PostgreSQL cluster (initdb + pg_ctl in a temp dir, no fsync) on a free port.
+
+    initdb refuses to run as root: as root the cluster belongs to the `postgres` system user. The cluster's
+    superuser is `postgres` with trust authentication on 127.0.0.1 only.
+    """
+
+    port: int = field(default_factory=free_port)
+    workdir: Path | None = None
+    superuser: str = "postgres"
+
+    def url(self, database: str = "postgres", user: str | None = None) -> str:
+        return f"postgresql://{user or self.superuser}@127.0.0.1:{self.port}/{database}"
+
+    def _as_owner(self, *args: str) -> list[str]:
+        if os.geteuid() == 0:
+            return ["runuser", "-u", "postgres", "--", *args]
+        return list(args)
+
+    def start(self) -> PostgresServer:
+        bindir = postgres_bindir()
+        if self.workdir is None:
+            self.workdir = Path(tempfile.mkdtemp(prefix="worker-pg-"))
+            if os.geteuid() == 0:
+                shutil.chown(self.workdir, "postgres")
+            subprocess.run(
+                self._as_owner(
+                    str(bindir / "initdb"),
+                    "-D",
+                    str(self.workdir / "data"),
+                    "-U",
+                    self.superuser,
+                    "-A",
+                    "trust",
+                    "--no-sync",
+                    "-E",
+                    "UTF8",
+                    "--no-locale",
+                ),
+                check=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+        options = (
+            f"-p {self.port} -k {self.workdir} -c listen_addresses=127.0.0.1 -c fsync=off "
+            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+        )
+        self._pg_ctl("start", "-l", str(self.workdir / "pg.log"), "-o", options)
+        return self
+
+    def _pg_ctl(self, *args: str) -> None:
+        assert self.workdir is not None
+        pg_ctl = str(postgres_bindir() / "pg_ctl")
+        subprocess.run(
+            self._as_owner(pg_ctl, "-D", str(self.workdir / "data"), "-w", *args),
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+
+    def stop(self, *, remove: bool = False) -> None:
+        """Stop the server (fast shutdown: open connections are cut); `remove` deletes the cluster."""
+        if self.workdir is not None and (self.workdir / "data" / "postmaster.pid").exists():
+            self._pg_ctl("-m", "fast", "stop")
+        if remove and self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
+
+    def __enter__(self) -> PostgresServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop(remove=True)

@@ -11,8 +11,14 @@ from redis.asyncio import Redis
 from tests.support import job_registry, job_settings
 from tests.support.smtp import SmtpServer
 from worker.runtime import Client, Worker
-from worker.store import RedisStore
+from worker.store import SqlStore, open_store
 
+
+
+@pytest.fixture(autouse=True)
+def _store_database(database_url: str) -> str:
+    """Every test here gets an empty store database, exported as DATABASE_URL before any settings are built."""
+    return database_url
 
 @pytest.fixture
 def smtp() -> Iterator[SmtpServer]:
@@ -22,8 +28,11 @@ def smtp() -> Iterator[SmtpServer]:
 
 
 @pytest.fixture
-def store(redis: Redis) -> RedisStore:
-    return RedisStore(redis, job_settings().secret_key)
+async def store(database_url: str) -> AsyncIterator[SqlStore]:
+    """The store the workers use (same DATABASE_URL and secret key)."""
+    s = open_store(job_settings())
+    yield s
+    await s.aclose()
 
 
 @pytest.fixture
@@ -32,7 +41,9 @@ def client(redis: Redis) -> Client:
 
 
 @pytest.fixture
-async def worker(request: pytest.FixtureRequest, redis_url: str, redis: Redis) -> AsyncIterator[Worker]:
+async def worker(
+    request: pytest.FixtureRequest, redis_url: str, redis: Redis, database_url: str
+) -> AsyncIterator[Worker]:
     queues = request.module.WORKER_QUEUES
     async with Worker(redis_url, queues=queues, settings=job_settings(), registry=job_registry()) as w:
         yield w

@@ -21,7 +21,7 @@ from worker.ai.budget import TokenBudget
 from worker.jobs.ai_analysis import AnalyseMessage
 from worker.mail.message import parse_message
 from worker.runtime import Client, DeadLetters, Events, JobStatus, Worker, registry
-from worker.store import RedisStore
+from worker.store import open_store
 
 TENANT = "t1"
 QUEUE = "ai-analysis"
@@ -59,7 +59,7 @@ async def client(redis: Redis, settings: Settings) -> Client:
 
 
 @pytest.fixture
-async def worker(redis_url: str, redis: Redis, settings: Settings) -> AsyncIterator[Worker]:
+async def worker(redis_url: str, redis: Redis, settings: Settings, database_url: str) -> AsyncIterator[Worker]:
     async with Worker(redis_url, queues=[QUEUE], settings=settings) as w:
         yield w
 
@@ -76,8 +76,12 @@ async def add_message(
         msg[name.replace("_", "-")] = value
     msg["Message-ID"] = f"<{subject.replace(' ', '.')}@acme.example>"
     msg.set_content(body)
-    store = RedisStore(redis, Settings().secret_key)
-    [inserted] = await store.insert_messages(TENANT, "acc1", "INBOX", 1, [(next(_uids), (), parse_message(bytes(msg)))])
+    store = open_store(Settings())  # the test's DATABASE_URL
+    try:
+        item = (next(_uids), (), parse_message(bytes(msg)))
+        [inserted] = await store.insert_messages(TENANT, "acc1", "INBOX", 1, [item])
+    finally:
+        await store.aclose()
     return inserted.message_id
 
 
@@ -87,10 +91,13 @@ async def run(client: Client, message_id: str, timeout: float = 15) -> JobStatus
 
 
 async def stored(redis: Redis, message_id: str) -> dict[str, object] | None:
-    store = RedisStore(redis, Settings().secret_key)
-    message = await store.get_message(TENANT, message_id)
-    assert message is not None
-    return await store.get_analysis(TENANT, message.content_id)
+    store = open_store(Settings())
+    try:
+        message = await store.get_message(TENANT, message_id)
+        assert message is not None
+        return await store.get_analysis(TENANT, message.content_id)
+    finally:
+        await store.aclose()
 
 
 async def test_success_is_stored_by_content_and_counted(
@@ -117,10 +124,13 @@ async def test_duplicated_mail_is_analysed_once(
     st = await run(client, first)
     assert st.result["stored"] is True
     # the same mail synced into another account: another message id, the same content identity
-    store = RedisStore(redis, Settings().secret_key)
-    message = await store.get_message(TENANT, first)
-    assert message is not None
-    [copy] = await store.insert_messages(TENANT, "acc2", "INBOX", 7, [(1, (), message.parsed)])
+    store = open_store(Settings())
+    try:
+        message = await store.get_message(TENANT, first)
+        assert message is not None
+        [copy] = await store.insert_messages(TENANT, "acc2", "INBOX", 7, [(1, (), message.parsed)])
+    finally:
+        await store.aclose()
     assert copy.message_id != first and copy.content_id == message.content_id
     st2 = await run(client, copy.message_id)
     assert st2.state == "complete"

@@ -21,7 +21,8 @@ from worker.jobs.send_email import enqueue_send
 from worker.mail.imap import ImapConfig, open_imap
 from worker.mail.smtp import TlsMode
 from worker.runtime import Client, Events, JobStatus, Worker
-from worker.store import Account, OutboxIn, RedisStore, mailbox_key
+from worker.store import Account, Locks, OutboxIn, SqlStore, mailbox_key
+from worker.store.sql.messages import location_id
 
 ANALYSIS_QUEUE = "ai-analysis"
 
@@ -70,7 +71,7 @@ async def progress_events(redis: Redis, job_id: str) -> list[dict[str, object]]:
 
 
 async def test_initial_sync_of_1000_then_incremental(
-    worker: Worker, client: Client, store: RedisStore, dovecot: DovecotServer, redis: Redis
+    worker: Worker, client: Client, store: SqlStore, dovecot: DovecotServer, redis: Redis
 ) -> None:
     dovecot.append([make_mail(i) for i in range(1000)])
     account = await mail_account(store, imap_port=dovecot.port)
@@ -95,7 +96,7 @@ async def test_initial_sync_of_1000_then_incremental(
 
 
 async def test_crash_mid_sync_resumes_without_duplicates(
-    redis_url: str, client: Client, store: RedisStore, dovecot: DovecotServer, redis: Redis
+    redis_url: str, client: Client, store: SqlStore, dovecot: DovecotServer, redis: Redis
 ) -> None:
     dovecot.append([make_mail(i, body=f"{i} " + "x" * 20_000) for i in range(600)])
     account = await mail_account(store, imap_port=dovecot.port)
@@ -125,7 +126,7 @@ async def _progressed(client: Client, job_id: str) -> bool:
 
 
 async def test_uidvalidity_change_resyncs_without_duplicates_or_reanalysis(
-    worker: Worker, client: Client, store: RedisStore, imap: ImapServer, redis: Redis
+    worker: Worker, client: Client, store: SqlStore, imap: ImapServer, redis: Redis
 ) -> None:
     mails = [make_mail(i) for i in range(30)]
     imap.append(mails)
@@ -146,7 +147,7 @@ async def test_uidvalidity_change_resyncs_without_duplicates_or_reanalysis(
 
 
 async def test_server_killed_mid_fetch_fails_fast_and_retries(
-    worker: Worker, client: Client, store: RedisStore, dovecot: DovecotServer
+    worker: Worker, client: Client, store: SqlStore, dovecot: DovecotServer
 ) -> None:
     dovecot.append([make_mail(i, body=f"{i} " + "y" * 100_000) for i in range(300)])
     account = await mail_account(store, imap_port=dovecot.port, timeout_s=120)  # only a lost link can fail fast
@@ -189,22 +190,23 @@ def huge_attachment() -> bytes:
 
 
 async def test_broken_mime_odd_charsets_and_huge_attachments_do_not_stop_the_batch(
-    worker: Worker, client: Client, store: RedisStore, pymap: PymapServer, redis: Redis
+    worker: Worker, client: Client, store: SqlStore, pymap: PymapServer, redis: Redis
 ) -> None:
     mails = [make_mail(0), *BROKEN, huge_attachment(), make_mail(1)]
     pymap.append(mails)
     account = await mail_account(store, imap_port=pymap.port)
     result = report(await sync(client, account))
     assert result.new == len(mails) and await store.count_messages("t1", account.id) == len(mails)
-    ids = await store.redis.hvals(f"store:t1:uids:{account.id}:" + mailbox_key("INBOX") + f":{result.uidvalidity}")
-    stored = [await store.get_message("t1", i.decode()) for i in ids]
+    uids = await store.known_uids("t1", account.id, "INBOX", result.uidvalidity)
+    ids = [location_id("t1", account.id, "INBOX", result.uidvalidity, uid) for uid in uids]
+    stored = [await store.get_message("t1", i) for i in ids]
     by_subject = {m.parsed.subject: m for m in stored if m is not None}
     assert by_subject["Привет"].parsed.text.strip() == "Привет"
     assert by_subject["big"].parsed.attachments[0].size > 3_000_000
     assert sum(bool(m.parsed.defects) for m in stored if m is not None) >= 3
 
 
-async def test_flag_changes_and_expunges(worker: Worker, client: Client, store: RedisStore, imap: ImapServer) -> None:
+async def test_flag_changes_and_expunges(worker: Worker, client: Client, store: SqlStore, imap: ImapServer) -> None:
     imap.append([make_mail(i) for i in range(10)])
     account = await mail_account(store, imap_port=imap.port)
     first = report(await sync(client, account))
@@ -227,7 +229,7 @@ async def test_flag_changes_and_expunges(worker: Worker, client: Client, store: 
 
 
 async def test_cron_fans_out_once_per_mailbox_per_period(
-    worker: Worker, client: Client, store: RedisStore, dovecot: DovecotServer
+    worker: Worker, client: Client, store: SqlStore, dovecot: DovecotServer
 ) -> None:
     dovecot.command('CREATE "Archive"')
     await mail_account(store, "t1", imap_port=dovecot.port, mailboxes=["INBOX", "Archive"])
@@ -241,12 +243,13 @@ async def test_cron_fans_out_once_per_mailbox_per_period(
 
 
 async def test_one_sync_per_mailbox_at_a_time(
-    worker: Worker, client: Client, store: RedisStore, dovecot: DovecotServer
+    worker: Worker, client: Client, store: SqlStore, dovecot: DovecotServer, redis: Redis
 ) -> None:
     dovecot.append([make_mail(i) for i in range(3)])
     account = await mail_account(store, imap_port=dovecot.port)
     lock = f"sync:{account.id}:{mailbox_key('INBOX')}"
-    assert await store.acquire_lock("t1", lock, "another-job", 60)
+    locks = Locks(redis)
+    assert await locks.acquire("t1", lock, "another-job", 60)
     job = await client.enqueue("sync_mailbox", {"tenant_id": "t1", "account_id": account.id})
 
     async def deferred() -> bool:
@@ -254,14 +257,14 @@ async def test_one_sync_per_mailbox_at_a_time(
 
     await eventually(deferred, within=10)
     assert await store.count_messages("t1", account.id) == 0
-    await store.release_lock("t1", lock, "another-job")
+    await locks.release("t1", lock, "another-job")
     assert await client.reschedule(job.job_id, defer_by=0)
     status = await client.wait(job.job_id, timeout=30)
     assert report(status).new == 3 and status.attempts == 1
 
 
 async def test_bad_credentials_and_foreign_accounts_fail_permanently(
-    worker: Worker, client: Client, store: RedisStore, dovecot: DovecotServer
+    worker: Worker, client: Client, store: SqlStore, dovecot: DovecotServer
 ) -> None:
     wrong = await mail_account(store, imap_port=dovecot.port, password="wrong")
     status = await sync(client, wrong)
@@ -298,7 +301,7 @@ async def _everything(redis: Redis) -> bytes:
 async def test_the_account_secret_never_leaks_into_redis_results_or_logs(
     worker: Worker,
     client: Client,
-    store: RedisStore,
+    store: SqlStore,
     dovecot: DovecotServer,
     redis: Redis,
     redis_url: str,

@@ -12,22 +12,22 @@ from tests.support import mail_account
 from tests.support.smtp import SmtpServer
 from worker.jobs.scheduled_emails import cancel_scheduled_email, reschedule_email, schedule_email
 from worker.runtime import Client, Worker
-from worker.store import Account, OutboxIn, OutboxItem, OutboxStatus, RedisStore
+from worker.store import Account, OutboxIn, OutboxItem, OutboxStatus, SqlStore
 
 WORKER_QUEUES = ["scheduled-emails", "send-email"]
 
 
 @pytest.fixture
-async def account(store: RedisStore, smtp: SmtpServer) -> Account:
+async def account(store: SqlStore, smtp: SmtpServer) -> Account:
     return await mail_account(store, smtp_port=smtp.port)
 
 
-async def new_item(store: RedisStore, account: Account) -> OutboxItem:
+async def new_item(store: SqlStore, account: Account) -> OutboxItem:
     data = OutboxIn(account_id=account.id, sender="alice@example.com", to=["bob@example.com"], subject="Later")
     return await store.create_outbox("t1", data)
 
 
-async def sent(store: RedisStore, item: OutboxItem) -> OutboxItem:
+async def sent(store: SqlStore, item: OutboxItem) -> OutboxItem:
     async def done() -> bool:
         current = await store.get_outbox("t1", item.id)
         return current is not None and current.status is OutboxStatus.SENT
@@ -39,7 +39,7 @@ async def sent(store: RedisStore, item: OutboxItem) -> OutboxItem:
 
 
 async def test_defer_until_in_another_timezone_sends_once_and_measures_lateness(
-    worker: Worker, client: Client, store: RedisStore, smtp: SmtpServer, account: Account
+    worker: Worker, client: Client, store: SqlStore, smtp: SmtpServer, account: Account
 ) -> None:
     item = await new_item(store, account)
     local = timezone(timedelta(hours=-5))
@@ -54,7 +54,7 @@ async def test_defer_until_in_another_timezone_sends_once_and_measures_lateness(
 
 
 async def test_defer_by_and_input_checks(
-    worker: Worker, client: Client, store: RedisStore, smtp: SmtpServer, account: Account
+    worker: Worker, client: Client, store: SqlStore, smtp: SmtpServer, account: Account
 ) -> None:
     item = await new_item(store, account)
     with pytest.raises(ValueError, match="timezone-aware"):
@@ -71,7 +71,7 @@ async def test_defer_by_and_input_checks(
 
 
 async def test_cancelled_email_is_never_sent(
-    worker: Worker, client: Client, store: RedisStore, smtp: SmtpServer, account: Account
+    worker: Worker, client: Client, store: SqlStore, smtp: SmtpServer, account: Account
 ) -> None:
     item = await new_item(store, account)
     job_id = await schedule_email(client, store, "t1", item.id, delay=0.5)
@@ -85,7 +85,7 @@ async def test_cancelled_email_is_never_sent(
 
 
 async def test_rescheduled_later_is_sent_once_at_the_new_time(
-    worker: Worker, client: Client, store: RedisStore, smtp: SmtpServer, account: Account
+    worker: Worker, client: Client, store: SqlStore, smtp: SmtpServer, account: Account
 ) -> None:
     item = await new_item(store, account)
     await schedule_email(client, store, "t1", item.id, delay=0.3)
@@ -98,7 +98,7 @@ async def test_rescheduled_later_is_sent_once_at_the_new_time(
 
 
 async def test_rescheduled_earlier_fires_at_the_new_time(
-    worker: Worker, client: Client, store: RedisStore, smtp: SmtpServer, account: Account
+    worker: Worker, client: Client, store: SqlStore, smtp: SmtpServer, account: Account
 ) -> None:
     item = await new_item(store, account)
     await schedule_email(client, store, "t1", item.id, delay=3600)
@@ -109,7 +109,7 @@ async def test_rescheduled_earlier_fires_at_the_new_time(
 
 
 async def test_a_superseded_firing_does_nothing(
-    worker: Worker, client: Client, store: RedisStore, smtp: SmtpServer, account: Account
+    worker: Worker, client: Client, store: SqlStore, smtp: SmtpServer, account: Account
 ) -> None:
     item = await new_item(store, account)
     stale = await client.enqueue("send_scheduled_email", {"tenant_id": "t1", "outbox_id": item.id})

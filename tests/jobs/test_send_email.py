@@ -15,14 +15,14 @@ from tests.support import job_registry, job_settings, mail_account, spawn_worker
 from tests.support.smtp import Received, SmtpServer
 from worker.jobs.send_email import SEND_RATE, enqueue_send
 from worker.runtime import Client, DeadLetters, Worker, registry
-from worker.store import Account, OutboxIn, OutboxItem, OutboxStatus, RedisStore
+from worker.store import Account, OutboxIn, OutboxItem, OutboxStatus, SqlStore
 
 RCPTS = ["bob@example.com", "carol@example.com"]
 
 WORKER_QUEUES = ["send-email"]
 
 
-async def outbox(store: RedisStore, account: Account, **over: object) -> OutboxItem:
+async def outbox(store: SqlStore, account: Account, **over: object) -> OutboxItem:
     data = {"account_id": account.id, "sender": "alice@example.com", "to": RCPTS[:1], "cc": RCPTS[1:]}
     data |= {"bcc": ["dave@example.com"], "subject": "Hello", "text": "Hi there"}
     return await store.create_outbox(account.tenant_id, OutboxIn.model_validate(data | over))
@@ -33,7 +33,7 @@ def message_ids(messages: list[Received]) -> list[str]:
 
 
 async def test_sends_once_with_its_message_id(
-    worker: Worker, client: Client, store: RedisStore, smtp: SmtpServer
+    worker: Worker, client: Client, store: SqlStore, smtp: SmtpServer
 ) -> None:
     account = await mail_account(store, smtp_port=smtp.port)
     item = await outbox(store, account)
@@ -51,7 +51,7 @@ async def test_sends_once_with_its_message_id(
 
 
 async def test_4xx_retries_with_the_same_message_id(
-    worker: Worker, client: Client, store: RedisStore, smtp: SmtpServer
+    worker: Worker, client: Client, store: SqlStore, smtp: SmtpServer
 ) -> None:
     smtp.handler.mail_replies.extend(["421 4.7.0 Busy, try later", "451 4.3.0 Temporary failure"])
     account = await mail_account(store, smtp_port=smtp.port)
@@ -64,7 +64,7 @@ async def test_4xx_retries_with_the_same_message_id(
 
 
 async def test_5xx_bounces_to_the_dead_letters_without_retry(
-    worker: Worker, client: Client, store: RedisStore, smtp: SmtpServer, redis: Redis
+    worker: Worker, client: Client, store: SqlStore, smtp: SmtpServer, redis: Redis
 ) -> None:
     smtp.handler.rcpt_replies |= dict.fromkeys([*RCPTS, "dave@example.com"], "550 5.1.1 No such user")
     account = await mail_account(store, smtp_port=smtp.port)
@@ -79,7 +79,7 @@ async def test_5xx_bounces_to_the_dead_letters_without_retry(
 
 
 async def test_partial_refusal_is_recorded_per_recipient(
-    worker: Worker, client: Client, store: RedisStore, smtp: SmtpServer
+    worker: Worker, client: Client, store: SqlStore, smtp: SmtpServer
 ) -> None:
     smtp.handler.rcpt_replies |= {"carol@example.com": "550 5.1.1 No such user"}
     account = await mail_account(store, smtp_port=smtp.port)
@@ -94,7 +94,7 @@ async def test_partial_refusal_is_recorded_per_recipient(
 
 
 async def test_timeout_after_data_is_ambiguous_and_not_resent(
-    worker: Worker, client: Client, store: RedisStore, smtp: SmtpServer
+    worker: Worker, client: Client, store: SqlStore, smtp: SmtpServer
 ) -> None:
     smtp.handler.data_delay = 3.0
     account = await mail_account(store, smtp_port=smtp.port, timeout_s=0.5)
@@ -107,7 +107,7 @@ async def test_timeout_after_data_is_ambiguous_and_not_resent(
 
 
 async def test_cancelled_or_missing_account_is_never_sent(
-    worker: Worker, client: Client, store: RedisStore, smtp: SmtpServer
+    worker: Worker, client: Client, store: SqlStore, smtp: SmtpServer
 ) -> None:
     account = await mail_account(store, smtp_port=smtp.port)
     cancelled = await outbox(store, account)
@@ -135,7 +135,7 @@ def test_per_account_rate_limit_is_declared() -> None:
 
 
 async def test_worker_killed_after_the_server_accepted_sends_once(
-    redis_url: str, client: Client, store: RedisStore, smtp: SmtpServer
+    redis_url: str, client: Client, store: SqlStore, smtp: SmtpServer
 ) -> None:
     proc = spawn_worker(redis_url, ["send-email"])
 

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import pytest
 from pydantic import SecretStr
-from redis.asyncio import Redis
 
+from settings import Settings
 from tests.mail.conftest import imap_config
 from tests.support.imap import DovecotServer, ImapServer, make_mail
 from worker.jobs.email_sync import MailboxSync, SyncReport
 from worker.mail.imap import open_imap
-from worker.store import InsertResult, RedisStore
+from worker.store import InsertResult, SqlStore
 
 
 class Crash(Exception):
@@ -18,12 +20,14 @@ class Crash(Exception):
 
 
 @pytest.fixture
-def store(redis: Redis) -> RedisStore:
-    return RedisStore(redis, SecretStr("k"))
+async def store(database_url: str) -> AsyncIterator[SqlStore]:
+    s = SqlStore.from_settings(Settings(database_url=database_url, secret_key=SecretStr("k")))
+    yield s
+    await s.aclose()
 
 
 async def run(
-    server: ImapServer, store: RedisStore, requested: list[str], crash_after: int | None = None, **kw: int
+    server: ImapServer, store: SqlStore, requested: list[str], crash_after: int | None = None, **kw: int
 ) -> SyncReport:
     async def request(r: InsertResult) -> None:
         if crash_after is not None and len(requested) >= crash_after:
@@ -35,7 +39,7 @@ async def run(
 
 
 async def test_crash_between_store_and_commit_loses_and_duplicates_nothing(
-    dovecot: DovecotServer, store: RedisStore
+    dovecot: DovecotServer, store: SqlStore
 ) -> None:
     dovecot.append([make_mail(i) for i in range(95)])
     requested: list[str] = []
@@ -51,13 +55,13 @@ async def test_crash_between_store_and_commit_loses_and_duplicates_nothing(
     assert len(set(requested)) == 95 and len(requested) == 100
 
 
-async def test_byte_bound_splits_batches(dovecot: DovecotServer, store: RedisStore) -> None:
+async def test_byte_bound_splits_batches(dovecot: DovecotServer, store: SqlStore) -> None:
     dovecot.append([make_mail(i, body="z" * 50_000) for i in range(10)])
     report = await run(dovecot, store, [], max_batch_bytes=120_000)
     assert (report.batches, report.new) == (5, 10)
 
 
-async def test_flag_window_rotates_without_condstore(pymap: ImapServer, store: RedisStore) -> None:
+async def test_flag_window_rotates_without_condstore(pymap: ImapServer, store: SqlStore) -> None:
     pymap.command('CREATE "Rotate"')
     pymap.append([make_mail(i) for i in range(6)], mailbox="Rotate")
     requested: list[str] = []
@@ -78,9 +82,7 @@ async def test_flag_window_rotates_without_condstore(pymap: ImapServer, store: R
     assert (await store.get_sync_state("t1", "a1", "Rotate")).flag_cursor == 0  # wrapped around
 
 
-async def test_many_condstore_changes_use_bounded_fetches_not_qresync(
-    dovecot: DovecotServer, store: RedisStore
-) -> None:
+async def test_many_condstore_changes_use_bounded_fetches_not_qresync(dovecot: DovecotServer, store: SqlStore) -> None:
     dovecot.append([make_mail(i) for i in range(250)])
     await run(dovecot, store, [])
     # more changes than one bounded FETCH: QRESYNC's SELECT would send them all in one reply

@@ -21,7 +21,7 @@ from settings import Settings
 from tests.support.imap import PASSWORD
 from worker.mail.smtp import TlsMode
 from worker.runtime import Registry, registry
-from worker.store import Account, AccountIn, RedisStore
+from worker.store import Account, AccountIn, Store
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET_KEY = "test-secret-key"
@@ -47,7 +47,8 @@ def job_registry() -> Registry:
 
 
 def spawn_worker(redis_url: str, queues: list[str]) -> subprocess.Popen[bytes]:
-    """A worker process for the email jobs with job_settings(), in its own process group."""
+    """A worker process for the email jobs with job_settings(), in its own process group (its store is the
+    test's DATABASE_URL, which the `database_url` fixture exports)."""
     env = os.environ | {
         "REDIS_URL": redis_url,
         "QUEUES": json.dumps(QUEUES),
@@ -64,7 +65,7 @@ def spawn_worker(redis_url: str, queues: list[str]) -> subprocess.Popen[bytes]:
 
 
 async def mail_account(
-    store: RedisStore,
+    store: Store,
     tenant_id: str = "t1",
     *,
     imap_port: int = 1,

@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from fastapi import FastAPI
-from fastapi.responses import FileResponse, RedirectResponse
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from redis.asyncio import Redis
 
@@ -21,7 +21,7 @@ from worker.api.deps import Services, index_tenant_jobs
 from worker.runtime import Client, DeadLetters, create_pool, registry
 from worker.runtime.pipe import Pipe
 from worker.runtime.spec import Registry
-from worker.store import RedisStore
+from worker.store import StoreUnavailable, prepare_store
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -38,13 +38,15 @@ class ApiConfig:
 
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Create the Redis client, runtime Client, arq pool and store; run the metric samplers; close on exit.
+    """Create the store (schema checked), Redis client, runtime Client and arq pool; run the metric samplers;
+    close everything on exit.
 
     Usable as the lifespan of your own app: routes can then depend on ``worker.api.get_client``.
     """
     cfg: ApiConfig = getattr(app.state, "worker_config", None) or ApiConfig()
     settings = cfg.settings or get_settings()
     url = cfg.redis_url or settings.redis_url or DEFAULT_REDIS_URL
+    store = await prepare_store(settings)
     redis: Redis = Redis.from_url(url)
     pipe = Pipe.for_client(redis)  # concurrent enqueues from request handlers share one pipelined connection
     client = Client(redis, settings, cfg.registry, pipe=pipe)
@@ -54,7 +56,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         redis=redis,
         client=client,
         arq=await create_pool(url),
-        store=RedisStore(redis, settings.secret_key),
+        store=store,
         dead_letters=DeadLetters(redis, client),
         queues=metrics.known_queues(settings, cfg.registry),
     )
@@ -76,6 +78,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if pipe is not None:
             await pipe.aclose()
         await redis.aclose()
+        await store.aclose()
+
+
+async def _store_unavailable(request: Request, exc: Exception) -> Response:
+    """The database is down or overloaded: 503 with a retry hint, never a traceback."""
+    delay = max(1, round(exc.delay)) if isinstance(exc, StoreUnavailable) else 5
+    return JSONResponse({"message": "the database is unavailable; retry later"}, 503, {"Retry-After": str(delay)})
 
 
 def create_app(
@@ -90,6 +99,7 @@ def create_app(
     )
     app.state.worker_config = ApiConfig(settings, redis_url, registry)
     errors.install(app)
+    app.add_exception_handler(StoreUnavailable, _store_unavailable)
     app.include_router(ops.probes)
     app.include_router(jobs.router)
     app.include_router(mail.router)

@@ -24,7 +24,7 @@ from settings import Settings
 from worker.runtime import Client, DeadLetters, keys
 from worker.runtime.serializer import PayloadError, unpack
 from worker.runtime.spec import Registry
-from worker.store import RedisStore
+from worker.store import SqlStore
 
 log = logging.getLogger("worker.api")
 TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -54,7 +54,7 @@ class Services:
     redis: Redis
     client: Client
     arq: ArqRedis
-    store: RedisStore
+    store: SqlStore
     dead_letters: DeadLetters
     queues: list[str]
     metrics: CollectorRegistry = field(default_factory=CollectorRegistry)

@@ -1,20 +1,29 @@
-"""What the email jobs share: the per-process store and adapter configs built from an account."""
+"""What the email jobs share: the per-process store and locks, and adapter configs built from an account."""
 
 from __future__ import annotations
 
 from worker.mail.imap import ImapConfig
 from worker.mail.smtp import SmtpConfig
 from worker.runtime import JobContext
-from worker.store import Account, RedisStore
+from worker.store import Account, Locks, SqlStore, open_store
 
 
-def get_store(ctx: JobContext) -> RedisStore:
-    """The store of this worker process, built once from ctx.redis and ctx.settings."""
+def get_store(ctx: JobContext) -> SqlStore:
+    """The store of this worker process, built once from ctx.settings (its pool is closed when the worker stops)."""
     store = ctx.state.get("store")
-    if not isinstance(store, RedisStore):
-        store = RedisStore(ctx.redis, ctx.settings.secret_key)
+    if not isinstance(store, SqlStore):
+        store = open_store(ctx.settings)
         ctx.state["store"] = store
     return store
+
+
+def get_locks(ctx: JobContext) -> Locks:
+    """Per-tenant leases in this worker's Redis."""
+    locks = ctx.state.get("locks")
+    if not isinstance(locks, Locks):
+        locks = Locks(ctx.redis)
+        ctx.state["locks"] = locks
+    return locks
 
 
 def imap_config(account: Account) -> ImapConfig:

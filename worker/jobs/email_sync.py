@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from worker.jobs.deps import get_store, imap_config
+from worker.jobs.deps import get_locks, get_store, imap_config
 from worker.mail.imap import (
     MAX_BATCH,
     MAX_BATCH_BYTES,
@@ -232,7 +232,8 @@ async def sync_mailbox(ctx: JobContext, payload: SyncMailbox) -> dict[str, Any]:
     except ValueError as exc:
         raise PermanentError(str(exc)) from None
     lock = f"sync:{payload.account_id}:{mailbox_key(payload.mailbox)}"
-    if not await store.acquire_lock(payload.tenant_id, lock, ctx.job_id, LOCK_TTL_S):
+    locks = get_locks(ctx)
+    if not await locks.acquire(payload.tenant_id, lock, ctx.job_id, LOCK_TTL_S):
         raise Defer("this mailbox is being synced by another job", delay=LOCK_RETRY_S)
 
     async def request_analysis(r: InsertResult) -> None:
@@ -243,7 +244,7 @@ async def sync_mailbox(ctx: JobContext, payload: SyncMailbox) -> dict[str, Any]:
         )
 
     async def on_batch(progress: dict[str, Any]) -> None:
-        await store.acquire_lock(payload.tenant_id, lock, ctx.job_id, LOCK_TTL_S)  # extend the lease
+        await locks.acquire(payload.tenant_id, lock, ctx.job_id, LOCK_TTL_S)  # extend the lease
         await ctx.progress(progress)
 
     try:
@@ -261,7 +262,7 @@ async def sync_mailbox(ctx: JobContext, payload: SyncMailbox) -> dict[str, Any]:
     except ImapAuthError as exc:
         raise PermanentError(str(exc)) from None
     finally:
-        await store.release_lock(payload.tenant_id, lock, ctx.job_id)
+        await locks.release(payload.tenant_id, lock, ctx.job_id)
     return asdict(report)
 
 

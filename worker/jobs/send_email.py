@@ -17,7 +17,7 @@ from worker.jobs.deps import get_store, smtp_config
 from worker.mail import smtp
 from worker.mail.message import build_message
 from worker.runtime import Client, Enqueued, JobContext, PermanentError, job
-from worker.store import OutboxItem, OutboxStatus, RecipientOutcome, RedisStore, utcnow
+from worker.store import OutboxItem, OutboxStatus, RecipientOutcome, Store, utcnow
 
 SEND_RATE = (60, 60.0)  # per account: at most 60 messages per minute, across all workers
 _DONE = {OutboxStatus.SENT, OutboxStatus.FAILED, OutboxStatus.BOUNCED, OutboxStatus.CANCELLED}
@@ -43,7 +43,7 @@ async def enqueue_send(client: Client, item: OutboxItem) -> Enqueued:
 
 
 async def _finish(
-    store: RedisStore, item: OutboxItem, status: OutboxStatus, error: str | None, **fields: Any
+    store: Store, item: OutboxItem, status: OutboxStatus, error: str | None, **fields: Any
 ) -> OutboxItem | None:
     return await store.transition_outbox(
         item.tenant_id, item.id, [OutboxStatus.SENDING], status, last_error=error, **fields

@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr, ValidationInfo, field_validator
 
@@ -53,6 +54,7 @@ class AccountIn(BaseModel):
     mailboxes: list[str] = Field(default_factory=lambda: ["INBOX"])
     active: bool = True
     timeout_s: float = Field(30.0, gt=0, le=600, description="per protocol call (IMAP and SMTP)")
+    auth_type: Literal["password", "oauth2"] = "password"
 
     @field_validator("email")
     @classmethod
@@ -66,6 +68,8 @@ class Account(AccountIn):
     id: str
     tenant_id: str
     created_at: datetime
+    auth_state: Literal["ok", "auth_error"] = "ok"
+    auth_error: str | None = None
 
 
 class OutboxStatus(StrEnum):
@@ -74,6 +78,7 @@ class OutboxStatus(StrEnum):
     QUEUED = "queued"
     SENDING = "sending"
     SENT = "sent"
+    AMBIGUOUS = "ambiguous"  # the server may or may not have taken it: needs a lookup or a person
     FAILED = "failed"
     BOUNCED = "bounced"
     CANCELLED = "cancelled"
@@ -148,7 +153,12 @@ class OutboxItem(OutboxIn):
 
 
 class StoredMessage(BaseModel):
-    """A synced message, stored once per content identity per account."""
+    """A synced message: one per server location (account, mailbox, UIDVALIDITY, UID).
+
+    `content_id` identifies the same mail in another location (a copy, a re-sync after a UIDVALIDITY change);
+    analyses are keyed by it. `flags` are the server's flags; `removed_at` is set once the server expunged it
+    (or its UIDVALIDITY was replaced): the record stays, but it is no longer a known UID.
+    """
 
     id: str
     tenant_id: str
@@ -158,7 +168,9 @@ class StoredMessage(BaseModel):
     uid: int
     content_id: str
     parsed: ParsedMessage
+    flags: tuple[str, ...] = ()
     stored_at: datetime
+    removed_at: datetime | None = None
 
 
 class SyncState(BaseModel):
@@ -174,9 +186,33 @@ class SyncState(BaseModel):
 
 @dataclass(frozen=True)
 class InsertResult:
-    """Outcome of storing one fetched message."""
+    """Outcome of storing one fetched message.
+
+    `message_id` is the record of this server location. `new`: the account had no message with this content
+    before (false for a copy in another mailbox or a re-sync after a UIDVALIDITY change). `stored`: this call
+    created the record (false when the location was already stored, e.g. by a crashed run or a concurrent sync).
+    """
 
     uid: int
     message_id: str
     content_id: str
     new: bool
+    stored: bool = True
+
+
+class Quarantined(BaseModel):
+    """A message that could not be parsed or stored: enough to fetch it again, and why it failed."""
+
+    id: str
+    tenant_id: str
+    account_id: str
+    mailbox: str
+    uidvalidity: int
+    uid: int
+    size: int | None = None
+    error: str
+    attempts: int = 1
+    first_seen: datetime
+    last_seen: datetime
+    resolved: bool = False
+    resolved_at: datetime | None = None

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
+from pydantic import SecretStr
+
 from worker.mail.message import ParsedMessage
 from worker.store.models import (
     Account,
@@ -13,13 +15,15 @@ from worker.store.models import (
     OutboxIn,
     OutboxItem,
     OutboxStatus,
+    Quarantined,
     StoredMessage,
     SyncState,
 )
 
 
 class Store(Protocol):
-    """What jobs and the AI helper need from storage. Every call is scoped to one tenant."""
+    """What jobs and the AI helper need from storage. Every call is scoped to one tenant (except
+    `list_active_accounts`, which returns IDs only). Locks are not here: they live in Redis (`worker.store.Locks`)."""
 
     async def create_account(self, tenant_id: str, data: AccountIn) -> Account: ...
     async def get_account(self, tenant_id: str, account_id: str) -> Account | None: ...
@@ -27,6 +31,8 @@ class Store(Protocol):
     async def list_accounts(self, tenant_id: str) -> list[Account]: ...
     async def list_active_accounts(self) -> list[tuple[str, str]]: ...
     async def delete_account(self, tenant_id: str, account_id: str) -> bool: ...
+    async def set_auth_error(self, tenant_id: str, account_id: str, reason: str) -> bool: ...
+    async def update_account_secret(self, tenant_id: str, account_id: str, secret: SecretStr) -> bool: ...
 
     async def create_outbox(self, tenant_id: str, data: OutboxIn) -> OutboxItem: ...
     async def get_outbox(self, tenant_id: str, outbox_id: str) -> OutboxItem | None: ...
@@ -69,5 +75,29 @@ class Store(Protocol):
     async def put_analysis(self, tenant_id: str, content_id: str, data: dict[str, Any]) -> bool: ...
     async def get_analysis(self, tenant_id: str, content_id: str) -> dict[str, Any] | None: ...
 
-    async def acquire_lock(self, tenant_id: str, name: str, owner: str, ttl_s: float) -> bool: ...
-    async def release_lock(self, tenant_id: str, name: str, owner: str) -> None: ...
+    async def quarantine_message(
+        self,
+        tenant_id: str,
+        account_id: str,
+        mailbox: str,
+        uidvalidity: int,
+        uid: int,
+        *,
+        error: str,
+        size: int | None = None,
+    ) -> Quarantined: ...
+    async def get_quarantined(self, tenant_id: str, quarantine_id: str) -> Quarantined | None: ...
+    async def list_quarantined(
+        self,
+        tenant_id: str,
+        account_id: str | None = None,
+        *,
+        mailbox: str | None = None,
+        include_resolved: bool = False,
+        limit: int = 100,
+    ) -> list[Quarantined]: ...
+    async def resolve_quarantined(
+        self, tenant_id: str, account_id: str, mailbox: str, uidvalidity: int, uids: Sequence[int]
+    ) -> int: ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,100 @@
+"""`worker db upgrade|downgrade|current` and `worker secrets rotate`, and the store check `worker run` and
+`worker api` make before starting. Failures are one line (`error: ...`), exit 1."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from settings import Settings, get_settings
+from worker.store.sql import SqlStore
+from worker.store.sql.engine import create_engine, is_embedded
+from worker.store.sql.schema import SchemaOutdated, check_schema, current, downgrade, head, upgrade
+
+
+class StoreCommandError(Exception):
+    """A one-line failure of a store command."""
+
+
+def where(settings: Settings) -> str:
+    """The database, without credentials."""
+    url = create_engine(settings).url
+    return url.render_as_string(hide_password=True)
+
+
+async def check_store(settings: Settings) -> str:
+    """The startup check: schema at head (an empty embedded database is created). Raises StoreCommandError."""
+    try:
+        engine = create_engine(settings)
+    except ValueError as exc:
+        raise StoreCommandError(str(exc)) from None
+    try:
+        return await check_schema(engine, create_if_empty=is_embedded(settings))
+    except SchemaOutdated as exc:
+        raise StoreCommandError(str(exc)) from None
+    except (OSError, TimeoutError) as exc:
+        raise StoreCommandError(f"cannot reach the database {where(settings)}: {exc}") from None
+    except SQLAlchemyError as exc:
+        message = f"database {where(settings)}: {type(exc).__name__}: {exc}".splitlines()[0]
+        raise StoreCommandError(message) from None
+    finally:
+        await engine.dispose()
+
+
+async def _db(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    engine = create_engine(settings)
+    try:
+        if args.db_command == "upgrade":
+            await upgrade(engine, args.revision)
+        elif args.db_command == "downgrade":
+            await downgrade(engine, args.revision)
+        rev = await current(engine)
+        print(f"{where(settings)}: schema {rev or 'empty'} (code head {head()})")
+        return 0
+    finally:
+        await engine.dispose()
+
+
+async def _secrets(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    await check_store(settings)
+    store = SqlStore.from_settings(settings)
+    try:
+        n = await store.rotate_secrets()
+    finally:
+        await store.aclose()
+    print(f"re-encrypted {n} account secret(s) with the first SECRET_KEY")
+    return 0
+
+
+def _command(fn: Any) -> Any:
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return int(asyncio.run(fn(args)))
+        except (StoreCommandError, ValueError) as exc:
+            raise SystemExit(f"error: {exc}") from None
+        except (OSError, SQLAlchemyError) as exc:
+            raise SystemExit(f"error: database: {type(exc).__name__}: {exc}".splitlines()[0]) from None
+
+    return run
+
+
+def add_parsers(sub: Any) -> None:
+    """Register `db` and `secrets` on the CLI's subparsers."""
+    db = sub.add_parser("db", help="database schema: upgrade, downgrade, current")
+    dsub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    up = dsub.add_parser("upgrade", help="migrate to the newest schema (or REVISION)")
+    up.add_argument("revision", nargs="?", default="head")
+    down = dsub.add_parser("downgrade", help="migrate down to REVISION ('base' empties the database)")
+    down.add_argument("revision")
+    dsub.add_parser("current", help="the database's schema revision and the code's")
+    db.set_defaults(func=_command(_db))
+
+    secrets = sub.add_parser("secrets", help="stored account secrets: rotate")
+    ssub = secrets.add_subparsers(dest="secrets_command", required=True, metavar="ACTION")
+    ssub.add_parser("rotate", help="re-encrypt every stored secret with the first key of SECRET_KEY")
+    secrets.set_defaults(func=_command(_secrets))
