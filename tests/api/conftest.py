@@ -31,11 +31,11 @@ def api_settings(**overrides: object) -> Settings:
     return Settings(**base)  # type: ignore[arg-type]
 
 
-
 @pytest.fixture(autouse=True)
 def _store_database(database_url: str) -> str:
     """Every test here gets an empty store database, exported as DATABASE_URL before any settings are built."""
     return database_url
+
 
 @pytest.fixture
 def settings() -> Settings:

@@ -14,11 +14,11 @@ from worker.runtime import Client, Worker
 from worker.store import SqlStore, open_store
 
 
-
 @pytest.fixture(autouse=True)
 def _store_database(database_url: str) -> str:
     """Every test here gets an empty store database, exported as DATABASE_URL before any settings are built."""
     return database_url
+
 
 @pytest.fixture
 def smtp() -> Iterator[SmtpServer]:
