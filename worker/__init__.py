@@ -20,7 +20,7 @@ _PER_QUEUE = {
 def _checked(cls: Any) -> Any:
     """arq settings whose startup first checks the store's schema (as `worker run` does)."""
     from settings import get_settings
-    from worker.store.commands import check_store
+    from worker.cli_store import check_store
 
     start = cls.on_startup
 

@@ -27,8 +27,8 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn
 from rich.table import Table
 
 from settings import QUEUE_NAMES, Settings, get_settings
-from worker.store import commands as store_commands
-from worker.store.commands import StoreCommandError
+from worker import cli_store as store_commands
+from worker.cli_store import StoreCommandError
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 PIPE_WIDTH = 160  # when output is not a terminal (CI logs, pipes): do not squeeze tables into 80 columns
@@ -45,9 +45,9 @@ class CliError(Exception):
 
 
 def _run(args: argparse.Namespace) -> int:
+    from worker.cli_store import check_store
     from worker.runtime import Worker, registry
     from worker.runtime.local import ensure_redis
-    from worker.store.commands import check_store
 
     for mod in args.imports or ["worker.jobs"]:
         importlib.import_module(mod)
@@ -59,7 +59,8 @@ def _run(args: argparse.Namespace) -> int:
         return 2
 
     async def main() -> None:
-        await check_store(settings)  # schema at head, else one line naming `worker db upgrade`
+        if not args.imports or "worker.jobs" in args.imports:  # the product's jobs need the store at its schema
+            await check_store(settings)  # else one line naming `worker db upgrade`
         async with ensure_redis(settings) as url:
             await Worker(url, queues=queues, concurrency=args.concurrency, settings=settings).run_forever()
 
@@ -462,8 +463,8 @@ def _api(args: argparse.Namespace) -> int:
     import uvicorn
 
     from worker.api import create_app
+    from worker.cli_store import check_store
     from worker.runtime.local import ensure_redis
-    from worker.store.commands import check_store
 
     settings = get_settings()
     default_token = settings.api_admin_token == Settings.model_fields["api_admin_token"].default

@@ -121,7 +121,7 @@ async def local_redis(settings: Settings) -> AsyncIterator[tuple[str, str]]:
 async def local_database(settings: Settings) -> AsyncIterator[tuple[Settings, str]]:
     """DATABASE_URL if set (it must be migrated), else a private SQLite file created for this run and removed
     after it (so the demo never touches the embedded default database)."""
-    from worker.store.commands import check_store
+    from worker.cli_store import check_store
     from worker.store.sql.engine import create_engine
     from worker.store.sql.schema import upgrade
 

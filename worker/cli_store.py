@@ -5,14 +5,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy.exc import SQLAlchemyError
-
-from settings import Settings, get_settings
-from worker.store.sql import SqlStore
-from worker.store.sql.engine import create_engine, is_embedded
-from worker.store.sql.schema import SchemaOutdated, check_schema, current, downgrade, head, upgrade
+if TYPE_CHECKING:  # the CLI registers these commands on every start: SQLAlchemy is imported only to run one
+    from settings import Settings
 
 
 class StoreCommandError(Exception):
@@ -21,12 +17,18 @@ class StoreCommandError(Exception):
 
 def where(settings: Settings) -> str:
     """The database, without credentials."""
-    url = create_engine(settings).url
-    return url.render_as_string(hide_password=True)
+    from worker.store.sql.engine import database_url
+
+    return database_url(settings).render_as_string(hide_password=True)
 
 
 async def check_store(settings: Settings) -> str:
     """The startup check: schema at head (an empty embedded database is created). Raises StoreCommandError."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from worker.store.sql.engine import create_engine, is_embedded
+    from worker.store.sql.schema import SchemaOutdated, check_schema
+
     try:
         engine = create_engine(settings)
     except ValueError as exc:
@@ -45,6 +47,10 @@ async def check_store(settings: Settings) -> str:
 
 
 async def _db(args: argparse.Namespace) -> int:
+    from settings import get_settings
+    from worker.store.sql.engine import create_engine
+    from worker.store.sql.schema import current, downgrade, head, upgrade
+
     settings = get_settings()
     engine = create_engine(settings)
     try:
@@ -60,6 +66,9 @@ async def _db(args: argparse.Namespace) -> int:
 
 
 async def _secrets(args: argparse.Namespace) -> int:
+    from settings import get_settings
+    from worker.store.sql import SqlStore
+
     settings = get_settings()
     await check_store(settings)
     store = SqlStore.from_settings(settings)
@@ -73,6 +82,8 @@ async def _secrets(args: argparse.Namespace) -> int:
 
 def _command(fn: Any) -> Any:
     def run(args: argparse.Namespace) -> int:
+        from sqlalchemy.exc import SQLAlchemyError
+
         try:
             return int(asyncio.run(fn(args)))
         except (StoreCommandError, ValueError) as exc:
