@@ -485,7 +485,8 @@ class Client:
 
     async def _group_counts(self, queue: str, only: list[str], limit: int) -> tuple[int, list[GroupCounts]]:
         res = await self.scripts.group_counts(
-            keys=[keys.queue(queue), keys.delayed(queue)], args=[queue, max(1, min(limit, 10_000)), *only]
+            keys=[keys.queue(queue), keys.delayed(queue), keys.active(queue)],
+            args=[queue, max(1, min(limit, 10_000)), *only],
         )
         items = [
             GroupCounts(

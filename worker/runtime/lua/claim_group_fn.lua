@@ -33,10 +33,11 @@ local function gnext_due(G, k, now)
   return math.max(best - now, 0)
 end
 
--- Claim up to n due jobs of a grouped queue: the groups in the ring in round-robin order, each its fair share of
--- the batch (its highest priority, oldest jobs first), skipping groups at their concurrency (out of the ring
--- until one of their jobs finishes) or rate limit (back in the ring when a token is free) without leasing
--- anything. Same reply as claim(); the group of each leased job is kept in rt:gj:Q for finish and reap.
+-- Claim up to n due jobs of a grouped queue: the first n groups of the ring (round robin: served groups go to its
+-- back), each its share of the batch in rounds (its highest priority, oldest jobs first), skipping groups at their
+-- concurrency (out of the ring until one of their jobs finishes) or rate limit (back in the ring when a token is
+-- free) without leasing anything. Same reply as claim(). With a concurrency limit the group of each leased job is
+-- kept in rt:gj:Q and leased jobs are counted per group in rt:ga:Q (finish and reap release them).
 -- gconc: most leased jobs per group (0 = no limit); grate, gburst: jobs/s per group (0 = no limit), burst.
 local function gclaim(k, now, n, lease, owner, maxlen, rate, burst, qname, gconc, grate, gburst)
   if redis.call('SISMEMBER', k.paused, qname) == 1 then
@@ -49,8 +50,7 @@ local function gclaim(k, now, n, lease, owner, maxlen, rate, burst, qname, gconc
       and redis.call('SISMEMBER', G.paused, '') == 0 then
     redis.call('ZADD', G.ring, 'NX', now, '')
   end
-  local lim = now + 1  -- groups sent to the back during this call stay within reach of its later passes
-  local window = redis.call('ZRANGEBYSCORE', G.ring, '-inf', lim, 'LIMIT', 0, n)
+  local window = redis.call('ZRANGEBYSCORE', G.ring, '-inf', now, 'LIMIT', 0, n)
   if #window == 0 then
     return {0, gnext_due(G, k, now)}
   end
@@ -70,81 +70,103 @@ local function gclaim(k, now, n, lease, owner, maxlen, rate, burst, qname, gconc
 
   local out = {0, -1}
   local acc = {claimed = {}, active_args = {}, job_keys = {}}
-  local gjobs = {}
   local ginterval = 0
   if grate > 0 then ginterval = 1000 / grate end
-  local picked, seq = 0, 0
-  for pass = 1, 8 do
-    if pass > 1 then
+  local picked = 0
+  local st = {}  -- per visited group: leased (m), active count, rate tat, empty, head (first run time not due)
+  local visited = {}
+  local live = window
+  while picked < budget and #live > 0 do
+    local share = math.max(1, math.floor((budget - picked) / #live))
+    local again = {}
+    for _, g in ipairs(live) do
       if picked >= budget then break end
-      window = redis.call('ZRANGEBYSCORE', G.ring, '-inf', lim, 'LIMIT', 0, budget - picked)
-      if #window == 0 then break end
-    end
-    local share = math.max(1, math.floor((budget - picked) / #window))
-    local before = picked
-    for _, g in ipairs(window) do
-      if picked >= budget then break end
-      local room = math.min(share, budget - picked)
-      local act = 0
-      if gconc > 0 then
-        act = tonumber(redis.call('HGET', G.act, g) or 0)
-        if gconc - act < room then room = gconc - act end
+      local s = st[g]
+      if not s then
+        s = {m = 0, act = 0, tat = now}
+        if gconc > 0 then s.act = tonumber(redis.call('HGET', G.act, g) or 0) end
+        if grate > 0 then
+          s.tat = tonumber(redis.call('GET', G.rl .. g) or now)
+          if s.tat < now then s.tat = now end
+        end
+        st[g] = s
+        visited[#visited + 1] = g
       end
-      local gtat = now
+      local room = math.min(share, budget - picked)
+      if gconc > 0 and gconc - s.act - s.m < room then room = gconc - s.act - s.m end
       if grate > 0 then
-        gtat = tonumber(redis.call('GET', G.rl .. g) or now)
-        if gtat < now then gtat = now end
-        local allowed = math.floor((now + gburst * ginterval - gtat) / ginterval)
+        local allowed = math.floor((now + gburst * ginterval - s.tat) / ginterval) - s.m
         if allowed < room then room = allowed end
       end
-      local zkey = gzset(G, g)
       if room > 0 then
-        local due = redis.call('ZRANGEBYSCORE', zkey, '-inf', now, 'WITHSCORES', 'LIMIT', 0, room)
-        local first = #acc.claimed + 1
-        for i = 1, #due, 2 do
-          if lease_job(k, acc, out, due[i], tonumber(due[i + 1]), now, lease, owner, maxlen, qname) then
-            gjobs[#gjobs + 1] = due[i]
-            gjobs[#gjobs + 1] = g
+        local zkey = gzset(G, g)
+        local popped = redis.call('ZPOPMIN', zkey, room)
+        local back = {}
+        for i = 1, #popped, 2 do
+          local id, score = popped[i], tonumber(popped[i + 1])
+          if score <= now and lease_job(k, acc, out, id, score, now, lease, owner, maxlen, qname) then
+            s.m = s.m + 1
+            picked = picked + 1
+            if gconc > 0 then
+              s.jobs = s.jobs or {}
+              s.jobs[#s.jobs + 1] = id
+            end
+          else
+            back[#back + 1] = score  -- not due yet (or run by arq's own loop): stays
+            back[#back + 1] = id
+            if score > now and (not s.head or score < s.head) then s.head = score end
           end
         end
-        local m = #acc.claimed - first + 1
-        if m > 0 then
-          redis.call('ZREM', zkey, unpack(acc.claimed, first))
-          redis.call('HINCRBY', G.act, g, m)
-          act = act + m
-          picked = picked + m
-          if grate > 0 then
-            gtat = gtat + m * ginterval
-            redis.call('SET', G.rl .. g, gtat, 'PX', math.ceil(gtat - now) + 1000)
-          end
+        if #back > 0 then
+          redis.call('ZADD', zkey, unpack(back))
+        elseif #popped < room * 2 then
+          s.empty = true
         end
-      end
-      -- the group's next turn
-      local head = redis.call('ZRANGE', zkey, 0, 0, 'WITHSCORES')
-      if #head == 0 or (gconc > 0 and act >= gconc) then
-        -- empty: forgotten until its next job; at its concurrency: back when one of its jobs finishes
-        redis.call('ZREM', G.ring, g)
-      else
-        local at = tonumber(head[2])
-        if at < now - BAND / 2 then at = now end  -- a priority job: due
-        if at > now and g == '' then
-          redis.call('ZREM', G.ring, g)  -- default group: every claim re-adds it once its head is due
-        else
-          if grate > 0 then
-            local free = gtat + ginterval - gburst * ginterval  -- when its next token frees
-            if free > at then at = free end
-          end
-          if at <= now then
-            seq = seq + 1
-            at = now + seq * 0.001  -- served or skipped: to the back of the round
-          end
-          redis.call('ZADD', G.ring, at, g)
-        end
+        if #popped == room * 2 and #back == 0 then again[#again + 1] = g end  -- may have more
       end
     end
-    if picked == before then break end
+    live = again
   end
 
+  -- every visited group's next turn, in one ZADD (and one ZREM) of the ring
+  local turns, gone, gjobs = {}, {}, {}
+  local seq = 0
+  for _, g in ipairs(visited) do
+    local s = st[g]
+    if s.m > 0 then
+      if gconc > 0 then
+        redis.call('HINCRBY', G.act, g, s.m)
+        for _, id in ipairs(s.jobs) do
+          gjobs[#gjobs + 1] = id
+          gjobs[#gjobs + 1] = g
+        end
+      end
+      if grate > 0 then
+        s.tat = s.tat + s.m * ginterval
+        redis.call('SET', G.rl .. g, s.tat, 'PX', math.ceil(s.tat - now) + 1000)
+      end
+    end
+    local at = now
+    if s.head then at = s.head end
+    if s.empty or (gconc > 0 and s.act + s.m >= gconc) or (s.head and g == '') then
+      -- empty: forgotten until its next job; at its concurrency: back when one of its jobs finishes;
+      -- default group not due: every claim re-adds it once its head is due
+      gone[#gone + 1] = g
+    else
+      if grate > 0 then
+        local free = s.tat + ginterval - gburst * ginterval  -- when its next token frees
+        if free > at then at = free end
+      end
+      if at <= now then
+        seq = seq + 1
+        at = now + seq * 0.001  -- served or skipped: to the back of the round
+      end
+      turns[#turns + 1] = at
+      turns[#turns + 1] = g
+    end
+  end
+  if #turns > 0 then redis.call('ZADD', G.ring, unpack(turns)) end
+  if #gone > 0 then redis.call('ZREM', G.ring, unpack(gone)) end
   if #gjobs > 0 then redis.call('HSET', G.jobs, unpack(gjobs)) end
   leased(k, acc, out, maxlen)
   if rate > 0 and picked > 0 then

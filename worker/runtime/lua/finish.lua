@@ -51,8 +51,8 @@ local function finish(i, j)
     dels[#dels + 1] = 'arq:in-progress:' .. id
     released[#released + 1] = id
   end
-  local g = G and grelease(G, id)
-  if g and gconc > 0 and redis.call('EXISTS', gzset(G, g)) == 1 then gready(G, g, now) end  -- a slot freed
+  local g = gconc > 0 and grelease(G, id)
+  if g and redis.call('EXISTS', gzset(G, g)) == 1 then gready(G, g, now) end  -- a slot of its group freed
   local ik = j[11]
   if ik ~= '' then
     local lock = ik .. ':lock'
@@ -99,8 +99,8 @@ local function finish(i, j)
   local run_at, prio = now + j[7], j[8]
   if outcome ~= 'retry' then redis.call('HINCRBY', info, 'a', -1) end
   if j[9] ~= '' then redis.call('HSET', info, 'e', j[9]) end
-  if g then
-    gput(G, KEYS[2], g, id, run_at, prio, now)
+  if G then
+    gput(G, KEYS[2], g or record_group(id), id, run_at, prio, now)
   elseif not arq_owned then
     if prio > 0 and run_at > now then
       redis.call('ZADD', KEYS[2], math.floor(run_at) * 16 + prio, id)

@@ -1,7 +1,8 @@
 -- Per-group counts of one grouped queue: waiting (due), delayed (run time ahead), active (leased), paused.
--- KEYS: 1 queue zset, 2 delayed zset
+-- KEYS: 1 queue zset, 2 delayed zset, 3 active zset
 -- ARGV: 1 queue name, 2 most groups to collect from the ring, 3.. groups to report (none = collect them: the first
 --       of the ring, every group with leased jobs, every paused group, the groups of priority-deferred jobs)
+-- Leased and priority-deferred jobs are attributed to groups by their records (at most 10,000 of each).
 -- Returns {groups in the ring, g1, waiting1, delayed1, active1, paused1, g2, ...}
 -- @include now_fn.lua
 -- @include group_fn.lua
@@ -14,16 +15,20 @@ local function add(g)
     order[#order + 1] = g
   end
 end
-local pdelayed = {}  -- priority-deferred jobs per group (bounded scan)
-for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, 999)) do
-  local g = record_group(id)
-  pdelayed[g] = (pdelayed[g] or 0) + 1
+local function by_group(zset)
+  local n = {}
+  for _, id in ipairs(redis.call('ZRANGE', zset, 0, 9999)) do
+    local g = record_group(id)
+    n[g] = (n[g] or 0) + 1
+  end
+  return n
 end
+local pdelayed, active = by_group(KEYS[2]), by_group(KEYS[3])
 if #ARGV > 2 then
   for i = 3, #ARGV do add(ARGV[i]) end
 else
   for _, g in ipairs(redis.call('ZRANGE', G.ring, 0, tonumber(ARGV[2]) - 1)) do add(g) end
-  for _, g in ipairs(redis.call('HKEYS', G.act)) do add(g) end
+  for g, _ in pairs(active) do add(g) end
   for _, g in ipairs(redis.call('SMEMBERS', G.paused)) do add(g) end
   for g, _ in pairs(pdelayed) do add(g) end
 end
@@ -33,7 +38,7 @@ for _, g in ipairs(order) do
   out[#out + 1] = g
   out[#out + 1] = redis.call('ZCOUNT', z, '-inf', now)
   out[#out + 1] = redis.call('ZCOUNT', z, '(' .. now, '+inf') + (pdelayed[g] or 0)
-  out[#out + 1] = tonumber(redis.call('HGET', G.act, g) or 0)
+  out[#out + 1] = active[g] or 0
   out[#out + 1] = redis.call('SISMEMBER', G.paused, g)
 end
 return out
