@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
@@ -32,7 +33,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from bench import common
-from bench.common import QUEUE, REC, emit, summary
+from bench.common import QUEUE, REC, summary
 from bench.project_runner import ProjectAdapter, Stamp
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,10 +84,8 @@ async def cmd_fair(adapter: common.Adapter, p: dict[str, Any]) -> dict[str, Any]
     for t in range(tenants):
         now = time.time()
         await adapter.client.enqueue_many("noop", [{"ts": now, "tag": "small", "tenant": f"s{t}"}] * per)
-    try:
+    with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(REC.done.wait(), float(p["cap_s"]))
-    except TimeoutError:
-        pass
     out = {
         "enqueue_a_s": enqueue_a_s,
         "small": summary(REC.latency_ms.get("small", [])),

@@ -255,13 +255,13 @@ class Client:
             kwargs = [self._kwargs(spec, p) for p in payloads]
             field = self.settings.queue(spec.queue).group_by
             return kwargs, None if field is None else [group_key(k.get(field)) for k in kwargs]
-        fn = spec.group
+        fn, model_cls = spec.group, spec.payload
         kwargs, groups = [], []
         for p in payloads:
             model: Any
-            if spec.payload is not None:
-                model = p if isinstance(p, spec.payload) else spec.payload.__pydantic_validator__.validate_python(p or {})
-                kwargs.append(cast(dict[str, Any], spec.payload.__pydantic_serializer__.to_python(model, mode="json")))
+            if model_cls is not None:
+                model = p if isinstance(p, model_cls) else model_cls.__pydantic_validator__.validate_python(p or {})
+                kwargs.append(cast(dict[str, Any], model_cls.__pydantic_serializer__.to_python(model, mode="json")))
             else:
                 model = self._kwargs(spec, p)
                 kwargs.append(model)

@@ -1,7 +1,8 @@
 -- Per-group counts of one grouped queue: waiting (due), delayed (run time ahead), active (leased), paused.
 -- KEYS: 1 queue zset, 2 delayed zset, 3 active zset
 -- ARGV: 1 queue name, 2 most groups to collect from the ring, 3.. groups to report (none = collect them: the first
---       of the ring, every group with leased jobs, every paused group, the groups of priority-deferred jobs)
+--       of the ring, every group with leased jobs, every paused group, the groups of priority-deferred jobs,
+--       the default group when it has jobs)
 -- Leased and priority-deferred jobs are attributed to groups by their records (at most 10,000 of each).
 -- Returns {groups in the ring, g1, waiting1, delayed1, active1, paused1, g2, ...}
 -- @include now_fn.lua
@@ -31,6 +32,7 @@ else
   for g, _ in pairs(active) do add(g) end
   for _, g in ipairs(redis.call('SMEMBERS', G.paused)) do add(g) end
   for g, _ in pairs(pdelayed) do add(g) end
+  if redis.call('EXISTS', KEYS[1]) == 1 then add('') end  -- plain arq producers do not touch the ring
 end
 local out = {redis.call('ZCARD', G.ring)}
 for _, g in ipairs(order) do
