@@ -475,30 +475,35 @@ class Client:
 
     async def groups(self, queue: str, limit: int = 100) -> QueueGroups:
         """Per-group counts (waiting, delayed, active, paused) of ``queue``, the ``limit`` busiest groups."""
-        total, items = await self._group_counts(queue, [], limit)
+        total, _, items = await group_counts(self.scripts, queue, [], limit)
         items.sort(key=lambda g: (-(g.waiting + g.delayed + g.active), g.group))
         return QueueGroups(queue=queue, groups=total, items=items[:limit])
 
     async def group(self, queue: str, group: str) -> GroupCounts:
         """The counts of one group (all zero for a group without jobs)."""
-        return (await self._group_counts(queue, [_group_arg(group)], 1))[1][0]
+        return (await group_counts(self.scripts, queue, [_group_arg(group)], 1))[2][0]
 
-    async def _group_counts(self, queue: str, only: list[str], limit: int) -> tuple[int, list[GroupCounts]]:
-        res = await self.scripts.group_counts(
-            keys=[keys.queue(queue), keys.delayed(queue), keys.active(queue)],
-            args=[queue, max(1, min(limit, 10_000)), *only],
+
+async def group_counts(
+    scripts: Scripts, queue: str, only: list[str], limit: int
+) -> tuple[int, tuple[int, int], list[GroupCounts]]:
+    """Groups in the ring; (waiting, run-time-ahead) jobs in the zsets of the groups other than the default one;
+    the counts of ``only``, or of the groups group_counts.lua collects (at most ``limit`` from the ring)."""
+    res = await scripts.group_counts(
+        keys=[keys.queue(queue), keys.delayed(queue), keys.active(queue)],
+        args=[queue, max(1, min(limit, 10_000)), *only],
+    )
+    items = [
+        GroupCounts(
+            group=_group_name(_s(res[i])),
+            waiting=int(res[i + 1]),
+            delayed=int(res[i + 2]),
+            active=int(res[i + 3]),
+            paused=bool(int(res[i + 4])),
         )
-        items = [
-            GroupCounts(
-                group=_group_name(_s(res[i])),
-                waiting=int(res[i + 1]),
-                delayed=int(res[i + 2]),
-                active=int(res[i + 3]),
-                paused=bool(int(res[i + 4])),
-            )
-            for i in range(1, len(res), 5)
-        ]
-        return int(res[0]), items
+        for i in range(3, len(res), 5)
+    ]
+    return int(res[0]), (int(res[1]), int(res[2])), items
 
 
 def _zset(queue: str, record: dict[str, Any]) -> str:

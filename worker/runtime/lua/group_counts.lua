@@ -4,7 +4,9 @@
 --       of the ring, every group with leased jobs, every paused group, the groups of priority-deferred jobs,
 --       the default group when it has jobs)
 -- Leased and priority-deferred jobs are attributed to groups by their records (at most 10,000 of each).
--- Returns {groups in the ring, g1, waiting1, delayed1, active1, paused1, g2, ...}
+-- Returns {groups in the ring, waiting and run-time-ahead jobs in the zsets of the reported groups other than the
+--          default one (queue totals add them to the queue zset's and the delayed zset's counts),
+--          g1, waiting1, delayed1, active1, paused1, g2, ...}
 -- @include now_fn.lua
 -- @include group_fn.lua
 local now = server_now()
@@ -34,12 +36,17 @@ else
   for g, _ in pairs(pdelayed) do add(g) end
   if redis.call('EXISTS', KEYS[1]) == 1 then add('') end  -- plain arq producers do not touch the ring
 end
-local out = {redis.call('ZCARD', G.ring)}
+local out = {redis.call('ZCARD', G.ring), 0, 0}
 for _, g in ipairs(order) do
   local z = gzset(G, g)
+  local waiting, later = redis.call('ZCOUNT', z, '-inf', now), redis.call('ZCOUNT', z, '(' .. now, '+inf')
+  if g ~= '' then
+    out[2] = out[2] + waiting
+    out[3] = out[3] + later
+  end
   out[#out + 1] = g
-  out[#out + 1] = redis.call('ZCOUNT', z, '-inf', now)
-  out[#out + 1] = redis.call('ZCOUNT', z, '(' .. now, '+inf') + (pdelayed[g] or 0)
+  out[#out + 1] = waiting
+  out[#out + 1] = later + (pdelayed[g] or 0)
   out[#out + 1] = active[g] or 0
   out[#out + 1] = redis.call('SISMEMBER', G.paused, g)
 end
