@@ -152,7 +152,7 @@ async def test_sigkilled_workers_grouped_jobs_are_reclaimed_into_their_group(red
     client = Client(redis, settings)
     first = await client.enqueue("tenant_work", {"tenant": "A", "n": 0, "sleep": 30})
     with worker_process(redis_url, "--queues", QG, **_limits(**policy)) as victim:
-        await eventually(lambda: _len_is(redis, "t:gorder", 1))
+        await eventually(lambda: _len_is(redis, "t:gorder", 1), within=30)  # the process starts (slow under load)
         second = await client.enqueue("tenant_work", {"tenant": "A", "n": 1})
         other = await client.enqueue("tenant_work", {"tenant": "B", "n": 0})
         assert (await client.wait(other.job_id, timeout=10)).state == "complete"  # B is not held by A's limit
