@@ -1,3 +1,4 @@
+# ruff: noqa: RUF001  (Cyrillic test strings)
 """Building outgoing mail strictly and parsing incoming mail tolerantly."""
 
 from __future__ import annotations
