@@ -22,6 +22,7 @@ from charset_normalizer import from_bytes
 
 DETECT_LIMIT = 64 * 1024  # bytes given to the charset detector
 DETECT_MIN = 12  # shorter input is noise to a detector: decoded with replacement characters instead
+_PREFERRED = ("cp1252", "iso8859_15", "latin_1")
 _EBCDIC = frozenset({"cp037", "cp273", "cp424", "cp500", "cp875", "cp1026", "cp1140"})  # never mail charsets
 # Codecs that are not charsets of text: their output is not a decoding of mail (and may carry surrogates).
 _NOT_CHARSETS = frozenset(
@@ -49,9 +50,13 @@ def detect(data: bytes) -> str | None:
     if len(data) < DETECT_MIN:
         return None
     try:
-        best = from_bytes(data[:DETECT_LIMIT]).best()
+        matches = list(from_bytes(data[:DETECT_LIMIT]))
     except Exception:  # the detector must never take a sync down
         return None
+    best = matches[0] if matches else None
+    if best is not None:  # on a tie, the commonest legacy charset of mail wins (short text often ties)
+        tied = [m for m in matches if (m.chaos, m.coherence) == (best.chaos, best.coherence)]
+        best = next((m for m in tied if m.encoding in _PREFERRED), best)
     if best is None or (best.encoding.startswith(("utf_16", "utf_32")) and b"\x00" not in data):
         return None  # a UTF-16/32 guess for NUL-free 8-bit text is a misreading
     codec = charset_codec(best.encoding)
