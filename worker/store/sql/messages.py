@@ -36,7 +36,6 @@ _COLUMNS = {
     "defects": "defects",
     "headers": "headers",
     "size": "size",
-    "content_hash": "content_hash",
     "content_id": "content_id",
 }
 

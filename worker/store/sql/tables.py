@@ -132,7 +132,6 @@ messages = Table(
     Column("uidvalidity", BigInteger, nullable=False),
     Column("uid", BigInteger, nullable=False),
     Column("content_id", String(64), nullable=False),
-    Column("content_hash", String(64), nullable=False),
     Column("message_id_header", Text),
     Column("subject", Text, nullable=False),
     Column("from_addr", Text, nullable=False),

@@ -73,7 +73,6 @@ def upgrade() -> None:
         sa.Column("uidvalidity", sa.BigInteger(), nullable=False),
         sa.Column("uid", sa.BigInteger(), nullable=False),
         sa.Column("content_id", sa.String(length=64), nullable=False),
-        sa.Column("content_hash", sa.String(length=64), nullable=False),
         sa.Column("message_id_header", sa.Text(), nullable=True),
         sa.Column("subject", sa.Text(), nullable=False),
         sa.Column("from_addr", sa.Text(), nullable=False),
