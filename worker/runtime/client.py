@@ -301,8 +301,11 @@ class Client:
             if in_delayed is not None:
                 st.state, st.run_at = "deferred", _ms_to_dt(int(in_delayed) // 16)
             elif in_queue is not None:
-                band = (now - in_queue) // keys.PRIORITY_BAND_MS if in_queue < now - keys.PRIORITY_BAND_MS // 2 else 0
-                run_at = in_queue + band * keys.PRIORITY_BAND_MS
+                # score = run_at - priority * band (- FRONT_MS for reclaimed / re-queued jobs)
+                age = now - in_queue
+                band = max(0, int((age + keys.FRONT_MS // 2) // keys.PRIORITY_BAND_MS))
+                front = keys.FRONT_MS if age - band * keys.PRIORITY_BAND_MS >= keys.FRONT_MS // 2 else 0
+                run_at = in_queue + band * keys.PRIORITY_BAND_MS + front
                 st.state = "deferred" if run_at > now else "queued"
                 st.run_at = _ms_to_dt(run_at)
             else:

@@ -3,9 +3,9 @@
 -- Claim up to n due jobs of one queue for one worker (shared by claim.lua and finish.lua).
 -- Promotes due priority-deferred jobs, applies the queue-wide rate limit (GCRA), moves claimed ids from the
 -- queue zset to the active zset with a lease, sets arq's in-progress key (so arq's Job.status() still works),
--- counts the attempt and emits 'started' events.
+-- counts the attempt, issues the attempt's fencing token and emits 'started' events.
 -- k: {queue, delayed, active, events, rl, paused, wake, stats}
--- Returns {retry_after_ms, ms_until_next_due_or_-1, id1, payload1, attempt1, prio1, id2, ...}
+-- Returns {retry_after_ms, ms_until_next_due_or_-1, id1, payload1, attempt1, prio1, fence1, id2, ...}
 local function claim(k, now, n, lease, owner, maxlen, rate, burst, qname)
   local function next_due()
     local first = redis.call('ZRANGE', k.queue, 0, 0, 'WITHSCORES')
@@ -65,6 +65,7 @@ local function claim(k, now, n, lease, owner, maxlen, rate, burst, qname)
       active_args[#active_args + 1] = id
       job_keys[#job_keys + 1] = 'arq:job:' .. id
       local attempt = redis.call('HINCRBY', 'rt:info:' .. id, 'a', 1)
+      local fence = redis.call('HINCRBY', 'rt:info:' .. id, 'f', 1)  -- fencing token of this attempt (see finish.lua)
       if maxlen > 0 then
         redis.call('XADD', k.events, '*', 'type', 'started', 'job_id', id, 'queue', qname,
           'attempt', attempt)
@@ -73,6 +74,7 @@ local function claim(k, now, n, lease, owner, maxlen, rate, burst, qname)
       out[#out + 1] = false
       out[#out + 1] = attempt
       out[#out + 1] = prio
+      out[#out + 1] = fence
     end
   end
   if #claimed > 0 then
@@ -81,7 +83,7 @@ local function claim(k, now, n, lease, owner, maxlen, rate, burst, qname)
     redis.call('ZADD', k.active, unpack(active_args))
     local payloads = redis.call('MGET', unpack(job_keys))
     for i = 1, #claimed do
-      out[2 + (i - 1) * 4 + 2] = payloads[i]
+      out[2 + (i - 1) * 5 + 2] = payloads[i]
     end
   end
   if count == n then

@@ -2,8 +2,8 @@
 -- KEYS: 1 active, 2 queue, 3 events, 4 wake list
 -- ARGV: 1 events_maxlen, 2 queue name
 -- @include now_fn.lua
+-- @include front_fn.lua
 local now, maxlen = server_now(), tonumber(ARGV[1])
-local BAND = 100000000000
 local stale = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', math.floor(now) * 16, 'WITHSCORES', 'LIMIT', 0, 100)
 local n = 0
 for i = 1, #stale, 2 do
@@ -11,7 +11,7 @@ for i = 1, #stale, 2 do
   if redis.call('EXISTS', 'arq:in-progress:' .. id) == 0 then
     local prio = tonumber(stale[i + 1]) % 16
     redis.call('ZREM', KEYS[1], id)
-    redis.call('ZADD', KEYS[2], now - prio * BAND, id)
+    redis.call('ZADD', KEYS[2], front_of_band(now, prio), id)
     if maxlen > 0 then
       redis.call('XADD', KEYS[3], 'MAXLEN', '~', maxlen, '*', 'type', 'stalled', 'job_id', id, 'queue', ARGV[2])
     end
