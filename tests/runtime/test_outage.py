@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
@@ -57,21 +58,27 @@ async def test_jobs_finishing_during_an_outage_longer_than_the_lease_are_recorde
     await redis.aclose()
 
 
-def _spawn_worker(redis_url: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "worker", "run", "--import", "tests.runtime.jobs", "--queues", "rt-test"],
-        env={**os.environ, **env_for(redis_url)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+def _spawn_worker(redis_url: str, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as err:
+        return subprocess.Popen(
+            [sys.executable, "-m", "worker", "run", "--import", "tests.runtime.jobs", "--queues", "rt-test"],
+            env={**os.environ, **env_for(redis_url)},
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
 
 
-async def test_worker_started_while_redis_is_down_waits_and_logs_outages_quietly() -> None:
+async def test_worker_started_while_redis_is_down_waits_and_logs_outages_quietly(tmp_path: Path) -> None:
     server = RedisServer()  # not started yet: nothing listens on its port
-    proc = _spawn_worker(server.url)
+    log = tmp_path / "worker.log"
+    proc = _spawn_worker(server.url, log)
+
+    async def logged(text: str, times: int) -> bool:
+        return log.read_text().count(text) >= times
+
     try:
-        await asyncio.sleep(2.0)
+        await eventually(lambda: logged("Redis unreachable", 1), within=60)
+        await asyncio.sleep(1.0)
         assert proc.poll() is None, "the worker exited while Redis was unreachable"
         server.start()
         redis: Redis = Redis.from_url(server.url)
@@ -89,12 +96,13 @@ async def test_worker_started_while_redis_is_down_waits_and_logs_outages_quietly
         assert (await client.wait(second.job_id, timeout=20)).state == "complete"
         await redis.aclose()
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=20)
+        await asyncio.to_thread(proc.wait, 20)
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.communicate()
+            proc.wait()
         server.stop()
+    err = log.read_text()
     assert proc.returncode == 0, err
     assert "Traceback" not in err, err
     lines = err.splitlines()

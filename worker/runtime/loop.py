@@ -24,6 +24,7 @@ from redis.exceptions import RedisError
 from settings import Settings, get_settings
 from worker.runtime import keys
 from worker.runtime.client import new_job_id
+from worker.runtime.connection import connect, redis_address
 from worker.runtime.executor import Executor, Outcome
 from worker.runtime.outage import Outage
 from worker.runtime.pipe import Pipe
@@ -31,7 +32,7 @@ from worker.runtime.spec import Registry, registry
 
 log = logging.getLogger("worker.runtime")
 REAP_EVERY_S = 1.0
-REAP_GRACE_S = 2.0  # after Redis comes back, workers first take back their own expired leases, then reaping resumes
+REAP_GRACE_S = 2.0  # a worker reaps only once connected this long (after its start, or Redis's return)
 FINISH_IN_FLIGHT = 3  # finish calls of one queue loop in flight at once
 CLAIMS_IN_FLIGHT = 3  # claims of one queue loop in flight at once, on the ordered pipe (else 1)
 AUTO_PREFETCH_BELOW_MS = 50.0  # automatic prefetch: claim ahead while jobs average less than this
@@ -381,11 +382,11 @@ class Worker:
         registry: Registry = registry,
     ) -> None:
         self.settings = settings or get_settings()
-        url = redis_url or self.settings.redis_url
+        url = redis_address(self.settings, redis_url)
         if not url:
-            raise ValueError("no Redis URL: pass redis_url or set REDIS_URL")
-        self.redis: Redis = Redis.from_url(url)
-        self.blocking: Redis = Redis.from_url(url)
+            raise ValueError("no Redis URL: pass redis_url or set REDIS_URL (or REDIS_SENTINELS)")
+        self.redis: Redis = connect(url)
+        self.blocking: Redis = connect(url)
         self.registry = registry
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{new_job_id()[:6]}"
         self.pipe = Pipe.for_client(self.redis)  # claims, finishes and renewals share one ordered connection
@@ -424,8 +425,10 @@ class Worker:
     async def _housekeeping(self) -> None:
         """Heartbeats (lease renewal), stalled-job reaping and the periodic schedule.
 
-        Right after an outage reaping waits ``REAP_GRACE_S``: every live worker first takes back the leases that
-        lapsed while Redis was away (renew.lua, by fencing token), so only dead workers' jobs are re-queued.
+        A worker reaps only once connected for ``REAP_GRACE_S`` (after its start, or after an outage): meanwhile
+        every live worker takes back the leases that lapsed while Redis was away (renew.lua, by fencing token), so
+        only dead workers' jobs are re-queued, and a worker (re)started by a supervisor right after an outage does
+        not reclaim the jobs of workers that are about to record them.
         """
         hb = self.settings.heartbeat_ms / 1000
         last_reap = 0.0
@@ -433,7 +436,7 @@ class Worker:
             try:
                 for lp in self.loops:
                     await lp.renew()
-                if time.monotonic() - last_reap >= REAP_EVERY_S and self.outage.since_recovery() >= REAP_GRACE_S:
+                if time.monotonic() - last_reap >= REAP_EVERY_S and self.outage.connected_for() >= REAP_GRACE_S:
                     last_reap = time.monotonic()
                     for lp in self.loops:
                         n = await lp.reap()

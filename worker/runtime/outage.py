@@ -23,7 +23,7 @@ class Outage:
     def __init__(self, *, remind_s: float = 30.0, base_s: float = 0.05, cap_s: float = 0.5) -> None:
         self.remind_s, self.base_s, self.cap_s = remind_s, base_s, cap_s
         self.down_since: float | None = None  # monotonic time of the first failure of the current outage
-        self.recovered_at = 0.0  # monotonic time Redis last answered again after an outage
+        self.connected_at: float | None = None  # monotonic time of the first answer, or the last after an outage
         self.outages = 0
         self._reminded = 0.0
 
@@ -49,13 +49,17 @@ class Outage:
             now = time.monotonic()
             log.warning("Redis reachable again after %.1fs", now - self.down_since)
             self.down_since = None
-            self.recovered_at = now
+            self.connected_at = now
+        elif self.connected_at is None:
+            self.connected_at = time.monotonic()
 
     def retry_delay(self) -> float:
         """Seconds to wait before the next attempt: grows with the outage's age, at most ``cap_s``, jittered."""
         age = time.monotonic() - self.down_since if self.down_since is not None else 0.0
         return min(self.cap_s, max(self.base_s, age / 4)) * random.uniform(0.8, 1.0)
 
-    def since_recovery(self) -> float:
-        """Seconds since Redis last came back after an outage (infinite when it never was down)."""
-        return time.monotonic() - self.recovered_at if self.outages else float("inf")
+    def connected_for(self) -> float:
+        """Seconds since Redis first answered, or answered again after the last outage (0 while it is down)."""
+        if self.down_since is not None or self.connected_at is None:
+            return 0.0
+        return time.monotonic() - self.connected_at
