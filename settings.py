@@ -73,6 +73,10 @@ class Settings(BaseSettings):
 
     idempotency_ttl: int = Field(86400, ge=1)
     sync_interval_s: float = Field(300.0, gt=0, description="how often every active mailbox is synced")
+    sync_batch_bytes: int = Field(
+        16 * 1024 * 1024, ge=64 * 1024, description="mail bytes per FETCH; a sync holds at most two batches"
+    )
+    parse_workers: int = Field(0, ge=0, description="parser processes per worker process; 0 = one per core")
     maintenance_interval_s: float = Field(300.0, gt=0, description="how often the cleanup job runs")
     events_maxlen: int = Field(100_000, ge=100)
     dead_letter_retention_s: int = Field(14 * 86400, ge=60)

@@ -1,286 +1,42 @@
-"""The email data store: accounts, outbox, synced messages, sync state and analyses, per tenant.
-
-Job payloads carry IDs only; everything else lives here. Every method takes the tenant id and every
-Redis key is `store:{tenant}:...`, so a job can only reach its own tenant's data. Account secrets are
-encrypted with AES-GCM (key derived from settings.secret_key via HKDF, tenant and account bound in
-as associated data) and are only ever handed out as SecretStr.
-"""
+"""The Redis implementation of `Store` (every key `store:{tenant}:...`)."""
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
-import os
-import re
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from enum import StrEnum
-from typing import Any, Protocol, TypeVar, cast
+from typing import Any, TypeVar, cast
 
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from pydantic import BaseModel, Field, SecretStr, ValidationInfo, field_validator
+from pydantic import SecretStr
 from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
-from worker.mail.message import (
-    ParsedMessage,
-    check_header,
-    new_message_id,
-    validate_address,
-    validate_addresses,
+from worker.mail.message import ParsedMessage, new_message_id
+from worker.store.crypto import SecretBox
+from worker.store.models import (
+    ADDRESS_FIELDS,
+    STORED,
+    Account,
+    AccountIn,
+    InsertResult,
+    OutboxIn,
+    OutboxItem,
+    OutboxStatus,
+    StoredMessage,
+    SyncState,
+    check_id,
+    mailbox_key,
+    utcnow,
 )
-from worker.mail.smtp import TlsMode
 
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 ACTIVE_INDEX = "store:_index:active_accounts"  # "tenant:account" members; IDs only
-STORED = {"stored": True}  # validation context: data read back from the store was validated when written
-_ADDRESS_FIELDS = {"sender", "sender_name", "to", "cc", "bcc", "subject"}
 T = TypeVar("T")
-
-
-def _stored(info: ValidationInfo) -> bool:
-    return isinstance(info.context, dict) and bool(info.context.get("stored"))
-
-
-def check_id(kind: str, value: str) -> str:
-    """`value` when it is a safe identifier (no ':' or other key syntax); raises ValueError otherwise."""
-    if not isinstance(value, str) or not _ID.match(value):
-        raise ValueError(f"invalid {kind} {value!r}")
-    return value
 
 
 async def _r(value: Awaitable[T] | T) -> T:
     """redis-py types many commands as `Awaitable[T] | T`; on the asyncio client they are awaitable."""
     return await cast(Awaitable[T], value)
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def mailbox_key(mailbox: str) -> str:
-    """A key-safe, stable token for a mailbox name of any charset."""
-    return hashlib.sha256(mailbox.encode()).hexdigest()[:20]
-
-
-class SecretBox:
-    """AES-GCM encryption of account secrets; the tenant and account ids are authenticated data."""
-
-    def __init__(self, secret_key: SecretStr) -> None:
-        hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=b"worker-store-v1", info=b"account-secrets")
-        self._aead = AESGCM(hkdf.derive(secret_key.get_secret_value().encode()))
-
-    def encrypt(self, plaintext: str, aad: str) -> str:
-        nonce = os.urandom(12)
-        return base64.b64encode(nonce + self._aead.encrypt(nonce, plaintext.encode(), aad.encode())).decode()
-
-    def decrypt(self, token: str, aad: str) -> str:
-        blob = base64.b64decode(token)
-        return self._aead.decrypt(blob[:12], blob[12:], aad.encode()).decode()
-
-
-class AccountIn(BaseModel):
-    """What is needed to create a mail account."""
-
-    email: str
-    username: str
-    secret: SecretStr
-    imap_host: str
-    imap_port: int = 993
-    imap_tls: TlsMode = TlsMode.IMPLICIT
-    smtp_host: str
-    smtp_port: int = 465
-    smtp_tls: TlsMode = TlsMode.IMPLICIT
-    mailboxes: list[str] = Field(default_factory=lambda: ["INBOX"])
-    active: bool = True
-    timeout_s: float = Field(30.0, gt=0, le=600, description="per protocol call (IMAP and SMTP)")
-
-    @field_validator("email")
-    @classmethod
-    def _email(cls, value: str, info: ValidationInfo) -> str:
-        return value if _stored(info) else validate_address(value)
-
-
-class Account(AccountIn):
-    """A stored account; `secret` is decrypted but stays a SecretStr (hidden in repr and dumps)."""
-
-    id: str
-    tenant_id: str
-    created_at: datetime
-
-
-class OutboxStatus(StrEnum):
-    """Delivery state of an outbox item."""
-
-    QUEUED = "queued"
-    SENDING = "sending"
-    SENT = "sent"
-    FAILED = "failed"
-    BOUNCED = "bounced"
-    CANCELLED = "cancelled"
-
-
-class RecipientOutcome(BaseModel):
-    """The server's answer for one recipient."""
-
-    state: str  # accepted | deferred | rejected
-    code: int
-    message: str
-
-
-class OutboxIn(BaseModel):
-    """A message to send; addresses are validated strictly on creation."""
-
-    account_id: str
-    sender: str
-    sender_name: str | None = None
-    to: list[str] = Field(default_factory=list)
-    cc: list[str] = Field(default_factory=list)
-    bcc: list[str] = Field(default_factory=list)
-    subject: str = ""
-    text: str | None = None
-    html: str | None = None
-
-    @field_validator("sender")
-    @classmethod
-    def _sender(cls, value: str, info: ValidationInfo) -> str:
-        return value if _stored(info) else validate_address(value)
-
-    @field_validator("subject", "sender_name")
-    @classmethod
-    def _header(cls, value: str | None, info: ValidationInfo) -> str | None:
-        return check_header(str(info.field_name), value) if value is not None else None
-
-    @field_validator("to", "cc", "bcc")
-    @classmethod
-    def _rcpts(cls, value: list[str], info: ValidationInfo) -> list[str]:
-        return value if _stored(info) else validate_addresses(value)
-
-
-class OutboxItem(OutboxIn):
-    """A stored outbox item. `message_id` is created once and reused by every delivery attempt."""
-
-    id: str
-    tenant_id: str
-    message_id: str
-    status: OutboxStatus = OutboxStatus.QUEUED
-    recipients: dict[str, RecipientOutcome] = Field(default_factory=dict)
-    attempts: int = 0
-    data_started: bool = False  # DATA was begun by some attempt: a resend could duplicate
-    ambiguous: bool = False
-    last_error: str | None = None
-    scheduled_at: datetime | None = None
-    scheduled_job_id: str | None = None
-    send_started_at: datetime | None = None
-    lateness_s: float | None = None
-    sent_at: datetime | None = None
-    created_at: datetime
-    updated_at: datetime
-
-    def envelope(self) -> list[str]:
-        """All envelope recipients (To, Cc and Bcc), each once (they were validated on creation)."""
-        seen: set[str] = set()
-        out: list[str] = []
-        for address in [*self.to, *self.cc, *self.bcc]:
-            if address.lower() not in seen:
-                seen.add(address.lower())
-                out.append(address)
-        return out
-
-
-class StoredMessage(BaseModel):
-    """A synced message, stored once per content identity per account."""
-
-    id: str
-    tenant_id: str
-    account_id: str
-    mailbox: str
-    uidvalidity: int
-    uid: int
-    content_id: str
-    parsed: ParsedMessage
-    stored_at: datetime
-
-
-class SyncState(BaseModel):
-    """Incremental sync position of one (account, mailbox)."""
-
-    uidvalidity: int | None = None
-    uidnext: int | None = None
-    highest_uid: int = 0
-    highestmodseq: int | None = None
-    flag_cursor: int = 0
-    last_sync_at: datetime | None = None
-
-
-@dataclass(frozen=True)
-class InsertResult:
-    """Outcome of storing one fetched message."""
-
-    uid: int
-    message_id: str
-    content_id: str
-    new: bool
-
-
-class Store(Protocol):
-    """What jobs and the AI helper need from storage. Every call is scoped to one tenant."""
-
-    async def create_account(self, tenant_id: str, data: AccountIn) -> Account: ...
-    async def get_account(self, tenant_id: str, account_id: str) -> Account | None: ...
-    async def set_account_active(self, tenant_id: str, account_id: str, active: bool) -> bool: ...
-    async def list_accounts(self, tenant_id: str) -> list[Account]: ...
-    async def list_active_accounts(self) -> list[tuple[str, str]]: ...
-    async def delete_account(self, tenant_id: str, account_id: str) -> bool: ...
-
-    async def create_outbox(self, tenant_id: str, data: OutboxIn) -> OutboxItem: ...
-    async def get_outbox(self, tenant_id: str, outbox_id: str) -> OutboxItem | None: ...
-    async def transition_outbox(
-        self, tenant_id: str, outbox_id: str, expect: Iterable[OutboxStatus], to: OutboxStatus, **fields: Any
-    ) -> OutboxItem | None: ...
-    async def update_outbox(self, tenant_id: str, outbox_id: str, **fields: Any) -> OutboxItem: ...
-
-    async def insert_messages(
-        self,
-        tenant_id: str,
-        account_id: str,
-        mailbox: str,
-        uidvalidity: int,
-        items: Sequence[tuple[int, tuple[str, ...], ParsedMessage]],
-    ) -> list[InsertResult]: ...
-    async def get_message(self, tenant_id: str, message_id: str) -> StoredMessage | None: ...
-    async def count_messages(self, tenant_id: str, account_id: str) -> int: ...
-    async def known_uids(self, tenant_id: str, account_id: str, mailbox: str, uidvalidity: int) -> list[int]: ...
-    async def get_flags(
-        self, tenant_id: str, account_id: str, mailbox: str, uidvalidity: int, uids: Sequence[int]
-    ) -> dict[int, tuple[str, ...]]: ...
-    async def set_flags(
-        self,
-        tenant_id: str,
-        account_id: str,
-        mailbox: str,
-        uidvalidity: int,
-        flags: dict[int, tuple[str, ...]],
-    ) -> None: ...
-    async def expunge_uids(
-        self, tenant_id: str, account_id: str, mailbox: str, uidvalidity: int, uids: Sequence[int]
-    ) -> int: ...
-    async def reset_mailbox(self, tenant_id: str, account_id: str, mailbox: str, uidvalidity: int) -> None: ...
-    async def get_sync_state(self, tenant_id: str, account_id: str, mailbox: str) -> SyncState: ...
-    async def put_sync_state(self, tenant_id: str, account_id: str, mailbox: str, state: SyncState) -> None: ...
-    async def analysis_requested(self, tenant_id: str, content_ids: Sequence[str]) -> list[bool]: ...
-    async def mark_analysis_requested(self, tenant_id: str, content_ids: Sequence[str]) -> list[bool]: ...
-
-    async def put_analysis(self, tenant_id: str, content_id: str, data: dict[str, Any]) -> bool: ...
-    async def get_analysis(self, tenant_id: str, content_id: str) -> dict[str, Any] | None: ...
-
-    async def acquire_lock(self, tenant_id: str, name: str, owner: str, ttl_s: float) -> bool: ...
-    async def release_lock(self, tenant_id: str, name: str, owner: str) -> None: ...
 
 
 _INSERT = """
@@ -474,7 +230,7 @@ class RedisStore:
     def _apply(doc: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
         """`doc` with `fields` set, validated (addresses again only when one of them changes)."""
         merged = OutboxItem.model_validate(doc, context=STORED).model_copy(update=fields | {"updated_at": utcnow()})
-        context = None if _ADDRESS_FIELDS & fields.keys() else STORED
+        context = None if ADDRESS_FIELDS & fields.keys() else STORED
         return OutboxItem.model_validate(merged.model_dump(), context=context).model_dump(mode="json")
 
     # -- synced messages --------------------------------------------------------------------------

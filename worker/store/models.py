@@ -1,0 +1,186 @@
+"""The store's records: accounts, outbox items, synced messages, sync state, and their validation."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from pydantic import BaseModel, Field, SecretStr, ValidationInfo, field_validator
+
+from worker.mail.folders import DEFAULT_FOLDERS
+from worker.mail.message import ParsedMessage, check_header, validate_address, validate_addresses
+from worker.mail.smtp import TlsMode
+
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+STORED = {"stored": True}  # validation context: data read back from the store was validated when written
+ADDRESS_FIELDS = {"sender", "sender_name", "to", "cc", "bcc", "subject"}
+
+
+def _stored(info: ValidationInfo) -> bool:
+    return isinstance(info.context, dict) and bool(info.context.get("stored"))
+
+
+def check_id(kind: str, value: str) -> str:
+    """`value` when it is a safe identifier (no ':' or other key syntax); raises ValueError otherwise."""
+    if not isinstance(value, str) or not _ID.match(value):
+        raise ValueError(f"invalid {kind} {value!r}")
+    return value
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def mailbox_key(mailbox: str) -> str:
+    """A key-safe, stable token for a mailbox name of any charset."""
+    return hashlib.sha256(mailbox.encode()).hexdigest()[:20]
+
+
+class AccountIn(BaseModel):
+    """What is needed to create a mail account."""
+
+    email: str
+    username: str
+    secret: SecretStr
+    imap_host: str
+    imap_port: int = 993
+    imap_tls: TlsMode = TlsMode.IMPLICIT
+    smtp_host: str
+    smtp_port: int = 465
+    smtp_tls: TlsMode = TlsMode.IMPLICIT
+    mailboxes: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_FOLDERS),
+        description="folders to sync: names and roles (\\Sent, \\Archive, ...), resolved by folder discovery",
+    )
+    active: bool = True
+    timeout_s: float = Field(30.0, gt=0, le=600, description="per protocol call (IMAP and SMTP)")
+
+    @field_validator("email")
+    @classmethod
+    def _email(cls, value: str, info: ValidationInfo) -> str:
+        return value if _stored(info) else validate_address(value)
+
+
+class Account(AccountIn):
+    """A stored account; `secret` is decrypted but stays a SecretStr (hidden in repr and dumps)."""
+
+    id: str
+    tenant_id: str
+    created_at: datetime
+
+
+class OutboxStatus(StrEnum):
+    """Delivery state of an outbox item."""
+
+    QUEUED = "queued"
+    SENDING = "sending"
+    SENT = "sent"
+    FAILED = "failed"
+    BOUNCED = "bounced"
+    CANCELLED = "cancelled"
+
+
+class RecipientOutcome(BaseModel):
+    """The server's answer for one recipient."""
+
+    state: str  # accepted | deferred | rejected
+    code: int
+    message: str
+
+
+class OutboxIn(BaseModel):
+    """A message to send; addresses are validated strictly on creation."""
+
+    account_id: str
+    sender: str
+    sender_name: str | None = None
+    to: list[str] = Field(default_factory=list)
+    cc: list[str] = Field(default_factory=list)
+    bcc: list[str] = Field(default_factory=list)
+    subject: str = ""
+    text: str | None = None
+    html: str | None = None
+
+    @field_validator("sender")
+    @classmethod
+    def _sender(cls, value: str, info: ValidationInfo) -> str:
+        return value if _stored(info) else validate_address(value)
+
+    @field_validator("subject", "sender_name")
+    @classmethod
+    def _header(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return check_header(str(info.field_name), value) if value is not None else None
+
+    @field_validator("to", "cc", "bcc")
+    @classmethod
+    def _rcpts(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        return value if _stored(info) else validate_addresses(value)
+
+
+class OutboxItem(OutboxIn):
+    """A stored outbox item. `message_id` is created once and reused by every delivery attempt."""
+
+    id: str
+    tenant_id: str
+    message_id: str
+    status: OutboxStatus = OutboxStatus.QUEUED
+    recipients: dict[str, RecipientOutcome] = Field(default_factory=dict)
+    attempts: int = 0
+    data_started: bool = False  # DATA was begun by some attempt: a resend could duplicate
+    ambiguous: bool = False
+    last_error: str | None = None
+    scheduled_at: datetime | None = None
+    scheduled_job_id: str | None = None
+    send_started_at: datetime | None = None
+    lateness_s: float | None = None
+    sent_at: datetime | None = None
+    created_at: datetime
+    updated_at: datetime
+
+    def envelope(self) -> list[str]:
+        """All envelope recipients (To, Cc and Bcc), each once (they were validated on creation)."""
+        seen: set[str] = set()
+        out: list[str] = []
+        for address in [*self.to, *self.cc, *self.bcc]:
+            if address.lower() not in seen:
+                seen.add(address.lower())
+                out.append(address)
+        return out
+
+
+class StoredMessage(BaseModel):
+    """A synced message, stored once per content identity per account."""
+
+    id: str
+    tenant_id: str
+    account_id: str
+    mailbox: str
+    uidvalidity: int
+    uid: int
+    content_id: str
+    parsed: ParsedMessage
+    stored_at: datetime
+
+
+class SyncState(BaseModel):
+    """Incremental sync position of one (account, mailbox)."""
+
+    uidvalidity: int | None = None
+    uidnext: int | None = None
+    highest_uid: int = 0
+    highestmodseq: int | None = None
+    flag_cursor: int = 0
+    last_sync_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class InsertResult:
+    """Outcome of storing one fetched message."""
+
+    uid: int
+    message_id: str
+    content_id: str
+    new: bool
