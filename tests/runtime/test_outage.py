@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from tests.helpers import eventually
 from tests.runtime.conftest import env_for
@@ -48,6 +49,14 @@ async def test_jobs_finishing_during_an_outage_longer_than_the_lease_are_recorde
         aof_redis.kill()
         await asyncio.sleep(3.0)  # both jobs finish meanwhile; their leases (1 s) expire on Redis's clock
         aof_redis.start()
+
+        async def loaded() -> bool:  # the restarted server answers LOADING while it reads its AOF
+            try:
+                return bool(await redis.ping())
+            except RedisError:
+                return False
+
+        await eventually(loaded)
         for job in (plain, once):
             st = await client.wait(job.job_id, timeout=20)
             assert (st.state, st.attempts) == ("complete", 1), st

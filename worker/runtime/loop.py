@@ -503,6 +503,7 @@ class Worker:
             await asyncio.gather(starting, return_exceptions=True)
             await self._close()
             return
+        starting.result()  # a start that failed for another reason than Redis being away raises here
         crashed = asyncio.create_task(self._watch())
         done, _ = await asyncio.wait([stopped, crashed], return_when=asyncio.FIRST_COMPLETED)
         log.info("shutting down (grace %.1fs)", self.settings.shutdown_grace_s)
