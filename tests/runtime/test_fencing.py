@@ -56,7 +56,7 @@ async def _finish(ex: Executor, owner: str, job_id: str, out: Outcome, fence: in
 
 async def _renew(ex: Executor, owner: str, job_id: str, fence: int) -> list[bytes]:
     lost: list[bytes] = await ex.scripts.renew(
-        keys=[keys.active(Q), keys.queue(Q)], args=[1000, owner, job_id, 0, "", "", fence]
+        keys=[keys.active(Q), keys.queue(Q)], args=[1000, owner, 0, Q, job_id, 0, "", "", fence]
     )
     return lost
 

@@ -7,6 +7,8 @@
 --       5 idempotency ttl s, 7 claim_n, 8 lease_ms, 9 rate per second, 10 burst, 6 msgpack list of jobs, each
 --       {id, outcome, function, attempt, result record, result_ttl_ms, delay_ms, priority, error, dead-letter entry,
 --        idempotency key or '', idempotency result, idempotency lock token, fencing token (0 = none)}
+--       11 '1' on a grouped queue (jobs go back into their groups; the claim is claim_group's), 12-14 its group
+--       limits (as claim_group.lua's ARGV 8-10)
 --       outcome: complete | retry | defer | requeue | dead
 -- Returns {#jobs, flag per job (1 recorded, 0 discarded: another attempt has started since), then claim.lua's reply
 --          when claim_n > 0}
@@ -17,7 +19,7 @@
 -- happened, and the attempt that superseded it then finds the record instead of repeating the effect.
 -- (Idempotency keys are derived per job: like arq, this needs a single Redis instance, not a cluster.)
 -- @include now_fn.lua
--- @include claim_fn.lua
+-- @include claim_group_fn.lua
 -- @include front_fn.lua
 local owner, maxlen, queue = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local dlq_max, idem_ttl = tonumber(ARGV[4]), tonumber(ARGV[5])
@@ -28,6 +30,8 @@ local jobs = cmsgpack.unpack(ARGV[6])
 local out = {}
 local dels, released = {}, {}
 local stats = {completed = 0, retried = 0, dead = 0}
+local G = ARGV[11] == '1' and gkeys(queue, KEYS[1]) or nil
+local gconc = tonumber(ARGV[12] or 0)
 
 local holders = {}
 if not arq_owned then
@@ -76,10 +80,13 @@ local function finish(i, j)
     if not holder then
       -- the lease expired (Redis outage, stalled worker): the reaper may have re-queued the job already
       redis.call('ZREM', KEYS[1], id)
+      if G then redis.call('ZREM', gzset(G, record_group(id)), id) end
     end
     dels[#dels + 1] = 'arq:in-progress:' .. id
     released[#released + 1] = id
   end
+  local g = gconc > 0 and grelease(G, id)
+  if g and redis.call('EXISTS', gzset(G, g)) == 1 then gready(G, g, now) end  -- a slot of its group freed
 
   if outcome == 'complete' then
     if not arq_owned then
@@ -117,12 +124,15 @@ local function finish(i, j)
   -- retry / defer / requeue: back to the queue after delay_ms, keeping the priority band; a job re-queued without
   -- a delay (shutdown, given back unstarted) goes to the front of its band
   local run_at, prio = now + j[7], j[8]
+  local front = outcome == 'requeue' and j[7] <= 0
   if outcome ~= 'retry' then redis.call('HINCRBY', info, 'a', -1) end
   if j[9] ~= '' then redis.call('HSET', info, 'e', j[9]) end
-  if not arq_owned then
+  if G then
+    gput(G, KEYS[2], g or record_group(id), id, front and now - FRONT or run_at, prio, now)
+  elseif not arq_owned then
     if prio > 0 and run_at > now then
       redis.call('ZADD', KEYS[2], math.floor(run_at) * 16 + prio, id)
-    elseif outcome == 'requeue' and j[7] <= 0 then
+    elseif front then
       redis.call('ZADD', KEYS[1], front_of_band(now, prio), id)
     else
       redis.call('ZADD', KEYS[1], run_at - prio * BAND, id)
@@ -151,8 +161,14 @@ local claim_n = tonumber(ARGV[7])
 if claim_n > 0 then
   local k = {queue = KEYS[1], delayed = KEYS[2], active = KEYS[3], events = KEYS[4], rl = KEYS[7],
     paused = KEYS[8], wake = KEYS[9], stats = KEYS[5]}
-  local claimed = claim(k, now, claim_n, tonumber(ARGV[8]), owner, maxlen, tonumber(ARGV[9]), tonumber(ARGV[10]),
-    queue)
+  local claimed
+  if G then
+    claimed = gclaim(k, now, claim_n, tonumber(ARGV[8]), owner, maxlen, tonumber(ARGV[9]), tonumber(ARGV[10]),
+      queue, gconc, tonumber(ARGV[13]), tonumber(ARGV[14]))
+  else
+    claimed = claim(k, now, claim_n, tonumber(ARGV[8]), owner, maxlen, tonumber(ARGV[9]), tonumber(ARGV[10]),
+      queue)
+  end
   for _, v in ipairs(claimed) do out[#out + 1] = v end
 end
 return out
