@@ -21,7 +21,7 @@ from settings import Settings
 
 SCHEME = "redis+sentinel"
 SENTINEL_TIMEOUT_S = 0.5  # per question to one sentinel (a dead sentinel must not stall a reconnect)
-CONNECT_TIMEOUT_S = 2.0  # connecting to a data node
+CONNECT_TIMEOUT_S = 5.0  # connecting to a data node
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError, NoScriptError
 
 FLUSH_NOW_BYTES = 8192  # commands at least this big are written at once instead of at the end of the loop turn
-CONNECT_TIMEOUT_S = 2.0
+CONNECT_TIMEOUT_S = 5.0
 Resolver = Callable[[], Awaitable[tuple[str, int]]]  # where the primary is now (Sentinel)
 
 
