@@ -195,6 +195,21 @@ service stats {{
     user = {user}
   }}
 }}
+{extra}
+"""
+
+SPECIAL_USE_CONF = """\
+namespace inbox {
+  inbox = yes
+  mailbox Sent {
+    special_use = \\Sent
+    auto = create
+  }
+  mailbox Drafts {
+    special_use = \\Drafts
+    auto = create
+  }
+}
 """
 
 
@@ -209,6 +224,7 @@ class DovecotServer(ImapServer):
     workdir: Path | None = None
     tls: tuple[Path, Path] | None = None  # (cert, key): also serve implicit TLS on tls_port
     tls_port: int = field(default_factory=free_port)
+    extra_conf: str = ""  # appended to dovecot.conf, e.g. SPECIAL_USE_CONF
 
     def _run_as(self) -> dict[str, object]:
         if os.geteuid() != 0:
@@ -238,6 +254,7 @@ class DovecotServer(ImapServer):
                     group=gr.gr_name,
                     uid=pw.pw_uid,
                     gid=gr.gr_gid,
+                    extra=self.extra_conf,
                 )
             )
             (d / "users").write_text(f"{self.user}:{{PLAIN}}{self.password}::::\n")

@@ -38,6 +38,7 @@ _STATUS_CODES = {
     "uidnext": re.compile(rb"\[UIDNEXT (\d+)\]"),
     "highestmodseq": re.compile(rb"\[HIGHESTMODSEQ (\d+)\]"),
 }
+_LIST_LINE = re.compile(rb'^(?:LIST )?\(([^)]*)\) (?:"(?:[^"\\]|\\.)*"|NIL) (.*)$')
 _EXISTS = re.compile(rb"^(\d+) EXISTS")
 _VANISHED = re.compile(rb"^VANISHED \(EARLIER\) ([0-9:,]+)")
 
@@ -128,6 +129,18 @@ def encode_mailbox(name: str) -> str:
             pending.append(ch)
     flush()
     return "".join(out)
+
+
+def decode_mailbox(wire: str) -> str:
+    """A mailbox name from IMAP modified UTF-7 (the inverse of encode_mailbox)."""
+
+    def part(m: re.Match[str]) -> str:
+        b64 = m.group(1).replace(",", "/")
+        if not b64:
+            return "&"
+        return base64.b64decode(b64 + "=" * (-len(b64) % 4)).decode("utf-16-be", "replace")
+
+    return re.sub(r"&([A-Za-z0-9+,]*)-", part, wire)
 
 
 def quote(value: str) -> str:
@@ -394,6 +407,31 @@ class ImapSession:
             vanished=vanished,
             changed_flags=changed,
         )
+
+    async def list_mailboxes(self) -> list[tuple[frozenset[str], str]]:
+        """LIST "" "*": (flags, decoded name) of every mailbox; flags include SPECIAL-USE ones the server sends."""
+        lines = await self._ok("LIST", self.client.list('""', '"*"'))
+        found: list[tuple[frozenset[str], str]] = []
+        pending: frozenset[str] | None = None
+        for line in lines[:-1]:
+            if isinstance(line, bytearray) and pending is not None:  # the name came as a literal
+                found.append((pending, decode_mailbox(bytes(line).decode("utf-8", "replace"))))
+                pending = None
+                continue
+            if not isinstance(line, bytes):
+                continue
+            m = _LIST_LINE.match(line)
+            if m is None:
+                continue
+            flags = frozenset(f.decode().lower() for f in m.group(1).split())
+            name = m.group(2)
+            if _LITERAL_END.search(name):
+                pending = flags
+                continue
+            text = _tokens(name)
+            if text and isinstance(text[0], str):
+                found.append((flags, decode_mailbox(text[0])))
+        return found
 
     async def noop(self) -> None:
         """NOOP: lets the server report mail that arrived since SELECT."""
