@@ -20,7 +20,7 @@ from tests.helpers import eventually
 from tests.jobs.test_send_email import message_ids, outbox
 from tests.support import job_registry, job_settings, mail_account, spawn_worker
 from tests.support.faultproxy import POINTS, Point, SmtpFaultProxy
-from tests.support.imap import SPECIAL_USE_CONF, DovecotServer, append_messages, dovecot_available
+from tests.support.imap import DovecotServer, append_messages, dovecot_available
 from tests.support.smtp import Received, SmtpServer
 from worker.jobs.send_email import enqueue_send
 from worker.runtime import Client, Worker
@@ -34,7 +34,8 @@ BIG_TEXT = "x" * 76 + "\n"  # 6 MB of it: more than the socket buffers, so mid-D
 def mailbox() -> Iterator[DovecotServer]:
     if not dovecot_available():
         pytest.skip("dovecot-imapd is not installed")
-    with DovecotServer(extra_conf=SPECIAL_USE_CONF).start() as server:
+    with DovecotServer(special_use={"Sent": "\\Sent"}).start() as server:
+        server.command('CREATE "Sent"')
         yield server  # type: ignore[misc]
 
 

@@ -187,6 +187,7 @@ service imap-login {{
 service anvil {{
   chroot =
 }}
+{namespace}
 service stats {{
   unix_listener stats-reader {{
     user = {user}
@@ -195,21 +196,6 @@ service stats {{
     user = {user}
   }}
 }}
-{extra}
-"""
-
-SPECIAL_USE_CONF = """\
-namespace inbox {
-  inbox = yes
-  mailbox Sent {
-    special_use = \\Sent
-    auto = create
-  }
-  mailbox Drafts {
-    special_use = \\Drafts
-    auto = create
-  }
-}
 """
 
 
@@ -224,7 +210,7 @@ class DovecotServer(ImapServer):
     workdir: Path | None = None
     tls: tuple[Path, Path] | None = None  # (cert, key): also serve implicit TLS on tls_port
     tls_port: int = field(default_factory=free_port)
-    extra_conf: str = ""  # appended to dovecot.conf, e.g. SPECIAL_USE_CONF
+    special_use: dict[str, str] = field(default_factory=dict)  # mailbox name -> RFC 6154 attribute, e.g. \\Sent
 
     def _run_as(self) -> dict[str, object]:
         if os.geteuid() != 0:
@@ -254,7 +240,7 @@ class DovecotServer(ImapServer):
                     group=gr.gr_name,
                     uid=pw.pw_uid,
                     gid=gr.gr_gid,
-                    extra=self.extra_conf,
+                    namespace=self._namespace(),
                 )
             )
             (d / "users").write_text(f"{self.user}:{{PLAIN}}{self.password}::::\n")
@@ -274,6 +260,15 @@ class DovecotServer(ImapServer):
         if self.tls is not None:
             wait_for_port(self.tls_port)
         return self
+
+    def _namespace(self) -> str:
+        """A namespace block giving mailboxes SPECIAL-USE attributes (Dovecot then advertises SPECIAL-USE)."""
+        if not self.special_use:
+            return ""
+        boxes = "".join(
+            f'  mailbox "{name}" {{\n    special_use = {attr}\n  }}\n' for name, attr in self.special_use.items()
+        )
+        return "namespace inbox {\n  inbox = yes\n  separator = /\n" + boxes + "}\n"
 
     def doveadm(self, *args: str) -> str:
         assert self.workdir is not None

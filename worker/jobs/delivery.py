@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from redis.asyncio import Redis
 
 from worker.jobs.deps import get_store, imap_config
+from worker.mail.folders import find_roles
 from worker.mail.imap import ImapAuthError, ImapError, ImapSession, open_imap, quote
 from worker.runtime import Client, JobContext, PermanentError, job, keys
 from worker.store import (
@@ -32,7 +33,6 @@ from worker.store import (
 
 RESOLVE_JOB = "resolve_ambiguous_send"
 REAP_JOB = "reap_outbox"
-SENT_NAMES = ("sent", "sent items", "sent messages", "sent mail", "[gmail]/sent mail", "inbox.sent", "inbox/sent")
 _LIVE_JOB = {"queued", "deferred", "active"}
 Action = Literal["mark_sent", "resend", "fail"]
 
@@ -108,12 +108,7 @@ class ResolveSend(BaseModel):
 
 async def find_sent_folder(session: ImapSession) -> str | None:
     """The account's Sent mailbox: SPECIAL-USE \\Sent (RFC 6154), else a common name; None if there is none."""
-    boxes = [(flags, name) for flags, name in await session.list_mailboxes() if "\\noselect" not in flags]
-    for flags, name in boxes:
-        if "\\sent" in flags:
-            return name
-    by_name = {name.lower(): name for _, name in boxes}
-    return next((by_name[n] for n in SENT_NAMES if n in by_name), None)
+    return find_roles(await session.list_mailboxes()).get("\\Sent")
 
 
 async def in_folder(session: ImapSession, message_id: str) -> bool:
