@@ -33,12 +33,14 @@ from dataclasses import dataclass, field
 import aioimaplib
 from redis.asyncio import Redis
 
+from settings import Settings
 from tests.support import job_registry, job_settings, mail_account
+from tests.support.db import scratch_store
 from tests.support.imap import PASSWORD, USER, DovecotServer, make_mail
 from worker.devstack import RedisServer
 from worker.mail.imap import MAX_BATCH
 from worker.runtime import Client, Worker
-from worker.store import RedisStore
+from worker.store import SqlStore
 
 PROBE_S = 0.005
 
@@ -86,8 +88,15 @@ async def job_run(redis_url: str, port: int, mailbox: str) -> tuple[float, int, 
     """One full sync of `mailbox` by a worker in this process, from a clean store."""
     redis = Redis.from_url(redis_url)
     await redis.flushall()
-    settings = job_settings()
-    store = RedisStore(redis, settings.secret_key)
+    async with scratch_store(job_settings()) as (settings, store):
+        result = await _job_run(redis, redis_url, settings, store, port, mailbox)
+    await redis.aclose()
+    return result
+
+
+async def _job_run(
+    redis: Redis, redis_url: str, settings: Settings, store: SqlStore, port: int, mailbox: str
+) -> tuple[float, int, Lag]:
     account = await mail_account(store, imap_port=port, timeout_s=120)
     client = Client(redis, settings)
     async with Worker(redis_url, queues=["email-sync"], settings=settings, registry=job_registry()):
@@ -101,9 +110,7 @@ async def job_run(redis_url: str, port: int, mailbox: str) -> tuple[float, int, 
                 raise RuntimeError(f"sync failed: {status.error}")
             return int(status.result["fetched"])
 
-        result = await with_lag_probe(work)
-    await redis.aclose()
-    return result
+        return await with_lag_probe(work)
 
 
 async def aioimaplib_run(port: int, mailbox: str) -> tuple[float, int, Lag]:

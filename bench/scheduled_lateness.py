@@ -22,11 +22,13 @@ from datetime import UTC, datetime, timedelta
 from redis.asyncio import Redis
 
 from bench.common import percentile
+from settings import Settings
 from tests.support import ROOT, job_registry, job_settings, mail_account
+from tests.support.db import scratch_store
 from worker.devstack import RedisServer
 from worker.jobs.scheduled_emails import schedule_email
 from worker.runtime import Client, Worker
-from worker.store import OutboxIn, OutboxStatus, RedisStore
+from worker.store import OutboxIn, OutboxStatus, SqlStore
 
 PER_ACCOUNT = 50
 
@@ -49,10 +51,16 @@ async def main(emails: int, spread: float) -> None:
     )
     assert sink.stdout is not None and sink.stdin is not None
     smtp_port = int(sink.stdout.readline())
+    async with scratch_store(job_settings()) as (settings, store):
+        await _run(sink, smtp_port, settings, store, emails, spread)
+
+
+async def _run(
+    sink: subprocess.Popen[str], smtp_port: int, settings: Settings, store: SqlStore, emails: int, spread: float
+) -> None:
     with RedisServer() as redis_server:
         redis = Redis.from_url(redis_server.url)
-        settings = job_settings()
-        store, client = RedisStore(redis, settings.secret_key), Client(redis, settings)
+        client = Client(redis, settings)
         accounts = [await mail_account(store, smtp_port=smtp_port) for _ in range(-(-emails // PER_ACCOUNT))]
         items = []
         for i in range(emails):

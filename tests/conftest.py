@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
+from settings import get_settings
 from tests.support import db
 from worker.devstack import PostgresServer, RedisServer
 
@@ -75,9 +76,11 @@ def sqlite_url(sqlite_template: Path, tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def database_url(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """An empty store database on TEST_DATABASE's backend, exported as DATABASE_URL (so Settings(), and
-    worker subprocesses, use it)."""
+def database_url(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """An empty store database on TEST_DATABASE's backend, exported as DATABASE_URL (so Settings(),
+    get_settings() and worker subprocesses use it)."""
     url: str = request.getfixturevalue("pg_url" if TEST_DATABASE == "postgresql" else "sqlite_url")
     monkeypatch.setenv("DATABASE_URL", url)
-    return url
+    get_settings.cache_clear()
+    yield url
+    get_settings.cache_clear()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 
 import pytest
 from cryptography.exceptions import InvalidTag
@@ -12,7 +13,7 @@ from sqlalchemy import select, update
 from tests.store.conftest import store_settings
 from tests.support.imap import make_mail
 from worker.mail.message import parse_message
-from worker.store import AccountIn, OutboxIn, OutboxStatus, SqlStore, SyncState
+from worker.store import AccountIn, OutboxIn, OutboxStatus, SqlStore, SyncState, utcnow
 from worker.store.sql.tables import accounts
 
 SECRET = "hunter2-very-secret"
@@ -280,3 +281,37 @@ async def test_quarantine(store: SqlStore) -> None:
     assert len(resolved) == 1 and resolved[0].resolved and resolved[0].resolved_at is not None
     reopened = await store.quarantine_message("t1", "a1", "INBOX", 7, 42, error="broke again")
     assert not reopened.resolved and reopened.attempts == 3
+
+
+async def test_outbox_lists_lookup_match_and_the_reapers_scan(store: SqlStore) -> None:
+    def data(account: str) -> OutboxIn:
+        return OutboxIn(account_id=account, sender="a@example.com", to=["b@example.com"])
+
+    first, second = await store.create_outbox("t1", data("a1")), await store.create_outbox("t1", data("a2"))
+    other = await store.create_outbox("t2", data("a1"))
+    assert [i.id for i in await store.list_outbox("t1")] == [second.id, first.id]
+    assert [i.id for i in await store.list_outbox("t1", account_id="a1")] == [first.id]
+    assert await store.list_outbox("t1", status=OutboxStatus.SENT) == []
+    found = await store.find_outbox_by_message_id("t1", first.message_id)
+    assert found is not None and found.id == first.id
+    assert await store.find_outbox_by_message_id("t2", first.message_id) is None
+    # match: only the attempt that owns the item may finish it
+    owned = await store.transition_outbox(
+        "t1", first.id, [OutboxStatus.QUEUED], OutboxStatus.SENDING, send_attempt="att-1", delivery_step="data"
+    )
+    assert owned is not None and owned.send_attempt == "att-1" and owned.delivery_step == "data"
+    assert (
+        await store.transition_outbox(
+            "t1", first.id, [OutboxStatus.SENDING], OutboxStatus.SENT, match={"send_attempt": "att-2"}
+        )
+        is None
+    )
+    noted = owned.noted(OutboxStatus.SENT, "accepted")
+    sent = await store.transition_outbox(
+        "t1", first.id, [OutboxStatus.SENDING], OutboxStatus.SENT, match={"send_attempt": "att-1"}, history=noted
+    )
+    assert sent is not None and sent.history[-1].note == "accepted" and sent.history == noted
+    later = utcnow() + timedelta(seconds=1)
+    stale = await store.unfinished_outbox([OutboxStatus.QUEUED, OutboxStatus.SENDING], later)
+    assert {(i.tenant_id, i.id) for i in stale} == {("t1", second.id), ("t2", other.id)}  # across tenants
+    assert await store.unfinished_outbox([OutboxStatus.QUEUED], first.created_at) == []

@@ -4,7 +4,10 @@ non-superuser role (so row-level security binds it), and a migrated SQLite file 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
+import tempfile
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -12,6 +15,7 @@ from pydantic import SecretStr
 
 from settings import Settings
 from worker.devstack import PostgresServer
+from worker.store import SqlStore
 from worker.store.sql.engine import create_engine
 from worker.store.sql.schema import upgrade
 from worker.store.sql.tables import TENANT_TABLES
@@ -63,3 +67,20 @@ def sqlite_copy(template: Path, directory: Path) -> str:
     path = directory / "worker.db"
     shutil.copyfile(template, path)
     return f"sqlite:///{path}"
+
+
+@contextlib.asynccontextmanager
+async def scratch_store(settings: Settings) -> AsyncIterator[tuple[Settings, SqlStore]]:
+    """`settings` pointed at a fresh, migrated SQLite file (removed afterwards), and a store on it."""
+    directory = tempfile.mkdtemp(prefix="worker-store-")
+    url = f"sqlite:///{directory}/store.db"
+    try:
+        await migrate(url)
+        scratch = settings.model_copy(update={"database_url": url})
+        store = SqlStore.from_settings(scratch)
+        try:
+            yield scratch, store
+        finally:
+            await store.aclose()
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)

@@ -16,10 +16,13 @@ from settings import Settings
 from worker.store.crypto import SecretBox
 from worker.store.locks import Locks
 from worker.store.models import (
+    FINAL_STATUSES,
     STORED,
     Account,
     AccountIn,
+    DeliveryStep,
     InsertResult,
+    OutboxEvent,
     OutboxIn,
     OutboxItem,
     OutboxStatus,
@@ -56,11 +59,14 @@ async def prepare_store(settings: Settings) -> SqlStore:
 
 
 __all__ = [
+    "FINAL_STATUSES",
     "STORED",
     "Account",
     "AccountIn",
+    "DeliveryStep",
     "InsertResult",
     "Locks",
+    "OutboxEvent",
     "OutboxIn",
     "OutboxItem",
     "OutboxStatus",

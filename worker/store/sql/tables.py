@@ -108,8 +108,12 @@ outbox = Table(
     Column("status", String(16), nullable=False),
     Column("recipients", Json, nullable=False),
     Column("attempts", Integer, nullable=False),
-    Column("data_started", Boolean, nullable=False),
-    Column("ambiguous", Boolean, nullable=False),
+    Column("delivery_step", String(16)),
+    Column("send_attempt", String(128)),
+    Column("send_job_id", String(128)),
+    Column("auto_resends", Integer, nullable=False),
+    Column("resolution", String(32)),
+    Column("history", Json, nullable=False),
     Column("last_error", Text),
     Column("scheduled_at", UtcDateTime),
     Column("scheduled_job_id", String(128)),
@@ -120,6 +124,7 @@ outbox = Table(
     Column("updated_at", UtcDateTime, nullable=False),
     Index(None, "tenant_id", "status", "updated_at"),
     Index(None, "tenant_id", "message_id"),
+    Index(None, "status", "updated_at"),  # the reaper's cross-tenant scan of unfinished items
 )
 
 messages = Table(

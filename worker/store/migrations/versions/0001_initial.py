@@ -125,8 +125,12 @@ def upgrade() -> None:
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("recipients", JSON, nullable=False),
         sa.Column("attempts", sa.Integer(), nullable=False),
-        sa.Column("data_started", sa.Boolean(), nullable=False),
-        sa.Column("ambiguous", sa.Boolean(), nullable=False),
+        sa.Column("delivery_step", sa.String(length=16), nullable=True),
+        sa.Column("send_attempt", sa.String(length=128), nullable=True),
+        sa.Column("send_job_id", sa.String(length=128), nullable=True),
+        sa.Column("auto_resends", sa.Integer(), nullable=False),
+        sa.Column("resolution", sa.String(length=32), nullable=True),
+        sa.Column("history", JSON, nullable=False),
         sa.Column("last_error", sa.Text(), nullable=True),
         sa.Column("scheduled_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("scheduled_job_id", sa.String(length=128), nullable=True),
@@ -138,6 +142,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("tenant_id", "id", name=op.f("pk_outbox")),
     )
     op.create_index(op.f("ix_outbox_tenant_id_message_id"), "outbox", ["tenant_id", "message_id"], unique=False)
+    op.create_index(op.f("ix_outbox_status_updated_at"), "outbox", ["status", "updated_at"], unique=False)
     op.create_index(
         op.f("ix_outbox_tenant_id_status_updated_at"), "outbox", ["tenant_id", "status", "updated_at"], unique=False
     )
@@ -195,17 +200,19 @@ def row_level_security() -> None:
     """Every row is visible and writable only in a transaction whose `worker.tenant_id` is its tenant (set by
     the store per transaction). FORCE makes it bind the table owner too; superusers and BYPASSRLS roles still
     bypass it, so the application's role must be neither. The only cross-tenant access is reading accounts in
-    the explicit 'all-read' scope (the periodic sync lists active accounts; key rotation lists tenants)."""
+    the explicit 'all-read' scope (the periodic sync lists active accounts; key rotation lists tenants) and
+    reading outbox items in it (the reaper finds sends left unfinished by any tenant's crashed workers)."""
     for table in TENANT_TABLES:
         op.execute(f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY")
         op.execute(f"ALTER TABLE {table} FORCE ROW LEVEL SECURITY")
         op.execute(
             f"CREATE POLICY tenant_isolation ON {table} USING (tenant_id = {TENANT}) WITH CHECK (tenant_id = {TENANT})"
         )
-    op.execute(
-        "CREATE POLICY cross_tenant_read ON accounts FOR SELECT "
-        "USING (current_setting('worker.scope', true) = 'all-read')"
-    )
+    for table in ("accounts", "outbox"):
+        op.execute(
+            f"CREATE POLICY cross_tenant_read ON {table} FOR SELECT "
+            "USING (current_setting('worker.scope', true) = 'all-read')"
+        )
 
 
 def downgrade() -> None:
@@ -214,6 +221,7 @@ def downgrade() -> None:
 
     op.drop_table("quarantine")
     op.drop_index(op.f("ix_outbox_tenant_id_status_updated_at"), table_name="outbox")
+    op.drop_index(op.f("ix_outbox_status_updated_at"), table_name="outbox")
     op.drop_index(op.f("ix_outbox_tenant_id_message_id"), table_name="outbox")
 
     op.drop_table("outbox")
