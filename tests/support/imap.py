@@ -240,7 +240,10 @@ class DovecotServer(ImapServer):
                     f"introspection_url = {self.oauth2_introspection_url}\n"
                     "introspection_mode = auth\nusername_attribute = email\n"
                 )
-                oauth_passdb = f"passdb {{\n  driver = oauth2\n  mechanisms = xoauth2 oauthbearer\n  args = {d}/oauth2.conf.ext\n}}\n"
+                oauth_passdb = (
+                    "passdb {\n  driver = oauth2\n  mechanisms = xoauth2 oauthbearer\n"
+                    f"  args = {d}/oauth2.conf.ext\n}}\n"
+                )
             (d / "dovecot.conf").write_text(
                 _DOVECOT_CONF.format(
                     d=d,
