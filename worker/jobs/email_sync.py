@@ -19,12 +19,12 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from worker.jobs.deps import get_store, imap_config
+from worker.jobs.mail_auth import account_imap
 from worker.mail.imap import (
     MAX_BATCH,
     MAX_BATCH_BYTES,
     ImapAuthError,
     ImapSession,
-    open_imap,
     plan_batches,
 )
 from worker.mail.message import ParsedMessage, parse_message
@@ -228,7 +228,7 @@ async def sync_mailbox(ctx: JobContext, payload: SyncMailbox) -> dict[str, Any]:
     if not account.active:
         return {"skipped": "account inactive"}
     try:
-        config = imap_config(account)
+        imap_config(account)  # a bad TLS setting fails before the lock is taken
     except ValueError as exc:
         raise PermanentError(str(exc)) from None
     lock = f"sync:{payload.account_id}:{mailbox_key(payload.mailbox)}"
@@ -247,7 +247,7 @@ async def sync_mailbox(ctx: JobContext, payload: SyncMailbox) -> dict[str, Any]:
         await ctx.progress(progress)
 
     try:
-        async with open_imap(config) as session:
+        async with account_imap(ctx, store, account) as session:
             sync = MailboxSync(
                 session,
                 store,
@@ -273,8 +273,8 @@ async def sync_all_accounts(ctx: JobContext, payload: SyncAll) -> dict[str, int]
     enqueued = duplicates = 0
     for tenant_id, account_id in await store.list_active_accounts():
         account = await store.get_account(tenant_id, account_id)
-        if account is None or not account.active:
-            continue
+        if account is None or not account.active or account.auth_state != "ok":
+            continue  # an account in auth_error waits for new credentials
         for mailbox in account.mailboxes:
             r = await ctx.enqueue(
                 "sync_mailbox",

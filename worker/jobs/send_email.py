@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from worker.jobs.deps import get_store, smtp_config
+from worker.jobs.mail_auth import AuthFailed, AuthUnavailable, send_as_account
 from worker.mail import smtp
 from worker.mail.message import build_message
 from worker.runtime import Client, Enqueued, JobContext, PermanentError, job
@@ -92,7 +93,7 @@ async def send_email(ctx: JobContext, payload: SendEmail) -> dict[str, Any]:
     try:
         if account is None:
             raise ValueError(f"account {item.account_id} not found")
-        config = smtp_config(account)
+        smtp_config(account)  # a bad TLS setting is a permanent failure
         message = build_message(
             sender=item.sender,
             sender_name=item.sender_name,
@@ -111,9 +112,20 @@ async def send_email(ctx: JobContext, payload: SendEmail) -> dict[str, Any]:
         await store.update_outbox(item.tenant_id, item.id, data_started=True)
 
     try:
-        result = await smtp.send(
-            config, message, sender=item.sender, recipients=item.envelope(), before_data=before_data
+        result = await send_as_account(
+            ctx,
+            store,
+            account,
+            lambda config: smtp.send(
+                config, message, sender=item.sender, recipients=item.envelope(), before_data=before_data
+            ),
         )
+    except AuthUnavailable:  # no access token yet (token endpoint busy): back to the queue, no attempt used
+        await _finish(store, item, OutboxStatus.QUEUED, "waiting for an OAuth2 access token", data_started=False)
+        raise
+    except AuthFailed as exc:
+        await _finish(store, item, OutboxStatus.FAILED, str(exc), data_started=False)
+        raise
     except smtp.AmbiguousSmtpError as exc:
         await store.update_outbox(item.tenant_id, item.id, ambiguous=True, last_error=str(exc))
         raise PermanentError(f"delivery ambiguous, not resent: {exc}") from None
