@@ -14,7 +14,7 @@ from tests.support.imap import DovecotServer, make_mail
 from tests.support.oauth_server import FailKind, OAuthServer
 from tests.support.smtp import SmtpServer
 from worker.jobs.send_email import enqueue_send
-from worker.runtime import Client, JobStatus, Worker
+from worker.runtime import Client, JobStatus
 from worker.store import Account, OutboxIn, OutboxStatus, RedisStore
 
 pytestmark = pytest.mark.usefixtures("worker")
