@@ -5,16 +5,21 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import httpx
 import pytest
 from pydantic import SecretStr
 from redis.asyncio import Redis
 
+import worker.jobs
 from settings import Settings
+from tests.api.conftest import ADMIN, api_settings
 from tests.support import job_registry, job_settings
 from tests.support.imap import USER, DovecotServer, dovecot_available
 from tests.support.oauth_server import OAuthServer
 from tests.support.oauth_smtp import OAuthHandler, oauth_smtp_server
 from tests.support.smtp import SmtpServer
+from worker.api import create_app
+from worker.api.server import serve
 from worker.mail.oauth import AUTH_ERROR_EVENT
 from worker.mail.oauth_providers import OAuthGrant
 from worker.mail.smtp import TlsMode
@@ -24,6 +29,7 @@ from worker.store import Account, AccountIn, RedisStore
 CLIENT_ID = "mail-app"
 CLIENT_SECRET = "cs-Kq8-client-s3cret"  # distinctive, so scans can find it
 REDIRECT = "http://127.0.0.1:9/callback"
+CALLBACK = "/v1/oauth/callback"
 
 
 @pytest.fixture
@@ -124,3 +130,29 @@ async def oauth_account(
 
 async def auth_error_events(redis: Redis) -> list[dict[str, str]]:
     return [e for _, e in await Events(redis).read(count=100_000) if e["type"] == AUTH_ERROR_EVENT]
+
+
+@pytest.fixture
+async def base_url(redis: Redis, redis_url: str) -> AsyncIterator[str]:
+    async with serve(create_app(api_settings(), redis_url=redis_url)) as url:
+        yield url
+
+
+@pytest.fixture
+async def admin(base_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=base_url, headers={"Authorization": f"Bearer {ADMIN}"}) as c:
+        yield c
+
+
+@pytest.fixture
+def provider(oauth: OAuthServer, base_url: str) -> dict[str, Any]:
+    oauth.register(CLIENT_ID, CLIENT_SECRET, [base_url + CALLBACK])
+    return {
+        "provider": "generic",
+        "client_id": CLIENT_ID,
+        "client_secret": CLIENT_SECRET,
+        "authorize_url": oauth.authorize_url,
+        "token_url": oauth.token_url,
+        "scopes": ["mail"],
+        "redirect_uri": base_url + CALLBACK,
+    }

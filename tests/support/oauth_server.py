@@ -171,6 +171,13 @@ class OAuthServer:
         with self._lock:
             return self._active_access(token) is not None
 
+    def secrets(self) -> list[str]:
+        """Every token, code and client secret this server knows: what must never leak."""
+        with self._lock:
+            found = [*self._access, *self._refresh, *self._codes]
+            found += [c.secret for c in self.clients.values() if c.secret]
+            return found
+
     def refresh_grants(self) -> list[TokenRequest]:
         """Token requests with grant_type=refresh_token."""
         with self._lock:

@@ -154,7 +154,8 @@ class RedisStore:
             pipe.delete(self._k(tenant_id, "account", check_id("account id", account_id)))
             pipe.srem(self._k(tenant_id, "accounts"), account_id)
             pipe.srem(ACTIVE_INDEX, f"{tenant_id}:{account_id}")
-            deleted, _, _ = await pipe.execute()
+            pipe.delete(self._k(tenant_id, "oauth", account_id))
+            deleted, *_ = await pipe.execute()
         return bool(deleted)
 
     # -- outbox -----------------------------------------------------------------------------------
