@@ -167,7 +167,6 @@ first_valid_gid = 0
 mail_fsync = never
 {oauth_passdb}passdb {{
   driver = passwd-file
-  mechanisms = plain login
   args = scheme=PLAIN username_format=%u {d}/users
 }}
 userdb {{
@@ -241,7 +240,7 @@ class DovecotServer(ImapServer):
                     "introspection_mode = auth\nusername_attribute = email\n"
                 )
                 oauth_passdb = (
-                    "passdb {\n  driver = oauth2\n  mechanisms = xoauth2 oauthbearer\n"
+                    "passdb {\n  driver = oauth2\n  mechanisms = xoauth2 oauthbearer\n  result_failure = return-fail\n"
                     f"  args = {d}/oauth2.conf.ext\n}}\n"
                 )
             (d / "dovecot.conf").write_text(

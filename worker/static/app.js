@@ -129,6 +129,7 @@ function selectQueue(name) {
   ui.view = "queue";
   $("queue-view").hidden = false;
   $("dlq-view").hidden = true;
+  $("accounts-view").hidden = true;
   refreshQueues().then(refreshJobs).catch(report);
 }
 
@@ -167,7 +168,36 @@ function showDeadLetters() {
   ui.view = "dlq";
   $("queue-view").hidden = true;
   $("dlq-view").hidden = false;
+  $("accounts-view").hidden = true;
   refreshQueues().then(refreshDead).catch(report);
+}
+
+// -- mail accounts (auth type and state; an account in auth_error needs new credentials) ---------------
+
+const TENANT_KEY = "worker.accountsTenant";
+
+function showAccounts() {
+  ui.view = "accounts";
+  $("queue-view").hidden = true;
+  $("dlq-view").hidden = true;
+  $("accounts-view").hidden = false;
+  $("accounts-tenant").value = localStorage.getItem(TENANT_KEY) || "";
+  refreshAccounts().catch(report);
+}
+
+async function refreshAccounts() {
+  const tenant = localStorage.getItem(TENANT_KEY);
+  if (ui.view !== "accounts" || !tenant) return;
+  const accounts = await api(`/v1/tenants/${encodeURIComponent(tenant)}/accounts`);
+  $("accounts").replaceChildren(...accounts.map((a) => el("tr", { dataset: { account: a.id } },
+    el("td", { class: "mono" }, a.id),
+    el("td", {}, a.email),
+    el("td", { dataset: { field: "auth_type" } }, a.auth_type),
+    el("td", { dataset: { field: "auth_state" } },
+      el("span", { class: `state ${a.auth_state === "ok" ? "completed" : "dead"}` }, a.auth_state)),
+    el("td", { class: "error" }, a.auth_error || ""),
+    el("td", {}, a.active ? "on" : "off"))));
+  $("accounts-empty").hidden = accounts.length > 0;
 }
 
 async function refreshDead() {
@@ -264,7 +294,7 @@ let timer = null;
 async function tick() {
   try {
     await refreshQueues();
-    await (ui.view === "queue" ? refreshJobs() : refreshDead());
+    await (ui.view === "queue" ? refreshJobs() : ui.view === "dlq" ? refreshDead() : refreshAccounts());
     setStatus(`live · ${new Date().toLocaleTimeString()}`, true);
   } catch (err) {
     report(err);
@@ -296,6 +326,12 @@ document.addEventListener("DOMContentLoaded", () => {
   $("pause").addEventListener("click", () => togglePause().catch(report));
   $("dlq-link").addEventListener("click", (e) => { e.preventDefault(); showDeadLetters(); });
   $("purge-all").addEventListener("click", () => purgeDead(null).catch(report));
+  $("accounts-link").addEventListener("click", (e) => { e.preventDefault(); showAccounts(); });
+  $("accounts-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    localStorage.setItem(TENANT_KEY, $("accounts-tenant").value.trim());
+    refreshAccounts().catch(report);
+  });
   $("detail-close").addEventListener("click", () => $("detail").close());
   if (token()) start(); else showLogin();
 });
