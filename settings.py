@@ -33,6 +33,19 @@ class QueuePolicy(BaseModel):
     backoff_cap: float = Field(300.0, ge=0)
     timeout: float = Field(300.0, gt=0)
     result_ttl: int = Field(3600, ge=1, description="seconds results and job info are kept")
+    group_by: str | None = Field(
+        None, description="payload field naming each job's group (fair share between groups); @job(group=) wins"
+    )
+    group_concurrency: int | None = Field(
+        None, ge=1, le=100_000, description="most jobs of one group running (or prefetched) at once, all workers"
+    )
+    group_rate_limit: float | None = Field(None, gt=0, description="jobs/s per group across all workers")
+    group_rate_burst: int = Field(1, ge=1, description="jobs of one group allowed back to back")
+
+    @property
+    def grouped(self) -> bool:
+        """Whether this policy alone makes the queue grouped."""
+        return bool(self.group_by or self.group_concurrency or self.group_rate_limit)
 
 
 _QUEUE_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -65,6 +78,10 @@ class Settings(BaseSettings):
 
     idempotency_ttl: int = Field(86400, ge=1)
     sync_interval_s: float = Field(300.0, gt=0, description="how often every active mailbox is synced")
+    sync_batch_bytes: int = Field(
+        16 * 1024 * 1024, ge=64 * 1024, description="mail bytes per FETCH; a sync holds at most two batches"
+    )
+    parse_workers: int = Field(0, ge=0, description="parser processes per worker process; 0 = one per core")
     maintenance_interval_s: float = Field(300.0, gt=0, description="how often the cleanup job runs")
     events_maxlen: int = Field(100_000, ge=100)
     dead_letter_retention_s: int = Field(14 * 86400, ge=60)

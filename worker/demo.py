@@ -284,11 +284,17 @@ class Story:
         r = await self.tenant.post(
             f"/v1/tenants/{TENANT}/accounts/{self.account_id}/sync", headers={"Idempotency-Key": "demo-sync-1"}
         )
-        job = await self.wait_job(ok(r)["jobs"][0]["job_id"], label="sync")
-        if job["state"] != "complete":
-            raise RuntimeError(job.get("error") or job["state"])
-        res = job["result"]
-        return f"INBOX: {res['fetched']} fetched, {res['new']} new, {res['analyses_requested']} analyses requested"
+        discovery = await self.wait_job(ok(r)["jobs"][0]["job_id"], label="folder discovery")
+        if discovery["state"] != "complete":
+            raise RuntimeError(discovery.get("error") or discovery["state"])
+        lines = []
+        for mailbox, job_id in zip(discovery["result"]["mailboxes"], discovery["result"]["jobs"], strict=True):
+            job = await self.wait_job(job_id, label=f"sync of {mailbox}")
+            if job["state"] != "complete":
+                raise RuntimeError(job.get("error") or job["state"])
+            res = job["result"]
+            lines.append(f"{mailbox}: {res['fetched']} fetched, {res['new']} new, {res['analyses_requested']} analyses")
+        return "; ".join(lines)
 
     async def analyses(self) -> str:
         """The sync enqueued one analyse_message job per new message: wait for the ai-analysis queue to drain."""

@@ -133,7 +133,10 @@ async def test_sync_then_analysis(acme: httpx.AsyncClient, mail_worker: Worker) 
         r = await acme.post(f"/v1/tenants/acme/accounts/{account['id']}/sync", headers={"Idempotency-Key": "s1"})
         assert r.status_code == 202
         (job,) = r.json()["jobs"]
-        done = await wait_state(acme, job["job_id"], "complete", timeout=20)
+        discovery = await wait_state(acme, job["job_id"], "complete", timeout=20)
+        assert discovery["result"]["mailboxes"] == ["INBOX"]  # pymap has no Sent or Archive folder
+        (sync_job,) = discovery["result"]["jobs"]
+        done = await wait_state(acme, sync_job, "complete", timeout=20)
         assert done["result"]["new"] == 2 and done["result"]["analyses_requested"] == 2
     assert (await acme.post("/v1/tenants/acme/accounts/nope/sync")).status_code == 404
 

@@ -146,10 +146,16 @@ async def test_uidvalidity_change_resyncs_without_duplicates_or_reanalysis(
 
 
 async def test_server_killed_mid_fetch_fails_fast_and_retries(
-    worker: Worker, client: Client, store: RedisStore, dovecot: DovecotServer
+    redis_url: str, client: Client, store: RedisStore, dovecot: DovecotServer
 ) -> None:
     dovecot.append([make_mail(i, body=f"{i} " + "y" * 100_000) for i in range(300)])
     account = await mail_account(store, imap_port=dovecot.port, timeout_s=120)  # only a lost link can fail fast
+    settings = job_settings().model_copy(update={"sync_batch_bytes": 2_000_000})  # 15 batches: it is mid-fetch
+    async with Worker(redis_url, queues=["email-sync"], settings=settings, registry=job_registry()):
+        await _kill_mid_fetch(client, store, account, dovecot)
+
+
+async def _kill_mid_fetch(client: Client, store: RedisStore, account: Account, dovecot: DovecotServer) -> None:
     job = await client.enqueue("sync_mailbox", {"tenant_id": "t1", "account_id": account.id})
     await eventually(lambda: _progressed(client, job.job_id), within=30)
     assert dovecot.proc is not None
@@ -230,14 +236,20 @@ async def test_cron_fans_out_once_per_mailbox_per_period(
     worker: Worker, client: Client, store: RedisStore, dovecot: DovecotServer
 ) -> None:
     dovecot.command('CREATE "Archive"')
-    await mail_account(store, "t1", imap_port=dovecot.port, mailboxes=["INBOX", "Archive"])
+    t1 = await mail_account(store, "t1", imap_port=dovecot.port, mailboxes=["INBOX", "Archive"])
     await mail_account(store, "t2", imap_port=dovecot.port)
     off = await mail_account(store, "t2", imap_port=dovecot.port)
     await store.set_account_active("t2", off.id, False)
     first = await client.wait((await client.enqueue("sync_all_accounts", {"every_s": 3600})).job_id, timeout=30)
-    assert first.result == {"enqueued": 3, "duplicates": 0}
+    assert first.result == {"enqueued": 2, "duplicates": 0}  # one discovery per active account
     second = await client.wait((await client.enqueue("sync_all_accounts", {"every_s": 3600})).job_id, timeout=30)
-    assert second.result == {"enqueued": 0, "duplicates": 3}
+    assert second.result == {"enqueued": 0, "duplicates": 2}
+
+    async def synced() -> bool:
+        return (await store.get_sync_state("t1", t1.id, "Archive")).last_sync_at is not None
+
+    await eventually(synced, within=30)  # discovery enqueued INBOX and Archive of t1
+    assert (await store.get_sync_state("t1", t1.id, "INBOX")).last_sync_at is not None
 
 
 async def test_one_sync_per_mailbox_at_a_time(

@@ -1,3 +1,4 @@
+# ruff: noqa: RUF001  (Cyrillic test strings)
 """Building outgoing mail strictly and parsing incoming mail tolerantly."""
 
 from __future__ import annotations
@@ -9,11 +10,12 @@ from email import policy
 import pytest
 
 from tests.support.imap import make_mail
+from worker.mail.decode import clean, decode_bytes, is_clean
 from worker.mail.message import (
     HeaderInjectionError,
     InvalidAddressError,
     build_message,
-    content_identity,
+    content_id,
     new_message_id,
     parse_message,
     validate_address,
@@ -85,14 +87,39 @@ def test_valid_addresses_and_message_id() -> None:
         build(to=[], cc=[])
 
 
-def test_content_identity_ignores_trace_headers_and_line_endings() -> None:
+def test_content_id_covers_the_whole_message_and_only_line_endings_are_normalised() -> None:
     raw = make_mail(1)
-    _, hash1, cid1 = content_identity(raw)
-    relayed = b"Received: from mx by imap; Thu, 1 Jan 2026\r\nDelivered-To: x@y\r\n" + raw.replace(b"\r\n", b"\n")
-    assert content_identity(relayed)[1:] == (hash1, cid1)
-    assert content_identity(make_mail(2))[2] != cid1
-    # same Message-ID, different content: different identity
-    assert content_identity(raw.replace(b"Body of", b"Changed"))[2] != cid1
+    cid = content_id(raw)
+    assert content_id(raw.replace(b"\r\n", b"\n")) == cid  # a server serving LF or CRLF: the same copy
+    assert content_id(raw + b"\r\n\r\n") == cid
+    assert content_id(make_mail(2)) != cid
+    assert content_id(raw.replace(b"Body of", b"Changed")) != cid  # same Message-ID, other body
+    relayed = b"Received: from mx by imap; Thu, 1 Jan 2026\r\n" + raw  # another delivery of the same mail
+    assert content_id(relayed) != cid
+
+
+def multipart(boundary: bytes, charset: bytes = b"utf-8", attachment: bytes = b"AAAA") -> bytes:
+    return (
+        b"From: a@example.com\r\nSubject: same\r\nMessage-ID: <same@x>\r\n"
+        b'Content-Type: multipart/mixed; boundary="' + boundary + b'"\r\n\r\n'
+        b"--" + boundary + b"\r\nContent-Type: text/plain; charset=" + charset + b"\r\n\r\nhello\r\n"
+        b"--"
+        + boundary
+        + b'\r\nContent-Type: application/octet-stream\r\nContent-Disposition: attachment; filename="a"\r\n'
+        b"Content-Transfer-Encoding: base64\r\n\r\n" + attachment + b"\r\n--" + boundary + b"--\r\n"
+    )
+
+
+def test_messages_differing_only_in_attachments_boundaries_or_charsets_are_distinct() -> None:
+    variants = [
+        multipart(b"b1"),
+        multipart(b"b2"),
+        multipart(b"b1", b"iso-8859-1"),
+        multipart(b"b1", attachment=b"AAAB"),
+    ]
+    parsed = [parse_message(v) for v in variants]
+    assert {p.subject for p in parsed} == {"same"} and {p.text.strip() for p in parsed} == {"hello"}
+    assert len({p.content_id for p in parsed}) == len(variants)
 
 
 BROKEN = [
@@ -112,6 +139,68 @@ BROKEN = [
 def test_parse_never_raises_on_broken_mail(raw: bytes) -> None:
     parsed = parse_message(raw)
     assert parsed.size == len(raw) and len(parsed.content_id) == 64
+    parsed.model_dump_json().encode("utf-8")  # every string encodes
+
+
+@pytest.mark.parametrize(
+    ("raw", "subject", "sender", "name"),
+    [
+        # RFC 6532: raw UTF-8 in headers, also in the address itself
+        (
+            "Subject: Grüße ✓\r\nFrom: Jörg Müller <jörg@bücher.example>\r\n\r\nx".encode(),
+            "Grüße ✓",
+            "jörg@bücher.example",
+            "Jörg Müller",
+        ),
+        # raw 8-bit Latin-1 headers with a Latin-1 body declared: the declared charset wins
+        (
+            b"Subject: Caf\xe9 cr\xe8me\r\nFrom: Ren\xe9 <rene@example.fr>\r\n"
+            b"Content-Type: text/plain; charset=iso-8859-1\r\n\r\nd\xe9j\xe0",
+            "Café crème",
+            "rene@example.fr",
+            "René",
+        ),
+        # raw 8-bit cp1251 without any declaration: detected
+        (
+            "Subject: Привет, как дела у тебя сегодня\r\nFrom: Иван Петров <ivan@example.ru>\r\n\r\nx".encode("cp1251"),
+            "Привет, как дела у тебя сегодня",
+            "ivan@example.ru",
+            "Иван Петров",
+        ),
+        # an encoded word in an unknown charset: stdlib leaves surrogates, we never do
+        (
+            b"Subject: =?x-unknown?q?caf=E9?=\r\nFrom: =?utf-8?q?Bj=C3=B6rn?= <b@example.com>\r\n\r\nx",
+            None,
+            "b@example.com",
+            "Björn",
+        ),
+        (b"Subject: \xff\xfe\x00 raw\r\nFrom: \xff <\xfe@\xfd>\r\n\r\n\x00", None, None, None),
+    ],
+)
+def test_raw_8bit_and_rfc6532_headers_decode_to_clean_text(
+    raw: bytes, subject: str | None, sender: str | None, name: str | None
+) -> None:
+    parsed = parse_message(raw)
+    dumped = parsed.model_dump()
+    strings = [parsed.subject, parsed.from_, parsed.from_name, parsed.text, *parsed.to, *parsed.defects]
+    assert all(is_clean(s) for s in strings), dumped
+    parsed.model_dump_json().encode("utf-8")
+    if subject is not None:
+        assert parsed.subject == subject
+    if sender is not None:
+        assert (parsed.from_, parsed.from_name) == (sender, name)
+
+
+def test_decode_bytes_order_utf8_declared_detected_replacement() -> None:
+    assert decode_bytes("naïve".encode()) == "naïve"
+    assert decode_bytes("naïve".encode("latin-1"), "iso-8859-1") == "naïve"
+    assert decode_bytes("naïve".encode("latin-1"), "x-no-such-charset") != ""  # detected or replaced, no raise
+    assert decode_bytes(b"a\x00b") == "a\ufffdb"
+    text = "Привет, как дела у тебя сегодня? Иван Петров пишет письмо другу.".encode("cp1251")
+    assert decode_bytes(text) == "Привет, как дела у тебя сегодня? Иван Петров пишет письмо другу."
+    assert decode_bytes("Это текст.".encode("koi8-r"), "koi8-r") == "Это текст."
+    assert is_clean(decode_bytes(b"\\ud800", "unicode_escape"))  # not a mail charset: never used
+    assert clean("a\udcff\ud800b") and is_clean(clean("a\udcff\ud800b"))
 
 
 def test_parse_odd_charsets_and_defects() -> None:

@@ -89,9 +89,10 @@ async def test_revoked_refresh_token_puts_account_in_auth_error_exactly_once(
     assert len(events) == 1 and events[0]["account_id"] == account.id
     refreshes = len(oauth.refresh_grants())
     assert refreshes == 2  # the first sync's, and one refused: no storm
-    # the periodic fan-out skips the account; a direct sync fails without asking the token endpoint
-    fanout = await client.wait((await client.enqueue("sync_all_accounts", {})).job_id, timeout=30)
-    assert fanout.result == {"enqueued": 0, "duplicates": 0}
+    # the periodic discovery skips the account; a direct sync fails without asking the token endpoint
+    discovery = await client.enqueue("sync_account", {"tenant_id": "t1", "account_id": account.id})
+    skipped = await client.wait(discovery.job_id, timeout=30)
+    assert skipped.state == "complete" and "auth_error" in skipped.result["skipped"]
     again = await sync(client, account)
     assert again.state == "dead" and "auth_error" in (again.error or "")
     assert len(oauth.refresh_grants()) == refreshes and len(await auth_error_events(redis)) == 1

@@ -190,6 +190,7 @@ service anvil {{
     mode = 0
   }}
 }}
+{namespace}
 service stats {{
   unix_listener stats-reader {{
     user = {user}
@@ -212,6 +213,7 @@ class DovecotServer(ImapServer):
     workdir: Path | None = None
     tls: tuple[Path, Path] | None = None  # (cert, key): also serve implicit TLS on tls_port
     tls_port: int = field(default_factory=free_port)
+    special_use: dict[str, str] = field(default_factory=dict)  # mailbox name -> RFC 6154 attribute, e.g. \\Sent
     # XOAUTH2 + OAUTHBEARER via Dovecot's oauth2 passdb, validating tokens at this RFC 7662 endpoint
     oauth2_introspection_url: str | None = None
 
@@ -255,6 +257,7 @@ class DovecotServer(ImapServer):
                     group=gr.gr_name,
                     uid=pw.pw_uid,
                     gid=gr.gr_gid,
+                    namespace=self._namespace(),
                 )
             )
             (d / "users").write_text(f"{self.user}:{{PLAIN}}{self.password}::::\n")
@@ -274,6 +277,15 @@ class DovecotServer(ImapServer):
         if self.tls is not None:
             wait_for_port(self.tls_port)
         return self
+
+    def _namespace(self) -> str:
+        """A namespace block giving mailboxes SPECIAL-USE attributes (Dovecot then advertises SPECIAL-USE)."""
+        if not self.special_use:
+            return ""
+        boxes = "".join(
+            f'  mailbox "{name}" {{\n    special_use = {attr}\n  }}\n' for name, attr in self.special_use.items()
+        )
+        return "namespace inbox {\n  inbox = yes\n  separator = /\n" + boxes + "}\n"
 
     def doveadm(self, *args: str) -> str:
         assert self.workdir is not None

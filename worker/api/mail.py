@@ -123,14 +123,18 @@ async def sync(
     idempotency_key: IdempotencyKey = None,
     body: SyncRequest | None = None,
 ) -> Any:
-    """One ``sync_mailbox`` job per mailbox; new mail is analysed automatically."""
+    """With ``mailbox``: one ``sync_mailbox`` job. Without: one ``sync_account`` job, which discovers the
+    account's folders (its ``mailboxes``: names and roles such as ``\\Sent``) and enqueues a ``sync_mailbox``
+    per folder (listed in its result). New mail is analysed automatically."""
 
     async def produce() -> tuple[int, dict[str, Any]]:
-        account = await _account(svc, tenant_id, account_id)
-        boxes = [body.mailbox] if body and body.mailbox else account.mailboxes
-        payloads = [{"tenant_id": tenant_id, "account_id": account_id, "mailbox": box} for box in boxes]
-        jobs = [await enqueue_as(svc, _caller(tenant_id), "sync_mailbox", p) for p in payloads]
-        return 202, SyncAccepted(account_id=account_id, jobs=jobs).model_dump()
+        await _account(svc, tenant_id, account_id)
+        ids = {"tenant_id": tenant_id, "account_id": account_id}
+        if body and body.mailbox:
+            job = await enqueue_as(svc, _caller(tenant_id), "sync_mailbox", ids | {"mailbox": body.mailbox})
+        else:
+            job = await enqueue_as(svc, _caller(tenant_id), "sync_account", ids)
+        return 202, SyncAccepted(account_id=account_id, jobs=[job]).model_dump()
 
     ttl = svc.settings.idempotency_ttl
     return await idempotent(request, svc.redis, _caller(tenant_id), idempotency_key, ttl, produce)

@@ -1,8 +1,9 @@
-"""email-sync: incremental, crash-safe IMAP sync of one (account, mailbox), and the periodic fan-out.
+"""email-sync: incremental, crash-safe IMAP sync of one (account, mailbox), folder discovery, the fan-out.
 
 Position per mailbox: UIDVALIDITY, UIDNEXT, highest stored UID, HIGHESTMODSEQ. New mail is fetched in
-bounded batches with BODY.PEEK[]; each batch is stored (idempotently) and analysis is requested
-before the position is committed, so a crash resumes without gaps or duplicates. A UIDVALIDITY
+bounded batches with BODY.PEEK[] (the next batch is fetched while the current one is parsed in the parse
+pool and stored, so at most two batches are held); each batch is stored (idempotently) and analysis is
+requested before the position is committed, so a crash resumes without gaps or duplicates. A UIDVALIDITY
 change drops the UID maps and refetches; messages already known by content are re-mapped, not
 re-stored or re-analysed. Flag changes and expunges use CONDSTORE/QRESYNC when the server has them,
 a bounded comparison otherwise.
@@ -11,6 +12,7 @@ a bounded comparison otherwise.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
@@ -19,17 +21,22 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from worker.jobs.deps import get_store, imap_config
-from worker.jobs.mail_auth import account_imap
+from worker.jobs.mail_auth import AuthUnavailable, account_imap
+from worker.mail.folders import discover
 from worker.mail.imap import (
     MAX_BATCH,
     MAX_BATCH_BYTES,
+    FetchedMessage,
     ImapAuthError,
     ImapSession,
     plan_batches,
 )
-from worker.mail.message import ParsedMessage, parse_message
+from worker.mail.message import ParsedMessage, content_id
+from worker.mail.parsepool import ParseFailure, ParsePool
 from worker.runtime import Defer, JobContext, PermanentError, job
 from worker.store import InsertResult, Store, SyncState, mailbox_key, utcnow
+
+log = logging.getLogger(__name__)
 
 ANALYSIS_JOB = "analyse_message"
 LOCK_TTL_S = 120.0
@@ -67,8 +74,21 @@ class SyncReport:
     highest_uid: int = 0
 
 
-def _parse_all(raws: list[bytes]) -> list[ParsedMessage]:
-    return [parse_message(raw) for raw in raws]
+_POOL: ParsePool | None = None
+
+
+def parse_pool(workers: int = 0) -> ParsePool:
+    """This process's parse pool (started on first use; `workers` 0 = one per core)."""
+    global _POOL
+    if _POOL is None:
+        _POOL = ParsePool(workers or None)
+    return _POOL
+
+
+def _parsed_or_failure(msg: FetchedMessage, parsed: ParsedMessage | ParseFailure) -> ParsedMessage:
+    if isinstance(parsed, ParsedMessage):
+        return parsed
+    return ParsedMessage(size=len(msg.raw), content_id=content_id(msg.raw), defects=[f"parse: {parsed.error}"])
 
 
 class MailboxSync:
@@ -87,6 +107,7 @@ class MailboxSync:
         max_batch: int = MAX_BATCH,
         max_batch_bytes: int = MAX_BATCH_BYTES,
         flag_window: int = FLAG_WINDOW,
+        pool: ParsePool | None = None,
     ) -> None:
         self.s = session
         self.store = store
@@ -98,6 +119,7 @@ class MailboxSync:
         self.max_batch = max_batch
         self.max_batch_bytes = max_batch_bytes
         self.flag_window = flag_window
+        self.pool = pool or parse_pool()
         self.report = SyncReport()
 
     async def run(self) -> SyncReport:
@@ -135,27 +157,42 @@ class MailboxSync:
             return
         sizes = await self.s.fetch_sizes(new)
         batches = plan_batches(sizes, self.max_batch, self.max_batch_bytes)
-        for number, batch in enumerate(batches, 1):
-            fetched = await self.s.fetch_messages(batch, sum(sizes[u] for u in batch))
-            parsed = await asyncio.to_thread(_parse_all, [m.raw for m in fetched])
-            results = await self.store.insert_messages(
-                self.tenant_id,
-                self.account_id,
-                self.mailbox,
-                state.uidvalidity,
-                [(m.uid, m.flags, p) for m, p in zip(fetched, parsed, strict=True)],
-            )
-            await self._analyse(results)
-            state.highest_uid = max(batch)
-            await self._commit(state)  # only now: the batch is stored and its analysis requested
-            self.report.batches += 1
-            self.report.fetched += len(fetched)
-            self.report.new += sum(r.new for r in results)
-            self.report.known += sum(not r.new for r in results)
-            if self.on_batch is not None:
-                await self.on_batch(
-                    {"batch": number, "batches": len(batches), "stored": self.report.fetched, "total": len(sizes)}
-                )
+
+        def fetch(batch: list[int]) -> asyncio.Task[list[FetchedMessage]]:
+            return asyncio.ensure_future(self.s.fetch_messages(batch, sum(sizes[u] for u in batch)))
+
+        ahead = fetch(batches[0])
+        try:
+            for number, batch in enumerate(batches, 1):
+                fetched = await ahead
+                if number < len(batches):
+                    ahead = fetch(batches[number])  # the next batch arrives while this one is parsed and stored
+                await self._store_batch(state, fetched)
+                await self._after_batch(state, batch, fetched, number, len(batches), len(sizes))
+        finally:
+            if not ahead.done():
+                ahead.cancel()
+
+    async def _store_batch(self, state: SyncState, fetched: list[FetchedMessage]) -> None:
+        assert state.uidvalidity is not None
+        parsed = await self.pool.parse([m.raw for m in fetched])
+        items = [(m.uid, m.flags, _parsed_or_failure(m, p)) for m, p in zip(fetched, parsed, strict=True)]
+        results = await self.store.insert_messages(
+            self.tenant_id, self.account_id, self.mailbox, state.uidvalidity, items
+        )
+        await self._analyse(results)
+        self.report.new += sum(r.new for r in results)
+        self.report.known += sum(not r.new for r in results)
+
+    async def _after_batch(
+        self, state: SyncState, batch: list[int], fetched: list[FetchedMessage], number: int, batches: int, total: int
+    ) -> None:
+        state.highest_uid = max(batch)
+        await self._commit(state)  # only now: the batch is stored and its analysis requested
+        self.report.batches += 1
+        self.report.fetched += len(fetched)
+        if self.on_batch is not None:
+            await self.on_batch({"batch": number, "batches": batches, "stored": self.report.fetched, "total": total})
 
     async def _analyse(self, results: list[InsertResult]) -> None:
         """Request analysis once per content: enqueue (idempotently) first, then mark as requested."""
@@ -256,31 +293,72 @@ async def sync_mailbox(ctx: JobContext, payload: SyncMailbox) -> dict[str, Any]:
                 payload.mailbox,
                 request_analysis=request_analysis,
                 on_batch=on_batch,
+                max_batch_bytes=ctx.settings.sync_batch_bytes,
+                pool=parse_pool(ctx.settings.parse_workers),
             )
             report = await sync.run()
     except ImapAuthError as exc:
         raise PermanentError(str(exc)) from None
+    except AuthUnavailable:  # waiting for a token: not a failure
+        raise
+    except Exception:
+        log.exception(
+            "sync of account %s mailbox %s failed (attempt %d)",
+            payload.account_id,
+            mailbox_key(payload.mailbox),
+            ctx.attempt,
+        )
+        raise
     finally:
         await store.release_lock(payload.tenant_id, lock, ctx.job_id)
     return asdict(report)
 
 
+class SyncAccount(BaseModel):
+    """Payload: discover an account's folders and sync each (IDs only); `period` makes the fan-out idempotent."""
+
+    tenant_id: str
+    account_id: str
+    period: int | None = None
+
+
+@job(queue="email-sync", payload=SyncAccount, max_attempts=3)
+async def sync_account(ctx: JobContext, payload: SyncAccount) -> dict[str, Any]:
+    """LIST the account's folders (SPECIAL-USE, common names), then enqueue one sync_mailbox per folder to sync."""
+    store = get_store(ctx)
+    account = await store.get_account(payload.tenant_id, payload.account_id)
+    if account is None:
+        raise PermanentError(f"account {payload.account_id} not found")
+    if not account.active:
+        return {"skipped": "account inactive"}
+    if account.auth_state != "ok":  # waits for new credentials: no login, no token request
+        return {"skipped": f"auth_error: {account.auth_error}"}
+    async with account_imap(ctx, store, account) as session:
+        plan = await discover(session, account.mailboxes)
+    jobs: list[str] = []
+    for mailbox in plan.sync:
+        key = f"sync:{payload.tenant_id}:{payload.account_id}:{mailbox_key(mailbox)}"
+        r = await ctx.enqueue(
+            "sync_mailbox",
+            {"tenant_id": payload.tenant_id, "account_id": payload.account_id, "mailbox": mailbox},
+            idempotency_key=f"{key}:{payload.period}" if payload.period is not None else None,
+        )
+        jobs.append(r.job_id)
+    return {"mailboxes": plan.sync, "skipped": plan.skipped, "jobs": jobs}
+
+
 @job(queue="email-sync", payload=SyncAll, max_attempts=3)
 async def sync_all_accounts(ctx: JobContext, payload: SyncAll) -> dict[str, int]:
-    """Enqueue a sync of every mailbox of every active account, at most once per mailbox per period."""
+    """Enqueue a sync_account (discovery, then a sync per folder) of every active account, once per period."""
     store = get_store(ctx)
     period = int(time.time() // (payload.every_s or ctx.settings.sync_interval_s))
     enqueued = duplicates = 0
     for tenant_id, account_id in await store.list_active_accounts():
-        account = await store.get_account(tenant_id, account_id)
-        if account is None or not account.active or account.auth_state != "ok":
-            continue  # an account in auth_error waits for new credentials
-        for mailbox in account.mailboxes:
-            r = await ctx.enqueue(
-                "sync_mailbox",
-                {"tenant_id": tenant_id, "account_id": account_id, "mailbox": mailbox},
-                idempotency_key=f"sync:{tenant_id}:{account_id}:{mailbox_key(mailbox)}:{period}",
-            )
-            duplicates += r.duplicate
-            enqueued += not r.duplicate
+        r = await ctx.enqueue(
+            "sync_account",
+            {"tenant_id": tenant_id, "account_id": account_id, "period": period},
+            idempotency_key=f"sync-account:{tenant_id}:{account_id}:{period}",
+        )
+        duplicates += r.duplicate
+        enqueued += not r.duplicate
     return {"enqueued": enqueued, "duplicates": duplicates}

@@ -146,6 +146,72 @@ def encode_mailbox(name: str) -> str:
     return "".join(out)
 
 
+_MUTF7_RUN = re.compile(r"&([A-Za-z0-9+,]*)-")
+
+
+def decode_mailbox(name: str) -> str:
+    """A modified UTF-7 mailbox name as text; a malformed run is kept as it is."""
+
+    def run(m: re.Match[str]) -> str:
+        b64 = m.group(1)
+        if not b64:
+            return "&"
+        try:
+            text = base64.b64decode(b64.replace(",", "/") + "=" * (-len(b64) % 4)).decode("utf-16-be")
+        except (ValueError, UnicodeDecodeError):
+            return m.group(0)
+        return m.group(0) if _SURROGATES.search(text) else text
+
+    return _MUTF7_RUN.sub(run, name)
+
+
+@dataclass(frozen=True)
+class ListedMailbox:
+    """One LIST reply: name (decoded), hierarchy delimiter and attributes (e.g. \\Noselect, \\Sent)."""
+
+    name: str
+    delimiter: str | None
+    attributes: frozenset[str]
+
+
+_LIST_LINE = re.compile(rb'^\(([^)]*)\) (NIL|"(?:[^"\\]|\\.)") ?(.*)$', re.S)
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def _unquote(token: bytes) -> str:
+    if token.startswith(b'"') and token.endswith(b'"') and len(token) >= 2:
+        token = re.sub(rb"\\(.)", rb"\1", token[1:-1])
+    return token.decode("utf-8", "replace")
+
+
+def parse_list(lines: Sequence[Any]) -> list[ListedMailbox]:
+    """The mailboxes of a LIST reply (names as quoted strings, atoms or literals)."""
+    out: list[ListedMailbox] = []
+    pending: tuple[frozenset[str], str | None] | None = None
+    for line in lines[:-1]:
+        if isinstance(line, bytearray) and pending is not None:  # the name came as a literal
+            out.append(ListedMailbox(decode_mailbox(bytes(line).decode("utf-8", "replace")), *pending[::-1]))
+            pending = None
+            continue
+        if not isinstance(line, bytes):
+            continue
+        m = _LIST_LINE.match(line.removeprefix(b"* LIST ").strip())
+        if m is None:
+            continue
+        attributes = frozenset(a.decode("ascii", "replace") for a in m.group(1).split())
+        delimiter = None if m.group(2) == b"NIL" else _unquote(m.group(2))
+        rest = m.group(3).strip()
+        if _LITERAL_END.search(rest):
+            pending = (attributes, delimiter)
+            continue
+        name = rest if rest.startswith(b'"') else rest.split(b" ", 1)[0]
+        if rest.startswith(b'"'):
+            q = re.match(rb'"(?:[^"\\]|\\.)*"', rest)
+            name = q.group(0) if q else rest
+        out.append(ListedMailbox(decode_mailbox(_unquote(name)), delimiter, attributes))
+    return out
+
+
 def quote(value: str) -> str:
     """An IMAP quoted string."""
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
@@ -498,6 +564,13 @@ class ImapSession:
             vanished=vanished,
             changed_flags=changed,
         )
+
+    async def list_mailboxes(self) -> list[ListedMailbox]:
+        """Every mailbox (LIST "" "*"), with SPECIAL-USE attributes asked for when the server has them."""
+        args = ['""', '"*"']
+        if self.has("SPECIAL-USE") and self.has("LIST-EXTENDED"):
+            args += ["RETURN", "(SPECIAL-USE)"]
+        return parse_list(await self._ok("LIST", self.client.protocol.simple_command("LIST", *args)))
 
     async def noop(self) -> None:
         """NOOP: lets the server report mail that arrived since SELECT."""

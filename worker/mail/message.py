@@ -1,28 +1,39 @@
 """Outgoing message building (policy.SMTP, strict addresses) and tolerant parsing of fetched mail.
 
-`parse_message` never raises: broken MIME, unknown charsets and odd headers become `defects`.
-A message's content identity is its Message-ID plus a sha256 of normalised content, so the same
-mail is recognised after a UIDVALIDITY reset or in another mailbox.
+`parse_message` never raises and never returns a string that fails to encode: broken MIME, unknown
+charsets and odd headers become `defects`, raw 8-bit bytes are decoded as `worker.mail.decode` says.
+
+**Identity.** A message's `content_id` is the sha256 of its whole raw bytes with line endings
+normalised (CRLF and lone CR become LF; trailing blank lines dropped). So a *copy* is the same bytes
+as the server serves them: the same mail in two folders (IMAP COPY/MOVE, Gmail labels), or the same
+mail fetched again after a UIDVALIDITY change. Two messages that differ anywhere - one header, a MIME
+boundary, a charset, one byte of an attachment - are different messages, even with the same
+Message-ID. A second delivery of one sent mail (its own Received headers) is a different message too:
+at worst analysed twice, never merged with anything else.
 """
 
 from __future__ import annotations
 
-import email
 import hashlib
 import re
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from email import policy
+from email.header import decode_header
 from email.headerregistry import Address
 from email.message import EmailMessage, Message
-from email.utils import format_datetime, make_msgid
+from email.parser import BytesParser
+from email.utils import format_datetime, make_msgid, parsedate_to_datetime
+from typing import Any, cast
 
 from email_validator import EmailNotValidError, validate_email
 from pydantic import BaseModel, Field
 
+from worker.mail.decode import NOT_ESCAPE as _NOT_ESCAPE
+from worker.mail.decode import charset_codec, clean, decode_bytes, detect, is_clean
+
 TEXT_LIMIT = 200_000  # characters of text/html body kept per message
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_HASHED_HEADERS = (b"from", b"to", b"cc", b"subject", b"date", b"message-id")
 
 
 class InvalidAddressError(ValueError):
@@ -134,15 +145,20 @@ TRIAGE_HEADERS = (
     "x-spam-status",
     "x-github-reason",
 )
-HEADER_LIMIT = 1000
+HEADER_LIMIT = 1000  # characters kept of a triage header
+HEADER_PARSE_LIMIT = 64 * 1024  # characters of one header given to the header parser
+MAX_ATTACHMENTS = 200  # attachment records kept per message
+MAX_DEFECTS = 50
+MANY_WORDS = 50  # encoded words in one header above which the linear legacy decoder is used
 
 
 class ParsedMessage(BaseModel):
-    """What the worker keeps of a fetched message."""
+    """What the worker keeps of a fetched message. Every string encodes to UTF-8 and has no NUL."""
 
     message_id_header: str | None = None
     subject: str = ""
     from_: str = Field(default="", alias="from")
+    from_name: str = ""
     to: list[str] = Field(default_factory=list)
     cc: list[str] = Field(default_factory=list)
     date: datetime | None = None
@@ -152,137 +168,233 @@ class ParsedMessage(BaseModel):
     defects: list[str] = Field(default_factory=list)
     headers: dict[str, str] = Field(default_factory=dict, description="triage headers, lower-cased names")
     size: int = 0
-    content_hash: str
     content_id: str
 
     model_config = {"populate_by_name": True}
 
 
-def _split_raw(raw: bytes) -> tuple[bytes, bytes]:
-    for sep in (b"\r\n\r\n", b"\n\n"):
-        head, found, body = raw.partition(sep)
-        if found:
-            return head, body
-    return raw, b""
+_LINE_ENDS = re.compile(rb"\r\n?")
 
 
-def _norm_lines(data: bytes) -> bytes:
-    return b"\n".join(line.rstrip() for line in data.replace(b"\r\n", b"\n").split(b"\n")).strip()
+def content_id(raw: bytes) -> str:
+    """The "same message" key: sha256 of the whole message, line endings normalised (see the module doc)."""
+    return hashlib.sha256(_LINE_ENDS.sub(b"\n", raw).rstrip(b"\n")).hexdigest()
 
 
-def content_identity(raw: bytes) -> tuple[str | None, str, str]:
-    """(Message-ID, content hash, content id) of raw mail; independent of server-added trace headers."""
-    head, body = _split_raw(raw)
-    unfolded = re.sub(rb"\r?\n[ \t]+", b" ", head)
-    picked: list[bytes] = []
-    message_id: str | None = None
-    for line in unfolded.replace(b"\r\n", b"\n").split(b"\n"):
-        name, colon, value = line.partition(b":")
-        key = name.strip().lower()
-        if colon and key in _HASHED_HEADERS:
-            value = b" ".join(value.split())
-            picked.append(key + b":" + value)
-            if key == b"message-id" and message_id is None:
-                message_id = value.decode("ascii", "replace") or None
-    digest = hashlib.sha256()
-    for part in sorted(picked):
-        digest.update(part + b"\n")
-    digest.update(b"\n" + _norm_lines(body))
-    content_hash = digest.hexdigest()
-    content_id = hashlib.sha256(f"{message_id or ''}\0{content_hash}".encode()).hexdigest()
-    return message_id, content_hash, content_id
+_UNFOLD = re.compile(r"\r?\n(?=[ \t])|\r?\n$")
+_ATOM = r"[^\s<>,;:\"()\[\]\\@]+"
+_SIMPLE_ADDRESS = re.compile(rf"\s*(?:([^<>,;:\"()\[\]\\@]*?)\s*<({_ATOM}@{_ATOM})>|({_ATOM}@{_ATOM}))\s*$")
+_NOT_SIMPLE = re.compile(r'["()\[\]\\]|=\?')
+_CTRL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_FAST = BytesParser(_class=EmailMessage, policy=policy.compat32)  # type: ignore[arg-type]
 
 
-def _text_of(part: Message, defects: list[str]) -> str:
-    """The decoded text of a text/* part; an unknown charset falls back to UTF-8 with replacements."""
-    payload = part.get_payload(decode=True)
-    if not isinstance(payload, bytes):
-        return ""
-    header = part.get("Content-Type")
-    charset = str(getattr(header, "params", {}).get("charset") or "utf-8")
-    try:
-        return payload.decode(charset, "replace")
-    except LookupError:
-        defects.append(f"body: unknown charset {charset!r}")
-        return payload.decode("utf-8", "replace")
+class _Reader:
+    """Decodes the pieces of one message; raw 8-bit header bytes are read with the message's charset hint."""
 
+    def __init__(self, msg: EmailMessage, defects: list[str]) -> None:
+        self.msg = msg
+        self.defects = defects
+        self.first: dict[str, str] = {}
+        for name, value in msg.raw_items():  # raw values: compat32's get() mangles 8-bit bytes
+            self.first.setdefault(str(name).lower(), value)
+        self.hint = _param(msg, "charset") or self._detect_headers()
 
-def _addresses(msg: Message, name: str, defects: list[str]) -> list[str]:
-    try:
-        header = msg.get(name)
-        if header is None:
+    def _detect_headers(self) -> str | None:
+        """The charset of the message's raw 8-bit header bytes taken together (more signal than one header)."""
+        raw = b" ".join(
+            v.encode("utf-8", "surrogateescape")
+            for v in self.first.values()
+            if not is_clean(v) and not _NOT_ESCAPE.search(v)
+        )
+        if not raw:
+            return None
+        try:
+            raw.decode("utf-8")
+            return None
+        except UnicodeDecodeError:
+            return detect(raw)
+
+    def defect(self, where: str, exc: BaseException) -> None:
+        if len(self.defects) < MAX_DEFECTS:
+            self.defects.append(clean(f"{where}: {type(exc).__name__}: {exc}")[:300])
+
+    def raw(self, name: str) -> str | None:
+        """The first `name` header, unfolded and decoded to clean text (RFC 2047 words still encoded)."""
+        value = self.first.get(name.lower())
+        if value is None:
+            return None
+        return _CTRL.sub(" ", _UNFOLD.sub("", clean(value, self.hint)))[:HEADER_PARSE_LIMIT]
+
+    def header(self, name: str) -> Any:
+        """The modern header object (RFC 2047 decoded, addresses parsed) of the clean raw value, or None."""
+        value = self.raw(name)
+        if value is None:
+            return None
+        try:
+            return policy.default.header_factory(name, value)
+        except Exception as exc:
+            self.defect(name, exc)
+            return None
+
+    def text(self, name: str) -> str:
+        """An unstructured header's text (RFC 2047 decoded)."""
+        value = self.raw(name)
+        if value is None:
+            return ""
+        if "=?" in value:
+            if value.count("=?") > MANY_WORDS:  # the modern parser is quadratic in encoded words
+                value = _CTRL.sub(" ", self.many_words(value))
+            else:
+                header = self.header(name)
+                value = "" if header is None else _CTRL.sub(" ", clean(str(header), self.hint))
+        return value.strip()
+
+    def many_words(self, value: str) -> str:
+        """RFC 2047 decoding with the linear legacy decoder, each word in its charset (clean text)."""
+        try:
+            parts = decode_header(value)
+        except Exception as exc:
+            self.defect("encoded words", exc)
+            return value
+        out: list[str] = []
+        for chunk, charset in parts:
+            if isinstance(chunk, str):
+                out.append(clean(chunk, self.hint))
+            elif charset is None or charset == "unknown-8bit":
+                out.append(clean(chunk.decode("raw-unicode-escape"), self.hint))
+            else:
+                out.append(decode_bytes(chunk, charset))
+        return "".join(out)
+
+    def addresses(self, name: str) -> list[tuple[str, str]]:
+        """(display name, addr-spec) of each address of an address header; unparsable entries are left out."""
+        value = self.raw(name)
+        if value is None:
             return []
-        addresses = getattr(header, "addresses", None)
-        if addresses is None:
-            return [str(header)]
-        return [str(a.addr_spec) for a in addresses]
-    except Exception as exc:
-        defects.append(f"{name}: {type(exc).__name__}: {exc}")
-        return []
+        if value.isascii() and not _NOT_SIMPLE.search(value):  # plain `a@b, Name <c@d>`: no full parse needed
+            simple = [_SIMPLE_ADDRESS.match(item) for item in value.split(",") if item.strip()]
+            if all(simple):
+                return [(" ".join((m.group(1) or "").split()), m.group(2) or m.group(3)) for m in simple if m]
+        header = self.header(name)
+        out: list[tuple[str, str]] = []
+        try:
+            for addr in getattr(header, "addresses", ()):
+                spec = clean(addr.addr_spec, self.hint)
+                if spec and spec != "<>":
+                    out.append((_CTRL.sub(" ", clean(addr.display_name, self.hint)).strip(), spec))
+        except Exception as exc:
+            self.defect(name, exc)
+        return out
+
+    def date(self) -> datetime | None:
+        value = self.raw("Date")
+        if not value:
+            return None
+        try:
+            parsed = parsedate_to_datetime(value)
+        except Exception as exc:
+            self.defect("Date", exc)
+            return None
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+    def body_text(self, part: Message) -> str:
+        payload = part.get_payload(decode=True)
+        if not isinstance(payload, bytes):
+            return ""
+        declared = _param(part, "charset")
+        if declared and charset_codec(declared) is None and len(self.defects) < MAX_DEFECTS:
+            self.defects.append(f"body: unknown charset {declared[:50]!r}")
+        return decode_bytes(payload, declared)[:TEXT_LIMIT]
+
+    def filename(self, part: Message) -> str | None:
+        try:
+            name = part.get_filename()
+        except Exception as exc:
+            self.defect("filename", exc)
+            return None
+        if name is None:
+            return None
+        try:  # mailers often put RFC 2047 words in filename= (not allowed, but common)
+            decoded = str(policy.default.header_factory("x-filename", _UNFOLD.sub("", clean(str(name), self.hint))))
+        except Exception:
+            decoded = str(name)
+        return _CTRL.sub(" ", clean(decoded, self.hint)).strip()[:HEADER_LIMIT] or None
 
 
-def _header_str(msg: Message, name: str, defects: list[str]) -> str:
+def _param(part: Message, name: str) -> str | None:
     try:
-        value = msg.get(name)
-        return "" if value is None else str(value)
-    except Exception as exc:
-        defects.append(f"{name}: {type(exc).__name__}: {exc}")
-        return ""
-
-
-def _date(msg: Message, defects: list[str]) -> datetime | None:
-    try:
-        header = msg.get("Date")
-        parsed = getattr(header, "datetime", None)  # policy.default parsed it already
-    except Exception as exc:
-        defects.append(f"Date: {type(exc).__name__}: {exc}")
+        value = part.get_param(name)
+    except Exception:
         return None
-    if not isinstance(parsed, datetime):
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    if isinstance(value, tuple):  # RFC 2231: (charset, language, value)
+        value = value[2]
+    return clean(value) if isinstance(value, str) else None
 
 
 def parse_message(raw: bytes) -> ParsedMessage:
-    """Parse raw RFC 5322 bytes with policy.default; never raises, problems land in `defects`."""
+    """Parse raw RFC 5322 bytes; never raises, problems land in `defects`, every string is clean."""
     raw = bytes(raw)
-    message_id, content_hash, content_id = content_identity(raw)
-    out = ParsedMessage(message_id_header=message_id, size=len(raw), content_hash=content_hash, content_id=content_id)
+    out = ParsedMessage(size=len(raw), content_id=content_id(raw))
     defects = out.defects
     try:
-        msg = email.message_from_bytes(raw, policy=policy.default)
-        defects.extend(type(d).__name__ for d in msg.defects)
-        out.subject = _header_str(msg, "Subject", defects)
-        out.from_ = ", ".join(_addresses(msg, "From", defects))
-        out.to = _addresses(msg, "To", defects)
-        out.cc = _addresses(msg, "Cc", defects)
-        out.date = _date(msg, defects)
+        msg = cast(EmailMessage, _FAST.parsebytes(raw))
+        read = _Reader(msg, defects)
+        defects.extend(type(d).__name__ for d in msg.defects[:MAX_DEFECTS])
+        mid = read.raw("Message-ID")
+        out.message_id_header = mid.strip() or None if mid is not None else None
+        out.subject = read.text("Subject")
+        senders = read.addresses("From")
+        if senders:
+            out.from_name, out.from_ = senders[0]
+            out.from_ = ", ".join(spec for _, spec in senders)
+        out.to = [spec for _, spec in read.addresses("To")]
+        out.cc = [spec for _, spec in read.addresses("Cc")]
+        out.date = read.date()
         for name in TRIAGE_HEADERS:
-            if name in msg:
-                value = _header_str(msg, name, defects)
-                if value:
-                    out.headers[name] = value[:HEADER_LIMIT]
-        if msg.is_multipart():
-            for kind in ("plain", "html"):
-                try:
-                    body = msg.get_body((kind,))  # type: ignore[attr-defined]
-                except Exception as exc:
-                    defects.append(f"get_body: {type(exc).__name__}: {exc}")
-                    body = None
-                if body is not None:
-                    setattr(out, "text" if kind == "plain" else "html", _text_of(body, defects)[:TEXT_LIMIT])
-        else:  # the common single-part case: the message is its own body (cheaper than get_body)
-            ctype = msg.get_content_type()
-            if ctype in ("text/plain", "text/html"):
-                setattr(out, "text" if ctype == "text/plain" else "html", _text_of(msg, defects)[:TEXT_LIMIT])
-        for part in msg.iter_attachments():  # type: ignore[attr-defined]
-            payload = part.get_payload(decode=True)
-            out.attachments.append(
-                AttachmentInfo(
-                    filename=part.get_filename(),
-                    content_type=part.get_content_type(),
-                    size=len(payload) if isinstance(payload, bytes) else 0,
-                )
-            )
+            value = read.text(name)
+            if value:
+                out.headers[name] = value[:HEADER_LIMIT]
+        _read_bodies(msg, read, out)
     except Exception as exc:  # the parser gave up part-way: keep what was read, identity and size
-        defects.append(f"parse: {type(exc).__name__}: {exc}")
+        read_defect(defects, exc)
     return out
+
+
+def read_defect(defects: list[str], exc: BaseException) -> None:
+    """Record that parsing stopped at `exc`."""
+    defects.append(clean(f"parse: {type(exc).__name__}: {exc}")[:300])
+
+
+def _read_bodies(msg: EmailMessage, read: _Reader, out: ParsedMessage) -> None:
+    if not msg.is_multipart():  # the common single-part case: the message is its own body
+        ctype = msg.get_content_type()
+        if ctype in ("text/plain", "text/html"):
+            setattr(out, "text" if ctype == "text/plain" else "html", read.body_text(msg))
+        elif msg.get_content_maintype() != "text" or msg.get_filename():
+            out.attachments.append(_attachment(msg, read))
+        return
+    for kind in ("plain", "html"):
+        try:
+            body = msg.get_body((kind,))
+        except Exception as exc:
+            read.defect("get_body", exc)
+            body = None
+        if body is not None:
+            setattr(out, "text" if kind == "plain" else "html", read.body_text(body))
+    try:
+        for part in msg.iter_attachments():
+            if len(out.attachments) >= MAX_ATTACHMENTS:
+                out.defects.append(f"more than {MAX_ATTACHMENTS} attachments: the rest are not listed")
+                break
+            out.attachments.append(_attachment(part, read))
+    except Exception as exc:
+        read.defect("attachments", exc)
+
+
+def _attachment(part: Message, read: _Reader) -> AttachmentInfo:
+    payload = part.get_payload(decode=True)
+    ctype = clean(part.get_content_type())[:200]
+    return AttachmentInfo(
+        filename=read.filename(part), content_type=ctype, size=len(payload) if isinstance(payload, bytes) else 0
+    )

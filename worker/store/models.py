@@ -11,6 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr, ValidationInfo, field_validator
 
+from worker.mail.folders import DEFAULT_FOLDERS
 from worker.mail.message import ParsedMessage, check_header, validate_address, validate_addresses
 from worker.mail.smtp import TlsMode
 
@@ -51,7 +52,10 @@ class AccountIn(BaseModel):
     smtp_host: str
     smtp_port: int = 465
     smtp_tls: TlsMode = TlsMode.IMPLICIT
-    mailboxes: list[str] = Field(default_factory=lambda: ["INBOX"])
+    mailboxes: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_FOLDERS),
+        description="folders to sync: names and roles (\\Sent, \\Archive, ...), resolved by folder discovery",
+    )
     active: bool = True
     timeout_s: float = Field(30.0, gt=0, le=600, description="per protocol call (IMAP and SMTP)")
     auth_type: Literal["password", "oauth2"] = "password"

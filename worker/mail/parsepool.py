@@ -1,0 +1,120 @@
+"""Parsing off the event loop: a process pool sized to the cores, with poison messages isolated.
+
+Only `bytes` cross the process boundary: raw mail goes in, each result comes back as the JSON of a
+`ParsedMessage` (validated again in the parent), so no object built from mail is ever unpickled.
+Messages are sent in chunks of bounded bytes so both cores stay busy on one batch. A chunk that kills its
+worker process or overruns its deadline is retried one message at a time on a fresh pool; the message
+that still fails gets a `ParseFailure` (the sync quarantines it) and the others are parsed normally.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+
+from worker.mail.message import ParsedMessage, parse_message
+
+log = logging.getLogger(__name__)
+
+CHUNK_BYTES = 512 * 1024  # raw bytes per task sent to a worker process
+CHUNK_COUNT = 25  # messages per task at most
+BASE_TIMEOUT_S = 20.0  # per message; plus SECONDS_PER_MB of its size
+SECONDS_PER_MB = 2.0
+
+
+@dataclass(frozen=True)
+class ParseFailure:
+    """A message the parser could not get through (its process died, or it overran its deadline)."""
+
+    error: str
+
+
+def _parse_chunk(raws: list[bytes]) -> list[bytes]:
+    """In a worker process: each message parsed, as ParsedMessage JSON."""
+    return [parse_message(raw).model_dump_json(by_alias=True).encode() for raw in raws]
+
+
+def _deadline(raws: Sequence[bytes]) -> float:
+    return BASE_TIMEOUT_S + SECONDS_PER_MB * sum(len(r) for r in raws) / 1e6
+
+
+def chunks(raws: Sequence[bytes], max_bytes: int = CHUNK_BYTES, max_count: int = CHUNK_COUNT) -> list[range]:
+    """Index ranges of `raws` cut into tasks of <= max_count messages and <= max_bytes (or one message)."""
+    out: list[range] = []
+    start = size = 0
+    for i, raw in enumerate(raws):
+        if i > start and (i - start >= max_count or size + len(raw) > max_bytes):
+            out.append(range(start, i))
+            start, size = i, 0
+        size += len(raw)
+    if start < len(raws):
+        out.append(range(start, len(raws)))
+    return out
+
+
+class ParsePool:
+    """A lazily started pool of parser processes (one per core unless told otherwise)."""
+
+    def __init__(self, workers: int | None = None) -> None:
+        self.workers = workers or os.cpu_count() or 1
+        self._pool: ProcessPoolExecutor | None = None
+
+    def _executor(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            context = multiprocessing.get_context("forkserver")  # no fork of a process with threads and a loop
+            context.set_forkserver_preload([__name__])  # workers start with the parser imported
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=context, max_tasks_per_child=2000)
+        return self._pool
+
+    def reset(self) -> None:
+        """Kill the worker processes (a stuck parse cannot be cancelled otherwise); the next call starts new ones."""
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        for proc in list(getattr(pool, "_processes", {}).values()):  # no public API to stop a running task
+            proc.kill()
+        pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _run(self, raws: list[bytes]) -> list[bytes]:
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(_deadline(raws)):
+            return await loop.run_in_executor(self._executor(), _parse_chunk, raws)
+
+    async def parse(self, raws: Sequence[bytes]) -> list[ParsedMessage | ParseFailure]:
+        """Each message parsed (in order); a poison message yields a ParseFailure instead of failing the rest."""
+        parts = chunks(raws)
+        results = await asyncio.gather(*(self._run([raws[i] for i in r]) for r in parts), return_exceptions=True)
+        out: list[ParsedMessage | ParseFailure] = []
+        for r, result in zip(parts, results, strict=True):
+            if isinstance(result, BaseException):
+                if not isinstance(result, TimeoutError | BrokenProcessPool):
+                    raise result
+                log.warning("parsing %d message(s) failed (%r); parsing them one by one", len(r), result)
+                self.reset()
+                out.extend([await self._one(raws[i]) for i in r])
+            else:
+                out.extend(ParsedMessage.model_validate_json(doc) for doc in result)
+        return out
+
+    async def _one(self, raw: bytes) -> ParsedMessage | ParseFailure:
+        try:
+            [doc] = await self._run([raw])
+        except TimeoutError:
+            self.reset()
+            return ParseFailure(f"parsing took longer than {_deadline([raw]):.0f}s")
+        except BrokenProcessPool as exc:
+            self.reset()
+            return ParseFailure(f"the parser process died: {exc}")
+        return ParsedMessage.model_validate_json(doc)
+
+    def close(self) -> None:
+        """Stop the worker processes."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
