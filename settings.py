@@ -65,7 +65,15 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_nested_delimiter="__", extra="ignore")
 
-    redis_url: str | None = Field(None, description="redis:// URL; unset = local redis (started if absent)")
+    redis_url: str | None = Field(
+        None,
+        description="redis:// or redis+sentinel://host:port,host:port/<service>[/<db>] URL; unset = local redis "
+        "(started if absent)",
+    )
+    redis_sentinels: str | None = Field(
+        None, description="Sentinel addresses 'host:port,host:port' (instead of REDIS_URL); see redis_sentinel_service"
+    )
+    redis_sentinel_service: str = Field("mymaster", description="the service (master name) the sentinels monitor")
     queues: dict[str, QueuePolicy] = Field(default_factory=_default_queues)
 
     lease_ms: int = Field(5000, ge=500, description="claim lease; a dead worker's jobs return after this")
