@@ -14,11 +14,12 @@ from worker.store.sql.analyses import AnalysesMixin
 from worker.store.sql.base import StoreUnavailable
 from worker.store.sql.engine import create_engine
 from worker.store.sql.messages import MessagesMixin
+from worker.store.sql.oauth import OAuthMixin
 from worker.store.sql.outbox import OutboxMixin
 from worker.store.sql.quarantine import QuarantineMixin
 
 
-class SqlStore(AccountsMixin, OutboxMixin, MessagesMixin, AnalysesMixin, QuarantineMixin):
+class SqlStore(AccountsMixin, OutboxMixin, MessagesMixin, AnalysesMixin, QuarantineMixin, OAuthMixin):
     """The store on a SQL database; `aclose()` closes its pool."""
 
     @classmethod

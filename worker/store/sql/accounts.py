@@ -11,6 +11,7 @@ from sqlalchemy import and_, select, update
 from worker.store.models import STORED, Account, AccountIn, check_id, utcnow
 from worker.store.sql.base import SqlBase
 from worker.store.sql.tables import accounts as t
+from worker.store.sql.tables import oauth_grants
 
 _COLUMNS = [c for c in t.c if c.name not in ("secret_enc", "updated_at")]
 
@@ -82,6 +83,11 @@ class AccountsMixin(SqlBase):
         """Remove the account record (synced messages are kept)."""
         async with self.tx(tenant_id) as conn:
             res = await conn.execute(t.delete().where(_account_key(tenant_id, account_id)))
+            await conn.execute(
+                oauth_grants.delete().where(
+                    oauth_grants.c.tenant_id == tenant_id, oauth_grants.c.account_id == account_id
+                )
+            )
         return bool(res.rowcount)
 
     async def set_auth_error(self, tenant_id: str, account_id: str, reason: str) -> bool:

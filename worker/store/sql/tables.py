@@ -212,4 +212,25 @@ quarantine = Table(
     Index(None, "tenant_id", "resolved", "last_seen"),
 )
 
-TENANT_TABLES = ("accounts", "outbox", "messages", "sync_state", "analyses", "analysis_requests", "quarantine")
+oauth_grants = Table(
+    "oauth_grants",
+    metadata,
+    _tenant(),
+    Column("account_id", ID, primary_key=True),
+    Column("config", Json, nullable=False),  # provider, client id, endpoints, scopes (no secrets)
+    Column("refresh_enc", Text, nullable=False),
+    Column("client_secret_enc", Text),
+    Column("generation", Integer, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+)
+
+TENANT_TABLES = (
+    "accounts",
+    "outbox",
+    "messages",
+    "sync_state",
+    "analyses",
+    "analysis_requests",
+    "quarantine",
+    "oauth_grants",
+)

@@ -13,7 +13,16 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 JSON = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
-TENANT_TABLES = ("accounts", "outbox", "messages", "sync_state", "analyses", "analysis_requests", "quarantine")
+TENANT_TABLES = (
+    "accounts",
+    "outbox",
+    "messages",
+    "sync_state",
+    "analyses",
+    "analysis_requests",
+    "quarantine",
+    "oauth_grants",
+)
 TENANT = "current_setting('worker.tenant_id', true)"
 revision = "0001"
 down_revision = None
@@ -192,6 +201,17 @@ def upgrade() -> None:
         sa.Column("last_sync_at", sa.DateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("tenant_id", "account_id", "mailbox", name=op.f("pk_sync_state")),
     )
+    op.create_table(
+        "oauth_grants",
+        sa.Column("tenant_id", sa.String(length=64), nullable=False),
+        sa.Column("account_id", sa.String(length=64), nullable=False),
+        sa.Column("config", JSON, nullable=False),
+        sa.Column("refresh_enc", sa.Text(), nullable=False),
+        sa.Column("client_secret_enc", sa.Text(), nullable=True),
+        sa.Column("generation", sa.Integer(), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("tenant_id", "account_id", name=op.f("pk_oauth_grants")),
+    )
     if op.get_bind().dialect.name == "postgresql":
         row_level_security()
 
@@ -216,6 +236,7 @@ def row_level_security() -> None:
 
 
 def downgrade() -> None:
+    op.drop_table("oauth_grants")
     op.drop_table("sync_state")
     op.drop_index(op.f("ix_quarantine_tenant_id_resolved_last_seen"), table_name="quarantine")
 
