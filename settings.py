@@ -65,7 +65,15 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_nested_delimiter="__", extra="ignore")
 
-    redis_url: str | None = Field(None, description="redis:// URL; unset = local redis (started if absent)")
+    redis_url: str | None = Field(
+        None,
+        description="redis:// or redis+sentinel://host:port,host:port/<service>[/<db>] URL; unset = local redis "
+        "(started if absent)",
+    )
+    redis_sentinels: str | None = Field(
+        None, description="Sentinel addresses 'host:port,host:port' (instead of REDIS_URL); see redis_sentinel_service"
+    )
+    redis_sentinel_service: str = Field("mymaster", description="the service (master name) the sentinels monitor")
     queues: dict[str, QueuePolicy] = Field(default_factory=_default_queues)
 
     lease_ms: int = Field(5000, ge=500, description="claim lease; a dead worker's jobs return after this")
@@ -83,6 +91,13 @@ class Settings(BaseSettings):
     )
     parse_workers: int = Field(0, ge=0, description="parser processes per worker process; 0 = one per core")
     maintenance_interval_s: float = Field(300.0, gt=0, description="how often the cleanup job runs")
+    send_ambiguous_grace_s: float = Field(
+        120.0, ge=0, description="wait before looking an ambiguous send up in the account's Sent folder"
+    )
+    send_stale_s: float = Field(
+        300.0, gt=0, description="an outbox item `sending` this long without progress has lost its job: reaped"
+    )
+    outbox_reap_interval_s: float = Field(60.0, gt=0, description="how often stalled outbox items are reaped")
     events_maxlen: int = Field(100_000, ge=100)
     dead_letter_retention_s: int = Field(14 * 86400, ge=60)
     dead_letter_max: int = Field(100_000, ge=10)

@@ -78,7 +78,9 @@ def _install_loop() -> None:
 
 
 def redis_url(args: argparse.Namespace) -> str:
-    return str(args.redis_url or get_settings().redis_url or DEFAULT_REDIS_URL)
+    from worker.runtime.connection import redis_address
+
+    return str(redis_address(get_settings(), args.redis_url) or DEFAULT_REDIS_URL)
 
 
 def safe_url(url: str) -> str:
@@ -107,7 +109,9 @@ def with_redis(fn: Callable[[argparse.Namespace, Redis], Awaitable[int]]) -> Cal
         url = redis_url(args)
 
         async def main() -> int:
-            redis: Redis = Redis.from_url(url, socket_connect_timeout=3)
+            from worker.runtime.connection import connect
+
+            redis: Redis = connect(url, socket_connect_timeout=3)
             try:
                 await redis.ping()
                 return await fn(args, redis)
@@ -613,6 +617,10 @@ def build_parser() -> argparse.ArgumentParser:
     purge.add_argument("--all", action="store_true", help="delete every dead letter")
     purge.add_argument("--older-than", type=duration, metavar="AGE", help="delete those older than AGE (e.g. 7d)")
     purge.set_defaults(func=with_redis(_dlq_purge))
+
+    from worker import cli_outbox
+
+    cli_outbox.register(sub, common)
 
     enq = sub.add_parser(
         "enqueue",

@@ -148,6 +148,7 @@ function selectQueue(name) {
   ui.view = "queue";
   $("queue-view").hidden = false;
   $("dlq-view").hidden = true;
+  $("outbox-view").hidden = true;
   refreshQueues().then(refreshJobs).then(refreshGroups).catch(report);
 }
 
@@ -185,6 +186,7 @@ async function openJob(jobId) {
 function showDeadLetters() {
   ui.view = "dlq";
   $("queue-view").hidden = true;
+  $("outbox-view").hidden = true;
   $("dlq-view").hidden = false;
   refreshQueues().then(refreshDead).catch(report);
 }
@@ -221,6 +223,44 @@ async function purgeDead(ids) {
   flash(`Purged ${r.purged} dead letter(s)`);
   await refreshQueues();
   await refreshDead();
+}
+
+// -- outbox: ambiguous sends -------------------------------------------------------------------------
+
+function showOutbox() {
+  ui.view = "outbox";
+  $("queue-view").hidden = true;
+  $("dlq-view").hidden = true;
+  $("outbox-view").hidden = false;
+  refreshOutbox().catch(report);
+}
+
+async function refreshOutbox() {
+  const items = await api("/v1/outbox/ambiguous?limit=500");
+  $("outbox-count").textContent = String(items.length);
+  if (ui.view !== "outbox") return;
+  const action = (i, name, label, cls) => el("button", {
+    class: cls || "", dataset: { action: name }, onclick: () => decide(i, name).catch(report),
+  }, label);
+  $("outbox").replaceChildren(...items.map((i) => el("tr", { dataset: { outbox: i.id } },
+    el("td", {}, i.tenant_id),
+    el("td", { class: "mono", title: i.message_id }, i.id),
+    el("td", {}, i.to.join(", ")),
+    el("td", {}, i.subject),
+    el("td", { title: i.updated_at }, ago(i.updated_at)),
+    el("td", { class: "error" }, i.last_error || ""),
+    el("td", { class: "actions" },
+      action(i, "mark_sent", "Mark sent"), action(i, "resend", "Resend"), action(i, "fail", "Fail", "danger")))));
+  $("outbox-empty").hidden = items.length > 0;
+}
+
+async function decide(item, action) {
+  if (action !== "mark_sent" && !confirm(`${action === "resend" ? "Send it again" : "Give up on it"}? (${item.id})`)) return;
+  const r = await api(`/v1/tenants/${encodeURIComponent(item.tenant_id)}/outbox/${encodeURIComponent(item.id)}/resolve`, {
+    method: "POST", body: JSON.stringify({ action, note: "dashboard" }),
+  });
+  flash(`${item.id}: ${r.status}`);
+  await refreshOutbox();
 }
 
 // -- live events (SSE over fetch, so the token travels in a header) --------------------------------
@@ -283,7 +323,8 @@ let timer = null;
 async function tick() {
   try {
     await refreshQueues();
-    await (ui.view === "queue" ? refreshJobs().then(refreshGroups) : refreshDead());
+    await (ui.view === "queue" ? refreshJobs().then(refreshGroups) : ui.view === "dlq" ? refreshDead() : Promise.resolve());
+    await refreshOutbox();
     setStatus(`live · ${new Date().toLocaleTimeString()}`, true);
   } catch (err) {
     report(err);
@@ -314,6 +355,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("logout").addEventListener("click", () => { localStorage.removeItem(TOKEN_KEY); clearInterval(timer); showLogin(); });
   $("pause").addEventListener("click", () => togglePause().catch(report));
   $("dlq-link").addEventListener("click", (e) => { e.preventDefault(); showDeadLetters(); });
+  $("outbox-link").addEventListener("click", (e) => { e.preventDefault(); showOutbox(); });
   $("purge-all").addEventListener("click", () => purgeDead(null).catch(report));
   $("detail-close").addEventListener("click", () => $("detail").close());
   if (token()) start(); else showLogin();
