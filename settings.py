@@ -33,6 +33,19 @@ class QueuePolicy(BaseModel):
     backoff_cap: float = Field(300.0, ge=0)
     timeout: float = Field(300.0, gt=0)
     result_ttl: int = Field(3600, ge=1, description="seconds results and job info are kept")
+    group_by: str | None = Field(
+        None, description="payload field naming each job's group (fair share between groups); @job(group=) wins"
+    )
+    group_concurrency: int | None = Field(
+        None, ge=1, le=100_000, description="most jobs of one group running (or prefetched) at once, all workers"
+    )
+    group_rate_limit: float | None = Field(None, gt=0, description="jobs/s per group across all workers")
+    group_rate_burst: int = Field(1, ge=1, description="jobs of one group allowed back to back")
+
+    @property
+    def grouped(self) -> bool:
+        """Whether this policy alone makes the queue grouped."""
+        return bool(self.group_by or self.group_concurrency or self.group_rate_limit)
 
 
 _QUEUE_DEFAULTS: dict[str, dict[str, Any]] = {

@@ -45,6 +45,7 @@ async def test_entry_point_runs_jobs_and_stops_on_sigterm(command: list[str], re
             "aborts_removed",
             "ttl_fixed",
             "orphans_removed",
+            "group_entries_fixed",
         }
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(proc.wait, 20) == 0, proc.stderr.read().decode() if proc.stderr else ""

@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TextColumn
 from rich.table import Table
 
@@ -234,8 +235,38 @@ async def _pause(args: argparse.Namespace, redis: Redis) -> int:
     if args.queue not in queues:
         raise CliError(f"unknown queue {args.queue!r} (known: {', '.join(queues)})", 2)
     client = Client(redis, get_settings())
+    verb = "paused" if args.command == "pause" else "resumed"
+    if args.group is not None:
+        try:
+            await (client.pause_group if args.command == "pause" else client.resume_group)(args.queue, args.group)
+        except ValueError as exc:
+            raise CliError(str(exc), 2) from None
+        out.print(f"{args.queue}: group {args.group} {verb}")
+        return 0
     await (client.pause(args.queue) if args.command == "pause" else client.resume(args.queue))
-    out.print(f"{args.queue}: {'paused' if args.command == 'pause' else 'resumed'}")
+    out.print(f"{args.queue}: {verb}")
+    return 0
+
+
+async def _groups(args: argparse.Namespace, redis: Redis) -> int:
+    from worker.runtime import Client
+
+    queues = _queues(args)
+    if args.queue not in queues:
+        raise CliError(f"unknown queue {args.queue!r} (known: {', '.join(queues)})", 2)
+    page = await Client(redis, get_settings()).groups(args.queue, limit=args.limit)
+    if args.json:
+        _dump(page.model_dump())
+        return 0
+    table = Table(
+        title=f"{args.queue}: {page.groups} group(s) with work, the busiest {len(page.items)}", title_justify="left"
+    )
+    for col in ("group", "waiting", "delayed", "active"):
+        table.add_column(col, justify="left" if col == "group" else "right")
+    for g in page.items:
+        name = escape(g.group) + (" [yellow](paused)[/]" if g.paused else "")
+        table.add_row(name, str(g.waiting), str(g.delayed), str(g.active))
+    out.print(table)
     return 0
 
 
@@ -548,10 +579,18 @@ def build_parser() -> argparse.ArgumentParser:
     health.set_defaults(func=_health_command)
 
     for name, verb in (("pause", "stop workers from starting jobs of"), ("resume", "resume")):
-        cmd = sub.add_parser(name, parents=[common], help=f"{verb} a queue")
+        cmd = sub.add_parser(name, parents=[common], help=f"{verb} a queue (or one job group of it)")
         cmd.add_argument("queue")
+        cmd.add_argument("--group", metavar="GROUP", help="only this job group (~default = jobs without a group)")
         imports(cmd)
         cmd.set_defaults(func=with_redis(_pause))
+
+    groups = sub.add_parser("groups", parents=[common], help="job groups of a queue: waiting, delayed, active")
+    groups.add_argument("queue")
+    groups.add_argument("--limit", type=int, default=50, help="how many, busiest first (default: 50)")
+    groups.add_argument("--json", action="store_true", help="machine-readable output")
+    imports(groups)
+    groups.set_defaults(func=with_redis(_groups))
 
     dlq = sub.add_parser("dlq", parents=[common], help="dead letters: list, show, retry, purge")
     dsub = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")

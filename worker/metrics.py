@@ -22,7 +22,9 @@ from redis.exceptions import RedisError
 
 from settings import QUEUE_NAMES, Settings
 from worker.runtime import keys
+from worker.runtime.client import group_counts
 from worker.runtime.events import Events
+from worker.runtime.scripts import Scripts
 from worker.runtime.spec import Registry
 
 log = logging.getLogger("worker.metrics")
@@ -44,6 +46,7 @@ class QueueStats(BaseModel):
     retried: int
     dead: int
     rate_limited: int = 0  # claims held back by the queue-wide rate limit (total)
+    groups: int = 0  # job groups with work (grouped queues); per-group counts: GET /v1/queues/{q}/groups
     paused: bool
     throughput: float | None  # completed jobs per minute over the last minute (None until two samples exist)
 
@@ -73,14 +76,19 @@ async def overview(redis: Redis, queues: Sequence[str]) -> Overview:
             pipe.zcard(keys.delayed(q))
             pipe.zcard(keys.active(q))
             pipe.hmget(keys.stats(q), ["completed", "retried", "dead", "rate_limited"])
+            pipe.exists(keys.group_ring(q), keys.group_active(q), keys.group_paused(q))
         pipe.smembers(keys.PAUSED)
         pipe.zcard(keys.DEAD_LETTERS)
         res = await pipe.execute()
     paused = {p.decode() for p in res[-2]}
     out: list[QueueStats] = []
     for i, q in enumerate(queues):
-        ready, later, delayed, active, (completed, retried, dead, limited) = res[i * 5 : i * 5 + 5]
+        ready, later, delayed, active, (completed, retried, dead, limited), grouped = res[i * 6 : i * 6 + 6]
         c, r, d = _int(completed), _int(retried), _int(dead)
+        groups = 0
+        if grouped:  # jobs in their groups' zsets (the default group is the queue zset, counted above)
+            groups, (in_groups, later_in_groups), _ = await group_counts(Scripts(redis), q, [], 10_000)
+            ready, later = ready + in_groups, later + later_in_groups
         out.append(
             QueueStats(
                 name=q,
@@ -92,6 +100,7 @@ async def overview(redis: Redis, queues: Sequence[str]) -> Overview:
                 retried=r,
                 dead=d,
                 rate_limited=_int(limited),
+                groups=groups,
                 paused=q in paused,
                 throughput=None,
             )
@@ -201,6 +210,9 @@ class _Snapshot(Collector):
         retries = CounterMetricFamily("worker_job_retries", "Failed attempts that were retried", labels=["queue"])
         depth = GaugeMetricFamily("worker_queue_jobs", "Jobs in a queue by state", labels=["queue", "state"])
         paused = GaugeMetricFamily("worker_queue_paused", "1 when the queue is paused", labels=["queue"])
+        groups = GaugeMetricFamily(
+            "worker_queue_groups", "Job groups with work (per-group counts are in the API)", labels=["queue"]
+        )
         limited = CounterMetricFamily(
             "worker_queue_rate_limited", "Claims held back by the queue-wide rate limit", labels=["queue"]
         )
@@ -212,8 +224,9 @@ class _Snapshot(Collector):
             for state in ("waiting", "delayed", "active"):
                 depth.add_metric([q.name, state], getattr(q, state))
             paused.add_metric([q.name], int(q.paused))
+            groups.add_metric([q.name], q.groups)
         dead = GaugeMetricFamily("worker_dead_letters", "Entries in the dead-letter queue", value=self.ov.dead_letters)
-        yield from (jobs, retries, depth, paused, limited, dead)
+        yield from (jobs, retries, depth, paused, groups, limited, dead)
 
 
 def render(ov: Overview, process_registry: CollectorRegistry | None = None) -> bytes:

@@ -21,6 +21,7 @@ from worker.runtime.arq_compat import worker_settings
 TEST_QUEUES = {
     "rt-test": {"rate_limit": None, "concurrency": 10, "backoff_base": 0.1},
     "rt-other": {"rate_limit": None},
+    "rt-groups": {"rate_limit": None, "concurrency": 1},
 }
 
 

@@ -116,3 +116,34 @@ async def track_concurrency(ctx: JobContext, p: Work) -> None:
     await asyncio.sleep(p.sleep)
     await ctx.redis.decr("t:executing")
     await ctx.redis.rpush("t:tracked", p.key)
+
+
+QG = "rt-groups"
+
+
+class TenantWork(BaseModel):
+    tenant: str
+    n: int = 0
+    sleep: float = 0.0
+    defer_times: int = 0
+
+
+@job(queue=QG, payload=TenantWork, group=lambda p: p.tenant, max_attempts=3, timeout=60)
+async def tenant_work(ctx: JobContext, p: TenantWork) -> int:
+    """Records its start and the most simultaneous executions of its tenant, sleeps ``sleep`` s on its first
+    attempt; defers its first ``defer_times`` runs."""
+    if p.defer_times and await ctx.redis.incr(f"t:{p.tenant}:{p.n}:defers") <= p.defer_times:
+        raise Defer("not yet", delay=0.2)
+    await ctx.redis.rpush("t:gorder", f"{p.tenant}:{p.n}")
+    await ctx.redis.rpush(f"t:{p.tenant}:starts", f"{time.time():.6f}")
+    now = await ctx.redis.incr(f"t:{p.tenant}:executing")
+    await ctx.redis.eval(
+        "if tonumber(redis.call('GET', KEYS[1]) or 0) < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end",
+        1,
+        f"t:{p.tenant}:max_executing",
+        now,
+    )
+    if ctx.attempt == 1:
+        await asyncio.sleep(p.sleep)
+    await ctx.redis.decr(f"t:{p.tenant}:executing")
+    return ctx.attempt

@@ -62,6 +62,7 @@ async def test_maintenance_cleans_what_ttls_cannot(redis: Redis) -> None:
         "aborts_removed": 1,
         "ttl_fixed": 2,
         "orphans_removed": 1,
+        "group_entries_fixed": 0,
     }
     assert await redis.zrange("rt:dlq", 0, -1) == [b"new"]
     assert await redis.exists("rt:dlq:old", "rt:dlq:orphan") == 0

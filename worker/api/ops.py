@@ -9,7 +9,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, HTTPException, Query, Request, Response, status
+from fastapi import APIRouter, Header, HTTPException, Path, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field, model_validator
 from redis.exceptions import RedisError
@@ -32,6 +32,7 @@ from worker.api.idempotency import IdempotencyKey, idempotent
 from worker.api.jobs import Accepted
 from worker.api.views import EVENT_SCAN, JobView, event_view, job_payload, job_view, redact
 from worker.runtime import DeadLetter, keys
+from worker.runtime.client import GroupCounts, QueueGroups, group_key
 
 router = APIRouter(prefix="/v1")
 probes = APIRouter(tags=["health"])
@@ -67,6 +68,18 @@ async def _recent_ids(svc: Services, queue: str, kind: str, limit: int) -> list[
     return list(ids)
 
 
+async def _grouped_ids(svc: Services, queue: str, due: bool, now: int, limit: int) -> list[bytes]:
+    """Waiting (or run-time-ahead) jobs in the zsets of the first groups of a grouped queue's ring."""
+    out: list[bytes] = []
+    if limit <= 0:
+        return out
+    for raw in await svc.redis.zrange(keys.group_ring(queue), 0, 49):
+        if raw and len(out) < limit:
+            lo, hi = ("-inf", now) if due else (f"({now}", "+inf")
+            out += await svc.redis.zrangebyscore(keys.group(queue, raw.decode()), lo, hi, start=0, num=limit - len(out))
+    return out
+
+
 @router.get(
     "/queues/{queue}/jobs",
     response_model=list[JobView],
@@ -82,9 +95,11 @@ async def queue_jobs(
     r = svc.redis
     if state == "waiting":
         ids = await r.zrangebyscore(keys.queue(queue), "-inf", now, start=0, num=limit)
+        ids += await _grouped_ids(svc, queue, True, now, limit - len(ids))
     elif state == "delayed":
         ids = await r.zrange(keys.delayed(queue), 0, limit - 1)
         ids += await r.zrangebyscore(keys.queue(queue), f"({now}", "+inf", start=0, num=limit)
+        ids += await _grouped_ids(svc, queue, False, now, limit - len(ids))
     elif state == "active":
         ids = await r.zrange(keys.active(queue), 0, limit - 1)
     elif state == "dead":
@@ -105,6 +120,51 @@ async def pause(queue: str, svc: Svc, _: Admin) -> dict[str, Any]:
 async def resume(queue: str, svc: Svc, _: Admin) -> dict[str, Any]:
     await svc.client.resume(_known_queue(svc, queue))
     return {"queue": queue, "paused": False}
+
+
+# -- job groups ------------------------------------------------------------------------------------
+
+GroupName = Annotated[str, Path(min_length=1, max_length=200, description="group key; `~default` = no group")]
+
+
+def _group_or_422(group: str) -> str:
+    try:
+        return group if group == keys.DEFAULT_GROUP_NAME else group_key(group)
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from None
+
+
+@router.get(
+    "/queues/{queue}/groups",
+    response_model=QueueGroups,
+    tags=["queues"],
+    summary="Job groups of a queue with their waiting, delayed and active jobs (the busiest first)",
+)
+async def queue_groups(
+    queue: str, svc: Svc, _: Admin, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+) -> QueueGroups:
+    return await svc.client.groups(_known_queue(svc, queue), limit=limit)
+
+
+@router.get("/queues/{queue}/groups/{group}", response_model=GroupCounts, tags=["queues"], summary="One job group")
+async def queue_group(queue: str, group: GroupName, svc: Svc, _: Admin) -> GroupCounts:
+    return await svc.client.group(_known_queue(svc, queue), _group_or_422(group))
+
+
+@router.post(
+    "/queues/{queue}/groups/{group}/pause",
+    tags=["queues"],
+    summary="Stop workers from starting jobs of one group (the other groups go on)",
+)
+async def pause_group(queue: str, group: GroupName, svc: Svc, _: Admin) -> dict[str, Any]:
+    await svc.client.pause_group(_known_queue(svc, queue), _group_or_422(group))
+    return {"queue": queue, "group": group, "paused": True}
+
+
+@router.post("/queues/{queue}/groups/{group}/resume", tags=["queues"], summary="Serve a paused group again")
+async def resume_group(queue: str, group: GroupName, svc: Svc, _: Admin) -> dict[str, Any]:
+    await svc.client.resume_group(_known_queue(svc, queue), _group_or_422(group))
+    return {"queue": queue, "group": group, "paused": False}
 
 
 # -- dead letters ----------------------------------------------------------------------------------

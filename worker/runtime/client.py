@@ -57,6 +57,46 @@ class Enqueued:
     duplicate: bool
 
 
+class GroupCounts(BaseModel):
+    """One job group of a grouped queue (``~default`` = the jobs without a group)."""
+
+    group: str
+    waiting: int
+    delayed: int
+    active: int
+    paused: bool
+
+
+class QueueGroups(BaseModel):
+    """The groups of one queue: how many have work (``groups``) and the busiest ``items`` (most jobs first)."""
+
+    queue: str
+    groups: int
+    items: list[GroupCounts]
+
+
+MAX_GROUP_KEY = 200
+
+
+def group_key(value: Any) -> str:
+    """A job's group key as stored ('' = the default group); ValueError for keys that cannot be one."""
+    if value is None or value == "":
+        return keys.DEFAULT_GROUP
+    text = str(value)
+    if len(text) > MAX_GROUP_KEY or text.startswith("~"):
+        raise ValueError(f"a group key is at most {MAX_GROUP_KEY} characters and does not start with '~'")
+    return text
+
+
+def _group_arg(name: str) -> str:
+    """A group named by an operator (``~default`` = the default group) as stored."""
+    return keys.DEFAULT_GROUP if name == keys.DEFAULT_GROUP_NAME else group_key(name)
+
+
+def _group_name(stored: str) -> str:
+    return stored or keys.DEFAULT_GROUP_NAME
+
+
 class JobStatus(BaseModel):
     """Everything known about one job."""
 
@@ -71,6 +111,7 @@ class JobStatus(BaseModel):
     enqueued_at: dt.datetime | None = None
     run_at: dt.datetime | None = None
     finished_at: dt.datetime | None = None
+    group: str | None = None
 
 
 def _ms_to_dt(ms: int | float | None) -> dt.datetime | None:
@@ -174,16 +215,17 @@ class Client:
         packed while Redis runs the previous one (on another core).
         """
         spec = self.spec(function)
-        kwargs = [self._kwargs(spec, p) for p in payloads]
+        kwargs, groups = self._prepare(spec, payloads)
         chunk = max(1, min(chunk, 1000))  # Lua's unpack() takes a few thousand values at most
         out: list[Enqueued] = []
         sending: asyncio.Task[list[Enqueued]] | None = None
         for start in range(0, len(kwargs), chunk):
             part = kwargs[start : start + chunk]
-            argv = self._argv(spec, part, None, priority, defer_by, None, [None] * len(part))
+            part_groups = groups[start : start + chunk] if groups is not None else None
+            argv = self._argv(spec, part, None, priority, defer_by, None, [None] * len(part), part_groups)
             if sending is not None:
                 out += await sending
-            sending = asyncio.create_task(self._send(spec, argv))
+            sending = asyncio.create_task(self._send(spec, argv, part_groups is not None))
             await asyncio.sleep(0)  # the send goes out now, before the next chunk is packed
         if sending is not None:
             out += await sending
@@ -201,9 +243,30 @@ class Client:
         job_ids: list[str | None],
     ) -> list[Enqueued]:
         spec = self.spec(function)
-        kwargs = [self._kwargs(spec, p) for p in payloads]
-        argv = self._argv(spec, kwargs, idempotency_key, priority, defer_by, defer_until, job_ids)
-        return await self._send(spec, argv)
+        kwargs, groups = self._prepare(spec, payloads)
+        argv = self._argv(spec, kwargs, idempotency_key, priority, defer_by, defer_until, job_ids, groups)
+        return await self._send(spec, argv, groups is not None)
+
+    def _prepare(
+        self, spec: JobSpec, payloads: Iterable[dict[str, Any] | BaseModel | None]
+    ) -> tuple[list[dict[str, Any]], list[str] | None]:
+        """Validated kwargs of every payload, and their group keys when the job is grouped (else None)."""
+        if spec.group is None:
+            kwargs = [self._kwargs(spec, p) for p in payloads]
+            field = self.settings.queue(spec.queue).group_by
+            return kwargs, None if field is None else [group_key(k.get(field)) for k in kwargs]
+        fn, model_cls = spec.group, spec.payload
+        kwargs, groups = [], []
+        for p in payloads:
+            model: Any
+            if model_cls is not None:
+                model = p if isinstance(p, model_cls) else model_cls.__pydantic_validator__.validate_python(p or {})
+                kwargs.append(cast(dict[str, Any], model_cls.__pydantic_serializer__.to_python(model, mode="json")))
+            else:
+                model = self._kwargs(spec, p)
+                kwargs.append(model)
+            groups.append(group_key(fn(model)))
+        return kwargs, groups
 
     def _argv(
         self,
@@ -214,8 +277,9 @@ class Client:
         defer_by: float | dt.timedelta | None,
         defer_until: dt.datetime | None,
         job_ids: list[str | None],
+        groups: list[str] | None = None,
     ) -> list[Any]:
-        """enqueue.lua's arguments for already validated payloads."""
+        """enqueue.lua's arguments for already validated payloads (and their groups on a grouped queue)."""
         prio = spec.priority if priority is None else priority
         if not 0 <= prio <= keys.MAX_PRIORITY:
             raise ValueError(f"priority must be 0..{keys.MAX_PRIORITY}")
@@ -239,14 +303,22 @@ class Client:
             1 if any(job_ids) else 0,
         ]
         fresh = iter(new_job_ids(len(kwargs)))
-        for k, jid in zip(kwargs, job_ids, strict=True):
-            argv += (jid or next(fresh), prefix + pack(k))
+        if groups is None:
+            for k, jid in zip(kwargs, job_ids, strict=True):
+                argv += (jid or next(fresh), prefix + pack(k))
+            return argv
+        prefixes: dict[str, bytes] = {}  # the record carries its group ('g'): reclaims and promotions read it
+        for k, jid, g in zip(kwargs, job_ids, groups, strict=True):
+            gp = prefixes.get(g)
+            if gp is None:
+                gp = prefixes[g] = map_prefix({**head, "g": g}, "k")
+            argv += (jid or next(fresh), gp + pack(k), g)
         return argv
 
-    async def _send(self, spec: JobSpec, argv: list[Any]) -> list[Enqueued]:
-        res = await self.scripts.enqueue(
-            keys=[keys.EVENTS, keys.wake(spec.queue), keys.queue(spec.queue), keys.delayed(spec.queue)], args=argv
-        )
+    async def _send(self, spec: JobSpec, argv: list[Any], grouped: bool = False) -> list[Enqueued]:
+        q = spec.queue
+        ks = [keys.EVENTS, keys.wake(q), keys.queue(q), keys.delayed(q)]
+        res = await self.scripts.enqueue(keys=[*ks, keys.group_ring(q)] if grouped else ks, args=argv)
         return [Enqueued(_s(res[i]), not int(res[i + 1])) for i in range(0, len(res), 2)]
 
     async def status(self, job_id: str) -> JobStatus:
@@ -265,7 +337,11 @@ class Client:
         st.error = info.get("e")
         st.finished_at = _ms_to_dt(int(info["ft"])) if "ft" in info else None
         record = _safe_unpack(raw_job) if raw_job else None
-        if isinstance(record, dict):
+        if not isinstance(record, dict):
+            record = {}
+        if record:
+            if isinstance(record.get("g"), str):
+                st.group = _group_name(record["g"])
             st.function = record.get("f")
             st.enqueued_at = _ms_to_dt(record.get("et"))
             spec = self.registry.get(st.function or "")
@@ -293,7 +369,7 @@ class Client:
             return st
         if st.queue:
             async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.zscore(keys.queue(st.queue), job_id)
+                pipe.zscore(_zset(st.queue, record), job_id)
                 pipe.zscore(keys.delayed(st.queue), job_id)
                 pipe.time()
                 in_queue, in_delayed, (sec, usec) = await pipe.execute()
@@ -338,7 +414,7 @@ class Client:
         spec, record = found
         ik = keys.idempotency(spec.name, record["ik"]) if record.get("ik") else keys.NONE
         done = await self.scripts.cancel(
-            keys=[keys.queue(spec.queue), keys.delayed(spec.queue), keys.EVENTS, ik],
+            keys=[_zset(spec.queue, record), keys.delayed(spec.queue), keys.EVENTS, ik],
             args=[job_id, self.settings.events_maxlen, spec.queue],
         )
         return bool(done)
@@ -356,8 +432,10 @@ class Client:
             return False
         spec, record = found
         run_at, delay = _when(defer_by, defer_until)
+        grouped = isinstance(record.get("g"), str)
+        ks = [_zset(spec.queue, record), keys.delayed(spec.queue), keys.EVENTS, keys.wake(spec.queue)]
         done = await self.scripts.reschedule(
-            keys=[keys.queue(spec.queue), keys.delayed(spec.queue), keys.EVENTS, keys.wake(spec.queue)],
+            keys=[*ks, keys.group_ring(spec.queue)] if grouped else ks,
             args=[
                 job_id,
                 run_at,
@@ -366,6 +444,7 @@ class Client:
                 self.settings.events_maxlen,
                 spec.queue,
                 JOB_EXPIRY_MS,
+                *([record["g"]] if grouped else []),
             ],
         )
         return bool(done)
@@ -377,6 +456,60 @@ class Client:
     async def resume(self, queue: str) -> None:
         await self.redis.srem(keys.PAUSED, queue)
         await self.redis.lpush(keys.wake(queue), 1)
+
+    async def pause_group(self, queue: str, group: str) -> bool:
+        """Stop claims of one group of ``queue`` (its running jobs finish; the other groups go on).
+        False if it was already paused."""
+        return bool(await self._group_state(queue, group, "pause"))
+
+    async def resume_group(self, queue: str, group: str) -> bool:
+        """Serve a paused group again. False if it was not paused."""
+        return bool(await self._group_state(queue, group, "resume"))
+
+    async def _group_state(self, queue: str, group: str, op: str) -> int:
+        return int(
+            await self.scripts.group_state(
+                keys=[keys.queue(queue), keys.wake(queue)], args=[queue, _group_arg(group), op]
+            )
+        )
+
+    async def groups(self, queue: str, limit: int = 100) -> QueueGroups:
+        """Per-group counts (waiting, delayed, active, paused) of ``queue``, the ``limit`` busiest groups."""
+        total, _, items = await group_counts(self.scripts, queue, [], limit)
+        items.sort(key=lambda g: (-(g.waiting + g.delayed + g.active), g.group))
+        return QueueGroups(queue=queue, groups=total, items=items[:limit])
+
+    async def group(self, queue: str, group: str) -> GroupCounts:
+        """The counts of one group (all zero for a group without jobs)."""
+        return (await group_counts(self.scripts, queue, [_group_arg(group)], 1))[2][0]
+
+
+async def group_counts(
+    scripts: Scripts, queue: str, only: list[str], limit: int
+) -> tuple[int, tuple[int, int], list[GroupCounts]]:
+    """Groups in the ring; (waiting, run-time-ahead) jobs in the zsets of the groups other than the default one;
+    the counts of ``only``, or of the groups group_counts.lua collects (at most ``limit`` from the ring)."""
+    res = await scripts.group_counts(
+        keys=[keys.queue(queue), keys.delayed(queue), keys.active(queue)],
+        args=[queue, max(1, min(limit, 10_000)), *only],
+    )
+    items = [
+        GroupCounts(
+            group=_group_name(_s(res[i])),
+            waiting=int(res[i + 1]),
+            delayed=int(res[i + 2]),
+            active=int(res[i + 3]),
+            paused=bool(int(res[i + 4])),
+        )
+        for i in range(3, len(res), 5)
+    ]
+    return int(res[0]), (int(res[1]), int(res[2])), items
+
+
+def _zset(queue: str, record: dict[str, Any]) -> str:
+    """The zset that holds a waiting job: its group's on a grouped queue, else the queue's."""
+    g = record.get("g")
+    return keys.group(queue, g) if isinstance(g, str) else keys.queue(queue)
 
 
 def _s(v: Any) -> str:

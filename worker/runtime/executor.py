@@ -312,11 +312,17 @@ class Executor:
         ]
 
     async def finish(
-        self, queue: str, items: list[list[Any]], owner: str, claim: tuple[int, int, float, int] = (0, 0, 0, 0)
+        self,
+        queue: str,
+        items: list[list[Any]],
+        owner: str,
+        claim: tuple[int, int, float, int] = (0, 0, 0, 0),
+        groups: tuple[int, float, int] | None = None,
     ) -> tuple[list[int], list[Any]]:
         """Record a batch of outcomes of one queue in one round trip; 0 marks a job whose lease was lost.
 
         ``claim`` = (n, lease_ms, rate, burst): also claim up to n new jobs, returned in claim.lua's format.
+        ``groups`` = the group limits (concurrency, rate, burst) of a grouped queue: jobs go back into their group.
         """
         res = await self.scripts.finish(
             keys=[
@@ -338,6 +344,7 @@ class Executor:
                 self.settings.idempotency_ttl,
                 pack_for_lua(items),
                 *claim,
+                *((1, *groups) if groups is not None else ()),
             ],
         )
         n = int(res[0])

@@ -67,3 +67,31 @@ def ratelimit(name: str) -> str:
 
 def idempotency(function: str, key: str) -> str:
     return f"rt:idem:{function}:{key}"
+
+
+DEFAULT_GROUP = ""  # jobs without a group (plain arq producers, old records); its zset is the queue zset
+DEFAULT_GROUP_NAME = "~default"  # how the API, CLI and dashboard name it
+
+
+def group(name: str, group: str) -> str:
+    """Zset of one group's waiting jobs (scored like the queue zset); see lua/group_fn.lua."""
+    return name if group == DEFAULT_GROUP else f"rt:g:{name}:{group}"
+
+
+def group_ring(name: str) -> str:
+    """Zset of the groups with work: score = when the group may be served next (round robin)."""
+    return f"rt:gr:{name}"
+
+
+def group_active(name: str) -> str:
+    """Hash group -> jobs leased."""
+    return f"rt:ga:{name}"
+
+
+def group_jobs(name: str) -> str:
+    """Hash leased job id -> its group."""
+    return f"rt:gj:{name}"
+
+
+def group_paused(name: str) -> str:
+    return f"rt:gp:{name}"

@@ -80,6 +80,7 @@ class QueueLoop:
         self._claim_settled.set()
         self._finished: list[tuple[str, Outcome]] = []
         self._flush = asyncio.Event()
+        self._claim_script = worker.scripts.claim
         self._keys = [
             keys.queue(queue),
             keys.delayed(queue),
@@ -92,6 +93,16 @@ class QueueLoop:
         ]
         self._rate = policy.rate_limit or 0
         self._burst = policy.rate_burst
+        # Job groups: round-robin claims between groups and per-group limits (claim_group.lua); None = the plain
+        # claim, which pays nothing for groups. Also switched on at start when Redis shows grouped jobs.
+        self.groups: tuple[int, float, int] | None = None
+        if worker.registry.grouped(queue, worker.settings):
+            self.use_groups()
+
+    def use_groups(self) -> None:
+        policy = self.w.settings.queue(self.queue)
+        self.groups = (policy.group_concurrency or 0, policy.group_rate_limit or 0, policy.group_rate_burst)
+        self._claim_script = self.w.scripts.claim_group
 
     @property
     def capacity(self) -> int:
@@ -119,7 +130,7 @@ class QueueLoop:
                     # the moment a job is enqueued, with no round trip in between (the timeout is the poll).
                     res = await self._block_then_claim(self._wake_pipe, n)
                 else:
-                    res = await w.scripts.claim(keys=self._keys, args=self._claim_args(n))
+                    res = await self._claim_script(keys=self._keys, args=self._claim_args(n))
             except RedisError as exc:
                 log.error("claim on %s failed (%s); retrying in 1s", self.queue, exc)
                 deep = False  # retry through Script, which reloads the script if Redis lost it (restart, flush)
@@ -156,7 +167,8 @@ class QueueLoop:
 
     def _claim_args(self, n: int) -> list[Any]:
         s = self.w.settings
-        return [n, s.lease_ms, self.w.worker_id, s.events_maxlen, self._rate, self._burst, self.queue]
+        args = [n, s.lease_ms, self.w.worker_id, s.events_maxlen, self._rate, self._burst, self.queue]
+        return args if self.groups is None else [*args, *self.groups]
 
     async def _block_then_claim(self, pipe: Pipe, n: int) -> list[Any]:
         """BLPOP on the wake-up list (up to the poll interval) with a claim of ``n`` pipelined behind it.
@@ -168,7 +180,7 @@ class QueueLoop:
         self._claim_settled.clear()
         try:
             blocked = pipe.send("BLPOP", keys.wake(self.queue), self._poll_s)
-            claimed = pipe.send(*self.w.scripts.claim.command(self._keys, self._claim_args(n)))
+            claimed = pipe.send(*self._claim_script.command(self._keys, self._claim_args(n)))
             for fut in (blocked, claimed):  # if this task is cancelled, nobody else reads their errors
                 fut.add_done_callback(_retrieve)
             await asyncio.shield(blocked)
@@ -289,7 +301,7 @@ class QueueLoop:
             self._claims += 1 if n else 0
             try:
                 flags, claimed = await w.executor.finish(
-                    self.queue, items, w.worker_id, (n, w.settings.lease_ms, self._rate, self._burst)
+                    self.queue, items, w.worker_id, (n, w.settings.lease_ms, self._rate, self._burst), self.groups
                 )
             except RedisError as exc:
                 self._reserved -= n
@@ -330,7 +342,7 @@ class QueueLoop:
         return int(
             await self.w.scripts.reap(
                 keys=[keys.active(self.queue), keys.queue(self.queue), keys.EVENTS, keys.wake(self.queue)],
-                args=[self.w.settings.events_maxlen, self.queue],
+                args=[self.w.settings.events_maxlen, self.queue, 1 if self.groups is not None else 0],
             )
         )
 
@@ -391,6 +403,10 @@ class Worker:
     async def start(self) -> None:
         await self.redis.ping()
         await self.scripts.load()
+        for lp in self.loops:
+            if lp.groups is None and await self.redis.exists(keys.group_ring(lp.queue)):
+                log.warning("%s holds grouped jobs but no job of it declares group=: claiming by group", lp.queue)
+                lp.use_groups()
         for lp in self.loops:
             self._tasks.append(asyncio.create_task(lp.finish_loop(), name=f"finish:{lp.queue}"))
             self._tasks.append(asyncio.create_task(lp.claim_loop(), name=f"claim:{lp.queue}"))

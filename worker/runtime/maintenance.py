@@ -1,6 +1,6 @@
 """The cleanup cron: what TTLs cannot bound. Dead letters past retention, the event stream, arq's abort set
-(never cleaned upstream, arq #485), and keys of ours left without a TTL. Registered by the app on a queue of
-its choice with `install(registry, queue=..., every=...)`."""
+(never cleaned upstream, arq #485), keys of ours left without a TTL, and job-group bookkeeping left behind.
+Registered by the app on a queue of its choice with `install(registry, queue=..., every=...)`."""
 
 from __future__ import annotations
 
@@ -45,7 +45,37 @@ async def maintenance(ctx: JobContext, payload: Any = None) -> dict[str, int]:
         "aborts_removed": aborts,
         "ttl_fixed": fixed,
         "orphans_removed": orphans,
+        "group_entries_fixed": await repair_groups(ctx),
     }
+
+
+async def repair_groups(ctx: JobContext) -> int:
+    """Repair the bookkeeping of every grouped queue found in Redis (group_repair.lua); returns what it fixed."""
+    r = ctx.redis
+    queues: set[str] = set()
+    groups: dict[str, list[str]] = {}
+    seen = 0
+    for pattern in ("rt:gr:*", "rt:ga:*", "rt:gj:*", "rt:g:*"):
+        async for key in r.scan_iter(match=pattern, count=1000):
+            seen += 1
+            if seen > SCAN_LIMIT:
+                break
+            name = key.decode()
+            if name.startswith("rt:g:"):
+                queue, _, group = name.removeprefix("rt:g:").partition(":")
+                groups.setdefault(queue, []).append(group)
+                queues.add(queue)
+            else:
+                queues.add(name[6:])
+    total = 0
+    for queue in sorted(queues):
+        found = groups.get(queue, [])
+        for lo in range(0, max(len(found), 1), 1000):
+            res = await ctx.client.scripts.group_repair(
+                keys=[keys.queue(queue), keys.active(queue)], args=[queue, *found[lo : lo + 1000]]
+            )
+            total += sum(int(x) for x in res)
+    return total
 
 
 def install(registry: Registry, *, queue: str, every: float = 300.0) -> None:

@@ -65,6 +65,7 @@ class Scripts:
     def __init__(self, redis: Redis, pipe: Pipe | None = None) -> None:
         self.enqueue = Script(redis, pipe, source("enqueue"))
         self.claim = Script(redis, pipe, source("claim"))
+        self.claim_group = Script(redis, pipe, source("claim_group"))
         self.finish = Script(redis, pipe, source("finish"))
         self.renew = Script(redis, pipe, source("renew"))
         self.reap = Script(redis, pipe, source("reap"))
@@ -73,6 +74,9 @@ class Scripts:
         self.idem_begin = Script(redis, pipe, source("idem_begin"))
         self.ratelimit = Script(redis, pipe, source("ratelimit"))
         self.promote = Script(redis, pipe, source("promote"))
+        self.group_counts = Script(redis, pipe, source("group_counts"))
+        self.group_state = Script(redis, pipe, source("group_state"))
+        self.group_repair = Script(redis, pipe, source("group_repair"))
 
     async def load(self) -> None:
         """SCRIPT LOAD every script, so pipelined EVALSHAs do not fall back to EVAL (out of order) at startup."""

@@ -53,6 +53,7 @@ class JobSpec:
     rate_limit: tuple[int, float] | None = None
     rate_limit_key: Callable[[Any], str] | None = None
     priority: int = 0
+    group: Callable[[Any], str | None] | None = None
 
     def policy(self, settings: Settings) -> Policy:
         """Resolve this function's policy against its queue's settings."""
@@ -105,6 +106,10 @@ class Registry:
     def queues(self) -> list[str]:
         return sorted({s.queue for s in self._specs.values()})
 
+    def grouped(self, queue: str, settings: Settings) -> bool:
+        """Whether ``queue`` runs with job groups: a job on it declares ``group=``, or its policy groups it."""
+        return settings.queue(queue).grouped or any(s.group is not None for s in self.for_queue(queue))
+
     def every(self, function: str, seconds: float, payload: dict[str, Any] | None = None) -> None:
         """Schedule ``function`` every ``seconds`` (one enqueue per period across all workers)."""
         self.periodic.append(Periodic(function, seconds, payload or {}))
@@ -127,6 +132,7 @@ def job(
     rate_limit: tuple[int, float] | None = None,
     rate_limit_key: Callable[[Any], str] | None = None,
     priority: int = 0,
+    group: Callable[[Any], str | None] | None = None,
     into: Registry | None = None,
 ) -> Callable[[F], F]:
     """Register ``async def fn(ctx, payload)`` as a job; see docs/runtime-contract.md for each option."""
@@ -147,6 +153,7 @@ def job(
                 rate_limit=rate_limit,
                 rate_limit_key=rate_limit_key,
                 priority=priority,
+                group=group,
             )
         )
         return fn

@@ -124,12 +124,31 @@ async function refreshJobs() {
   $("jobs-empty").hidden = jobs.length > 0;
 }
 
+// Job groups of the selected queue (fair share between tenants): counts and pause/resume per group.
+async function refreshGroups() {
+  if (ui.view !== "queue" || !ui.queue) return;
+  const page = await api(`/v1/queues/${encodeURIComponent(ui.queue)}/groups?limit=20`);
+  $("groups-block").hidden = page.items.length === 0;
+  $("groups-count").textContent = `(${page.groups} with work, the busiest ${page.items.length})`;
+  $("groups").replaceChildren(...page.items.map((g) => el("tr", { dataset: { group: g.group } },
+    el("td", {}, g.group, g.paused ? el("span", { class: "badge paused" }, "paused") : ""),
+    el("td", {}, String(g.waiting)), el("td", {}, String(g.delayed)), el("td", {}, String(g.active)),
+    el("td", {}, el("button", { class: "link", onclick: () => toggleGroup(g).catch(report) },
+      g.paused ? "resume" : "pause")))));
+}
+
+async function toggleGroup(g) {
+  const path = `/v1/queues/${encodeURIComponent(ui.queue)}/groups/${encodeURIComponent(g.group)}`;
+  await api(`${path}/${g.paused ? "resume" : "pause"}`, { method: "POST" });
+  await refreshGroups();
+}
+
 function selectQueue(name) {
   ui.queue = name;
   ui.view = "queue";
   $("queue-view").hidden = false;
   $("dlq-view").hidden = true;
-  refreshQueues().then(refreshJobs).catch(report);
+  refreshQueues().then(refreshJobs).then(refreshGroups).catch(report);
 }
 
 async function togglePause() {
@@ -264,7 +283,7 @@ let timer = null;
 async function tick() {
   try {
     await refreshQueues();
-    await (ui.view === "queue" ? refreshJobs() : refreshDead());
+    await (ui.view === "queue" ? refreshJobs().then(refreshGroups) : refreshDead());
     setStatus(`live · ${new Date().toLocaleTimeString()}`, true);
   } catch (err) {
     report(err);

@@ -1,5 +1,39 @@
 -- @include promote_fn.lua
 
+-- Lease one due job to `owner` (shared by claim and the grouped claim): SET NX arq's in-progress key (an id
+-- whose key exists is being run by arq's own loop in compat mode: not ours), count the attempt, emit 'started'
+-- and append {id, payload placeholder, attempt, prio} to `out`. Returns true when leased.
+local function lease_job(k, acc, out, id, score, now, lease, owner, maxlen, qname)
+  if not redis.call('SET', 'arq:in-progress:' .. id, owner, 'NX', 'PX', lease) then return false end
+  local prio = 0
+  if score < now - BAND / 2 then prio = math.floor((now - score) / BAND + 0.5) end
+  acc.claimed[#acc.claimed + 1] = id
+  acc.active_args[#acc.active_args + 1] = math.floor(now + lease) * 16 + prio
+  acc.active_args[#acc.active_args + 1] = id
+  acc.job_keys[#acc.job_keys + 1] = 'arq:job:' .. id
+  local attempt = redis.call('HINCRBY', 'rt:info:' .. id, 'a', 1)
+  if maxlen > 0 then
+    redis.call('XADD', k.events, '*', 'type', 'started', 'job_id', id, 'queue', qname, 'attempt', attempt)
+  end
+  out[#out + 1] = id
+  out[#out + 1] = false
+  out[#out + 1] = attempt
+  out[#out + 1] = prio
+  return true
+end
+
+-- After a claim's lease_job calls: move the leased ids to the active zset and fill in their payloads.
+local function leased(k, acc, out, maxlen)
+  local claimed = acc.claimed
+  if #claimed == 0 then return end
+  if maxlen > 0 then redis.call('XTRIM', k.events, 'MAXLEN', '~', maxlen) end  -- once, not per XADD
+  redis.call('ZADD', k.active, unpack(acc.active_args))
+  local payloads = redis.call('MGET', unpack(acc.job_keys))
+  for i = 1, #claimed do
+    out[2 + (i - 1) * 4 + 2] = payloads[i]
+  end
+end
+
 -- Claim up to n due jobs of one queue for one worker (shared by claim.lua and finish.lua).
 -- Promotes due priority-deferred jobs, applies the queue-wide rate limit (GCRA), moves claimed ids from the
 -- queue zset to the active zset with a lease, sets arq's in-progress key (so arq's Job.status() still works),
@@ -52,38 +86,12 @@ local function claim(k, now, n, lease, owner, maxlen, rate, burst, qname)
   end
 
   local out = {retry_after, -1}
-  local claimed, active_args, job_keys = {}, {}, {}
+  local acc = {claimed = {}, active_args = {}, job_keys = {}}
   for i = 1, count * 2, 2 do
-    local id = due[i]
-    local score = tonumber(due[i + 1])
-    -- SET NX: an id whose in-progress key exists is being run by arq's own loop (compat mode): not ours
-    if redis.call('SET', 'arq:in-progress:' .. id, owner, 'NX', 'PX', lease) then
-      local prio = 0
-      if score < now - BAND / 2 then prio = math.floor((now - score) / BAND + 0.5) end
-      claimed[#claimed + 1] = id
-      active_args[#active_args + 1] = math.floor(now + lease) * 16 + prio
-      active_args[#active_args + 1] = id
-      job_keys[#job_keys + 1] = 'arq:job:' .. id
-      local attempt = redis.call('HINCRBY', 'rt:info:' .. id, 'a', 1)
-      if maxlen > 0 then
-        redis.call('XADD', k.events, '*', 'type', 'started', 'job_id', id, 'queue', qname,
-          'attempt', attempt)
-      end
-      out[#out + 1] = id
-      out[#out + 1] = false
-      out[#out + 1] = attempt
-      out[#out + 1] = prio
-    end
+    lease_job(k, acc, out, due[i], tonumber(due[i + 1]), now, lease, owner, maxlen, qname)
   end
-  if #claimed > 0 then
-    if maxlen > 0 then redis.call('XTRIM', k.events, 'MAXLEN', '~', maxlen) end  -- once, not per XADD
-    redis.call('ZREM', k.queue, unpack(claimed))
-    redis.call('ZADD', k.active, unpack(active_args))
-    local payloads = redis.call('MGET', unpack(job_keys))
-    for i = 1, #claimed do
-      out[2 + (i - 1) * 4 + 2] = payloads[i]
-    end
-  end
+  if #acc.claimed > 0 then redis.call('ZREM', k.queue, unpack(acc.claimed)) end
+  leased(k, acc, out, maxlen)
   if count == n then
     -- a full batch: more may be due, wake another worker
     redis.call('LPUSH', k.wake, 1)

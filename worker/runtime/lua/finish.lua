@@ -7,12 +7,14 @@
 --       5 idempotency ttl s, 7 claim_n, 8 lease_ms, 9 rate per second, 10 burst, 6 msgpack list of jobs, each
 --       {id, outcome, function, attempt, result record, result_ttl_ms, delay_ms, priority, error, dead-letter entry,
 --        idempotency key or '', idempotency result, idempotency lock token}
+--       11 '1' on a grouped queue (jobs go back into their groups; the claim is claim_group's), 12-14 its group
+--       limits (as claim_group.lua's ARGV 8-10)
 --       outcome: complete | retry | defer | requeue | dead
 -- Returns {#jobs, flag per job (1 recorded, 0 discarded: this worker no longer owns the job, its lease was lost),
 --          then claim.lua's reply when claim_n > 0}
 -- (Idempotency keys are derived per job: like arq, this needs a single Redis instance, not a cluster.)
 -- @include now_fn.lua
--- @include claim_fn.lua
+-- @include claim_group_fn.lua
 local owner, maxlen, queue = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local dlq_max, idem_ttl = tonumber(ARGV[4]), tonumber(ARGV[5])
 local now = server_now()
@@ -22,6 +24,8 @@ local jobs = cmsgpack.unpack(ARGV[6])
 local out = {}
 local dels, released = {}, {}
 local stats = {completed = 0, retried = 0, dead = 0}
+local G = ARGV[11] == '1' and gkeys(queue, KEYS[1]) or nil
+local gconc = tonumber(ARGV[12] or 0)
 
 local holders = {}
 if not arq_owned then
@@ -47,6 +51,8 @@ local function finish(i, j)
     dels[#dels + 1] = 'arq:in-progress:' .. id
     released[#released + 1] = id
   end
+  local g = gconc > 0 and grelease(G, id)
+  if g and redis.call('EXISTS', gzset(G, g)) == 1 then gready(G, g, now) end  -- a slot of its group freed
   local ik = j[11]
   if ik ~= '' then
     local lock = ik .. ':lock'
@@ -93,7 +99,9 @@ local function finish(i, j)
   local run_at, prio = now + j[7], j[8]
   if outcome ~= 'retry' then redis.call('HINCRBY', info, 'a', -1) end
   if j[9] ~= '' then redis.call('HSET', info, 'e', j[9]) end
-  if not arq_owned then
+  if G then
+    gput(G, KEYS[2], g or record_group(id), id, run_at, prio, now)
+  elseif not arq_owned then
     if prio > 0 and run_at > now then
       redis.call('ZADD', KEYS[2], math.floor(run_at) * 16 + prio, id)
     else
@@ -123,8 +131,14 @@ local claim_n = tonumber(ARGV[7])
 if claim_n > 0 then
   local k = {queue = KEYS[1], delayed = KEYS[2], active = KEYS[3], events = KEYS[4], rl = KEYS[7],
     paused = KEYS[8], wake = KEYS[9], stats = KEYS[5]}
-  local claimed = claim(k, now, claim_n, tonumber(ARGV[8]), owner, maxlen, tonumber(ARGV[9]), tonumber(ARGV[10]),
-    queue)
+  local claimed
+  if G then
+    claimed = gclaim(k, now, claim_n, tonumber(ARGV[8]), owner, maxlen, tonumber(ARGV[9]), tonumber(ARGV[10]),
+      queue, gconc, tonumber(ARGV[13]), tonumber(ARGV[14]))
+  else
+    claimed = claim(k, now, claim_n, tonumber(ARGV[8]), owner, maxlen, tonumber(ARGV[9]), tonumber(ARGV[10]),
+      queue)
+  end
   for _, v in ipairs(claimed) do out[#out + 1] = v end
 end
 return out
