@@ -40,10 +40,6 @@ def _parse_chunk(raws: list[bytes]) -> list[bytes]:
     return [parse_message(raw).model_dump_json(by_alias=True).encode() for raw in raws]
 
 
-def _deadline(raws: Sequence[bytes]) -> float:
-    return BASE_TIMEOUT_S + SECONDS_PER_MB * sum(len(r) for r in raws) / 1e6
-
-
 def chunks(raws: Sequence[bytes], max_bytes: int = CHUNK_BYTES, max_count: int = CHUNK_COUNT) -> list[range]:
     """Index ranges of `raws` cut into tasks of <= max_count messages and <= max_bytes (or one message)."""
     out: list[range] = []
@@ -61,9 +57,16 @@ def chunks(raws: Sequence[bytes], max_bytes: int = CHUNK_BYTES, max_count: int =
 class ParsePool:
     """A lazily started pool of parser processes (one per core unless told otherwise)."""
 
-    def __init__(self, workers: int | None = None) -> None:
+    def __init__(
+        self, workers: int | None = None, timeout_s: float = BASE_TIMEOUT_S, per_mb_s: float = SECONDS_PER_MB
+    ) -> None:
         self.workers = workers or os.cpu_count() or 1
+        self.timeout_s = timeout_s
+        self.per_mb_s = per_mb_s
         self._pool: ProcessPoolExecutor | None = None
+
+    def _deadline(self, raws: Sequence[bytes]) -> float:
+        return self.timeout_s + self.per_mb_s * sum(len(r) for r in raws) / 1e6
 
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
@@ -83,7 +86,7 @@ class ParsePool:
 
     async def _run(self, raws: list[bytes]) -> list[bytes]:
         loop = asyncio.get_running_loop()
-        async with asyncio.timeout(_deadline(raws)):
+        async with asyncio.timeout(self._deadline(raws)):
             return await loop.run_in_executor(self._executor(), _parse_chunk, raws)
 
     async def parse(self, raws: Sequence[bytes]) -> list[ParsedMessage | ParseFailure]:
@@ -107,7 +110,7 @@ class ParsePool:
             [doc] = await self._run([raw])
         except TimeoutError:
             self.reset()
-            return ParseFailure(f"parsing took longer than {_deadline([raw]):.0f}s")
+            return ParseFailure(f"parsing took longer than {self._deadline([raw]):.1f}s")
         except BrokenProcessPool as exc:
             self.reset()
             return ParseFailure(f"the parser process died: {exc}")
