@@ -13,6 +13,7 @@ import asyncio
 import logging
 import multiprocessing
 import os
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -64,16 +65,28 @@ class ParsePool:
         self.timeout_s = timeout_s
         self.per_mb_s = per_mb_s
         self._pool: ProcessPoolExecutor | None = None
+        self._lock = threading.Lock()
 
     def _deadline(self, raws: Sequence[bytes]) -> float:
         return self.timeout_s + self.per_mb_s * sum(len(r) for r in raws) / 1e6
 
-    def _executor(self) -> ProcessPoolExecutor:
-        if self._pool is None:
-            context = multiprocessing.get_context("forkserver")  # no fork of a process with threads and a loop
-            context.set_forkserver_preload([__name__])  # workers start with the parser imported
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=context, max_tasks_per_child=2000)
-        return self._pool
+    def _create(self) -> ProcessPoolExecutor:
+        """A new pool with its processes started (call in a thread: starting processes blocks for a while)."""
+        context = multiprocessing.get_context("forkserver")  # no fork of a process with threads and a loop
+        context.set_forkserver_preload([__name__])  # workers start with the parser imported
+        pool = ProcessPoolExecutor(self.workers, mp_context=context, max_tasks_per_child=2000)
+        for future in [pool.submit(_parse_chunk, []) for _ in range(self.workers)]:
+            future.result()
+        return pool
+
+    def _ensure(self) -> ProcessPoolExecutor:
+        with self._lock:  # a thread lock: the pool outlives event loops (one per process)
+            if self._pool is None:
+                self._pool = self._create()
+            return self._pool
+
+    async def _executor(self) -> ProcessPoolExecutor:
+        return self._pool or await asyncio.to_thread(self._ensure)
 
     def reset(self) -> None:
         """Kill the worker processes (a stuck parse cannot be cancelled otherwise); the next call starts new ones."""
@@ -86,8 +99,9 @@ class ParsePool:
 
     async def _run(self, raws: list[bytes]) -> list[bytes]:
         loop = asyncio.get_running_loop()
+        pool = await self._executor()
         async with asyncio.timeout(self._deadline(raws)):
-            return await loop.run_in_executor(self._executor(), _parse_chunk, raws)
+            return await loop.run_in_executor(pool, _parse_chunk, raws)
 
     async def parse(self, raws: Sequence[bytes]) -> list[ParsedMessage | ParseFailure]:
         """Each message parsed (in order); a poison message yields a ParseFailure instead of failing the rest."""
