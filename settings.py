@@ -86,6 +86,13 @@ class Settings(BaseSettings):
     )
     parse_workers: int = Field(0, ge=0, description="parser processes per worker process; 0 = one per core")
     maintenance_interval_s: float = Field(300.0, gt=0, description="how often the cleanup job runs")
+    send_ambiguous_grace_s: float = Field(
+        120.0, ge=0, description="wait before looking an ambiguous send up in the account's Sent folder"
+    )
+    send_stale_s: float = Field(
+        300.0, gt=0, description="an outbox item `sending` this long without progress has lost its job: reaped"
+    )
+    outbox_reap_interval_s: float = Field(60.0, gt=0, description="how often stalled outbox items are reaped")
     events_maxlen: int = Field(100_000, ge=100)
     dead_letter_retention_s: int = Field(14 * 86400, ge=60)
     dead_letter_max: int = Field(100_000, ge=10)

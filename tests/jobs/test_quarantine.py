@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
+from tests.mail.conftest import imap_config
 from tests.support import job_registry, job_settings, mail_account
 from tests.support.imap import DovecotServer, dovecot_available, make_mail
-from tests.mail.conftest import imap_config
 from worker.jobs.email_sync import MailboxSync, SyncReport
 from worker.mail.imap import open_imap
 from worker.mail.message import ParsedMessage

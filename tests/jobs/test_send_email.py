@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import email
+import json
 import os
 import signal
 from email import policy
 
+from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
 from tests.helpers import eventually
 from tests.support import job_registry, job_settings, mail_account, spawn_worker
 from tests.support.smtp import Received, SmtpServer
 from worker.jobs.send_email import SEND_RATE, enqueue_send
-from worker.runtime import Client, DeadLetters, Worker, registry
-from worker.store import Account, OutboxIn, OutboxItem, OutboxStatus, RedisStore
+from worker.runtime import Client, DeadLetters, Events, Worker, registry
+from worker.store import Account, DeliveryStep, OutboxIn, OutboxItem, OutboxStatus, RedisStore
 
 RCPTS = ["bob@example.com", "carol@example.com"]
 
@@ -26,6 +28,11 @@ async def outbox(store: RedisStore, account: Account, **over: object) -> OutboxI
     data = {"account_id": account.id, "sender": "alice@example.com", "to": RCPTS[:1], "cc": RCPTS[1:]}
     data |= {"bcc": ["dave@example.com"], "subject": "Hello", "text": "Hi there"}
     return await store.create_outbox(account.tenant_id, OutboxIn.model_validate(data | over))
+
+
+def redis_url_of(redis: Redis) -> str:
+    kw = redis.connection_pool.connection_kwargs
+    return f"redis://{kw['host']}:{kw['port']}/{kw.get('db', 0)}"
 
 
 def message_ids(messages: list[Received]) -> list[str]:
@@ -100,10 +107,36 @@ async def test_timeout_after_data_is_ambiguous_and_not_resent(
     account = await mail_account(store, smtp_port=smtp.port, timeout_s=0.5)
     item = await outbox(store, account)
     status = await client.wait((await enqueue_send(client, item)).job_id, timeout=20)
-    assert status.state == "dead" and status.attempts == 1 and "ambiguous" in (status.error or "")
+    assert status.state == "complete" and status.attempts == 1 and status.result["status"] == "ambiguous"
     done = await store.get_outbox("t1", item.id)
-    assert done is not None and done.ambiguous and done.status is OutboxStatus.SENDING
+    assert done is not None and done.status is OutboxStatus.AMBIGUOUS and done.needs_decision
+    assert done.delivery_step is DeliveryStep.DATA_END and "after the end of the message" in (done.last_error or "")
     assert len(smtp.messages) == 1
+    again = await client.wait((await enqueue_send(client, item)).job_id, timeout=20)  # the same job: not resent
+    assert again.result["status"] == "ambiguous" and len(smtp.messages) == 1
+
+
+async def test_every_step_is_recorded_before_it_is_taken(
+    worker: Worker, client: Client, store: RedisStore, smtp: SmtpServer, redis: Redis
+) -> None:
+    steps: list[str | None] = []
+
+    def record(_: Received) -> None:  # the server got the end of DATA: the item already says so
+        raw = redis_sync.get(f"store:t1:outbox:{item.id}")
+        steps.append(json.loads(raw)["delivery_step"] if raw else None)
+
+    redis_sync = SyncRedis.from_url(redis_url_of(redis))
+    smtp.handler.on_data = record
+    account = await mail_account(store, smtp_port=smtp.port)
+    item = await outbox(store, account)
+    await client.wait((await enqueue_send(client, item)).job_id, timeout=20)
+    redis_sync.close()
+    done = await store.get_outbox("t1", item.id)
+    assert steps == ["data_end"]
+    assert done is not None and done.delivery_step is DeliveryStep.REPLIED and done.resolution == "smtp"
+    assert [e.status for e in done.history] == [OutboxStatus.SENDING, OutboxStatus.SENT]
+    events = [f for _, f in await Events(redis).read(count=1000) if f.get("type") == "outbox"]
+    assert [(e["outbox_id"], e["status"]) for e in events] == [(item.id, "sent")]
 
 
 async def test_cancelled_or_missing_account_is_never_sent(
@@ -152,9 +185,9 @@ async def test_worker_killed_after_the_server_accepted_sends_once(
         assert len(smtp.messages) == 1
         async with Worker(redis_url, queues=["send-email"], settings=job_settings(), registry=job_registry()):
             status = await client.wait(job.job_id, timeout=30)
-        assert status.state == "dead" and status.attempts == 2 and "ambiguous" in (status.error or "")
+        assert status.state == "complete" and status.attempts == 2 and status.result["status"] == "ambiguous"
         done = await store.get_outbox("t1", item.id)
-        assert done is not None and done.ambiguous and done.status is OutboxStatus.SENDING
+        assert done is not None and done.status is OutboxStatus.AMBIGUOUS
         assert message_ids(smtp.messages) == [item.message_id]  # delivered once, never resent
     finally:
         if proc.poll() is None:

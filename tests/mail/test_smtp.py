@@ -14,11 +14,14 @@ from worker.devstack import free_port
 from worker.mail.message import build_message
 from worker.mail.smtp import (
     AmbiguousSmtpError,
+    DeliveryStep,
     PermanentSmtpError,
+    SendResult,
     SmtpConfig,
     TlsMode,
     TransientSmtpError,
     send,
+    wire_data,
 )
 
 RCPTS = ["bob@example.com", "carol@example.com", "dave@example.com"]
@@ -33,13 +36,22 @@ def message() -> email.message.EmailMessage:
 async def test_delivers_with_auth_and_reports_every_recipient(smtp_server: SmtpServer) -> None:
     calls: list[str] = []
 
-    async def before_data() -> None:
-        calls.append("data")
+    async def on_step(step: DeliveryStep) -> None:
+        calls.append(step.value)
+
+    async def on_reply(result: SendResult) -> None:
+        calls.append(f"reply {result.code}")
 
     result = await send(
-        smtp_config(smtp_server), message(), sender="alice@example.com", recipients=RCPTS, before_data=before_data
+        smtp_config(smtp_server),
+        message(),
+        sender="alice@example.com",
+        recipients=RCPTS,
+        on_step=on_step,
+        on_reply=on_reply,
     )
-    assert result.accepted == RCPTS and result.code == 250 and calls == ["data"]
+    assert result.accepted == RCPTS and result.code == 250
+    assert calls == ["connect", "mail", "rcpt", "data", "data_end", "reply 250"]
     [got] = smtp_server.messages
     assert got.mail_from == "alice@example.com" and got.rcpt_tos == RCPTS
     parsed = email.message_from_bytes(got.content, policy=policy.default)
@@ -101,6 +113,36 @@ async def test_timeout_after_data_is_ambiguous(smtp_server: SmtpServer) -> None:
     with pytest.raises(AmbiguousSmtpError):
         await send(smtp_config(smtp_server, timeout=0.5), message(), sender="alice@example.com", recipients=RCPTS)
     assert len(smtp_server.messages) == 1  # the server did get it: resending would duplicate
+
+
+async def test_no_end_of_data_means_no_message(smtp_server: SmtpServer) -> None:
+    """The step hook fails at data_end (e.g. the attempt lost its claim): the final "." is never written,
+    the connection closes mid-DATA, and the server discards the message."""
+
+    class Stop(Exception):
+        pass
+
+    async def on_step(step: DeliveryStep) -> None:
+        if step is DeliveryStep.DATA_END:
+            raise Stop
+
+    with pytest.raises(Stop):
+        await send(smtp_config(smtp_server), message(), sender="alice@example.com", recipients=RCPTS, on_step=on_step)
+    # another full delivery on the same server proves it was listening and simply dropped the partial one
+    await send(smtp_config(smtp_server), message(), sender="alice@example.com", recipients=RCPTS)
+    assert len(smtp_server.messages) == 1
+
+
+async def test_body_is_dot_stuffed_and_arrives_unchanged(smtp_server: SmtpServer) -> None:
+    text = "first\n.\n..two dots\n.trailing\nlast"
+    msg = build_message(
+        sender="alice@example.com", to=RCPTS[:1], subject="dots", message_id="<d@example.com>", text=text
+    )
+    await send(smtp_config(smtp_server), msg, sender="alice@example.com", recipients=RCPTS[:1])
+    [got] = smtp_server.messages
+    body = email.message_from_bytes(got.content, policy=policy.default).get_content()
+    assert body.replace("\r\n", "\n").rstrip("\n") == text
+    assert wire_data(b"a\n.\r\n.b") == b"a\r\n..\r\n..b\r\n"
 
 
 async def test_connection_refused_is_transient() -> None:

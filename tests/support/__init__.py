@@ -46,13 +46,14 @@ def job_registry() -> Registry:
     return only_jobs
 
 
-def spawn_worker(redis_url: str, queues: list[str]) -> subprocess.Popen[bytes]:
-    """A worker process for the email jobs with job_settings(), in its own process group."""
+def spawn_worker(redis_url: str, queues: list[str], extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """A worker process for the email jobs with job_settings() (and `extra_env`), in its own process group."""
     env = os.environ | {
         "REDIS_URL": redis_url,
         "QUEUES": json.dumps(QUEUES),
         "SECRET_KEY": SECRET_KEY,
         **{k.upper(): str(v) for k, v in FAST.items()},
+        **(extra_env or {}),
     }
     code = (
         "import asyncio\n"

@@ -18,7 +18,7 @@ from worker.api.idempotency import IdempotencyKey, idempotent
 from worker.api.jobs import Accepted, When, enqueue_as
 from worker.jobs.scheduled_emails import cancel_scheduled_email, reschedule_email, schedule_email
 from worker.jobs.send_email import enqueue_send
-from worker.store import Account, AccountIn, OutboxIn, OutboxItem, StoredMessage
+from worker.store import Account, AccountIn, OutboxEvent, OutboxIn, OutboxItem, RecipientOutcome, StoredMessage
 
 router = APIRouter(prefix="/v1/tenants/{tenant_id}", tags=["mail"])
 
@@ -150,25 +150,32 @@ class SendAccepted(BaseModel):
 
 
 class OutboxOut(BaseModel):
-    """An outbox item's delivery state (without the body)."""
+    """An outbox item's delivery state (without the body): status, SMTP step reached, how the state was decided
+    (`resolution`), each recipient's outcome (bounces included) and the item's history."""
 
     id: str
     account_id: str
     status: str
+    needs_decision: bool
     to: list[str]
     subject: str
     message_id: str
     attempts: int
     last_error: str | None
-    ambiguous: bool
+    delivery_step: str | None
+    resolution: str | None
+    auto_resends: int
+    recipients: dict[str, RecipientOutcome]
+    history: list[OutboxEvent]
     scheduled_at: dt.datetime | None
     scheduled_job_id: str | None
     sent_at: dt.datetime | None
     created_at: dt.datetime
+    updated_at: dt.datetime
 
     @classmethod
     def of(cls, item: OutboxItem) -> OutboxOut:
-        return cls.model_validate(item.model_dump(mode="json"))
+        return cls.model_validate(item.model_dump(mode="json") | {"needs_decision": item.needs_decision})
 
 
 async def _outbox(svc: Services, tenant: str, outbox_id: str) -> OutboxItem:

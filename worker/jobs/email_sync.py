@@ -20,6 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from worker.jobs.bounces import record_bounces
 from worker.jobs.deps import get_store, imap_config
 from worker.jobs.ingest import Location, ingest, request_analyses
 from worker.mail.folders import discover
@@ -100,6 +101,7 @@ class MailboxSync:
         *,
         request_analysis: Callable[[InsertResult], Awaitable[None]],
         on_batch: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
+        after_store: Callable[[list[bytes]], Awaitable[object]] | None = None,
         max_batch: int = MAX_BATCH,
         max_batch_bytes: int = MAX_BATCH_BYTES,
         flag_window: int = FLAG_WINDOW,
@@ -113,6 +115,7 @@ class MailboxSync:
         self.mailbox = mailbox
         self.request_analysis = request_analysis
         self.on_batch = on_batch
+        self.after_store = after_store  # e.g. bounce handling (worker.jobs.bounces)
         self.max_batch = max_batch
         self.max_batch_bytes = max_batch_bytes
         self.flag_window = flag_window
@@ -186,6 +189,8 @@ class MailboxSync:
         self.report.analyses_requested += await request_analyses(
             self.store, self.tenant_id, done.results, self.request_analysis
         )
+        if self.after_store is not None:
+            await self.after_store([m.raw for m in fetched])
         self.report.new += sum(r.new for r in done.results)
         self.report.known += sum(not r.new for r in done.results)
         self.report.quarantined += len(done.quarantined)
@@ -290,6 +295,9 @@ async def sync_mailbox(ctx: JobContext, payload: SyncMailbox) -> dict[str, Any]:
                 payload.mailbox,
                 request_analysis=request_analysis,
                 on_batch=on_batch,
+                after_store=lambda raws: record_bounces(
+                    ctx.redis, ctx.settings.events_maxlen, store, payload.tenant_id, payload.account_id, raws
+                ),
                 max_batch_bytes=ctx.settings.sync_batch_bytes,
                 max_message_bytes=ctx.settings.sync_max_message_bytes,
                 pool=parse_pool(ctx.settings.parse_workers),

@@ -1,14 +1,19 @@
 """SMTP delivery with aiosmtplib, step by step so every failure is classified precisely.
 
-4xx, timeouts and connection errors before DATA are transient; 5xx are permanent; a timeout or a
-dropped connection once the message was handed over with DATA is ambiguous (it may have been
-delivered) and must not be blindly resent. Refusals of single recipients are reported per recipient.
+4xx, timeouts and connection errors before the end of DATA are transient; 5xx are permanent.
+Only one moment is truly ambiguous: after the final "." of DATA was written and before the reply
+arrived (a server that never saw the final "." discards the message, RFC 5321 4.1.1.4). So DATA is
+written in two parts: the (dot-stuffed) message, then `on_step(DATA_END)` (the caller records it
+durably), then the terminator. A timeout or lost connection after that is AmbiguousSmtpError.
+Refusals of single recipients are reported per recipient.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
+import re
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +27,24 @@ from pydantic import SecretStr
 
 Stage = Literal["connect", "auth", "mail", "rcpt", "data"]
 RecipientState = Literal["accepted", "deferred", "rejected"]
+_PERIOD = re.compile(rb"(?m)^\.")
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
+class DeliveryStep(StrEnum):
+    """The SMTP step an attempt reached; `on_step` is awaited before each (a failing callback aborts).
+
+    Everything before `data_end` is a safe resend: the server never saw the end of the message, so a
+    conforming server discarded it. `data_end` comes just before the final "." is written: from then
+    until the reply is recorded (`replied`), delivery is truly unknown.
+    """
+
+    CONNECT = "connect"
+    MAIL = "mail"
+    RCPT = "rcpt"
+    DATA = "data"
+    DATA_END = "data_end"
+    REPLIED = "replied"
 
 
 class TlsMode(StrEnum):
@@ -77,7 +100,7 @@ class PermanentSmtpError(SmtpError):
 
 
 class AmbiguousSmtpError(SmtpError):
-    """The connection failed after DATA: the message may or may not have been accepted."""
+    """No reply after the end of DATA was written: the message may or may not have been accepted."""
 
 
 @dataclass(frozen=True)
@@ -116,15 +139,52 @@ def _state(code: int) -> RecipientState:
     return "deferred" if code < 500 else "rejected"
 
 
+def wire_data(data: bytes) -> bytes:
+    """The message as DATA carries it, without the terminator: CRLF line ends, dot-stuffed, ending in CRLF."""
+    data = _LINE_END.sub(b"\r\n", data)
+    if not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    return _PERIOD.sub(b"..", data)
+
+
+async def _data(client: aiosmtplib.SMTP, data: bytes, timeout: float, on_step: StepHook) -> aiosmtplib.SMTPResponse:
+    """DATA in two writes: the message, then (after on_step(DATA_END) returned) the terminator.
+
+    aiosmtplib's `data()` writes both at once, so this drives its protocol object directly.
+    """
+    proto = client.protocol
+    if proto is None:
+        raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+    start = await client.execute_command(b"DATA", timeout=timeout)
+    if start.code != 354:
+        raise aiosmtplib.SMTPDataError(start.code, start.message)
+    proto.write(wire_data(data))
+    async with asyncio.timeout(timeout):
+        await proto._drain_helper()
+    await on_step(DeliveryStep.DATA_END)
+    proto._response_pending = True  # what aiosmtplib sets before writing a command
+    proto.write(b".\r\n")
+    return await proto.read_response(timeout=timeout)
+
+
+StepHook = Callable[[DeliveryStep], Awaitable[None]]
+
+
+async def _no_hook(step: DeliveryStep) -> None:
+    return None
+
+
 async def send(
     config: SmtpConfig,
     message: EmailMessage,
     *,
     sender: str,
     recipients: Sequence[str],
-    before_data: Callable[[], Awaitable[None]] | None = None,
+    on_step: StepHook = _no_hook,
+    on_reply: Callable[[SendResult], Awaitable[None]] | None = None,
 ) -> SendResult:
-    """Deliver `message` to `recipients` (envelope); `before_data` runs once every RCPT is answered."""
+    """Deliver `message` to `recipients` (envelope), awaiting `on_step(step)` before each step and
+    `on_reply(result)` as soon as the message was accepted (before QUIT)."""
     utf8 = not all(addr.isascii() for addr in [sender, *recipients])
     options = ["SMTPUTF8"] if utf8 else []
     data = message.as_bytes(policy=policy.SMTPUTF8 if utf8 else policy.SMTP)
@@ -138,6 +198,7 @@ async def send(
     )
     stage: Stage = "connect"
     try:
+        await on_step(DeliveryStep.CONNECT)
         await client.connect()
         if config.tls_mode is TlsMode.PLAIN:  # a local relay may offer no AUTH at all
             await client.ehlo()
@@ -146,8 +207,10 @@ async def send(
             secret = config.password.get_secret_value() if config.password else ""
             await client.login(config.username, secret)
         stage = "mail"
+        await on_step(DeliveryStep.MAIL)
         await client.mail(sender, options=options)
         stage = "rcpt"
+        await on_step(DeliveryStep.RCPT)
         results: dict[str, RecipientResult] = {}
         for rcpt in recipients:
             try:
@@ -159,20 +222,35 @@ async def send(
             deferred = [r for r in results.values() if r.state == "deferred"]
             worst = deferred[0] if deferred else next(iter(results.values()))
             raise _classify(worst.code, f"all recipients refused ({worst.message})", "rcpt")
-        if before_data is not None:
-            await before_data()
         stage = "data"
+        await on_step(DeliveryStep.DATA)
+        ended = False
+
+        async def mark_end(step: DeliveryStep) -> None:
+            nonlocal ended
+            await on_step(step)
+            ended = True
+
         try:
-            reply = await client.data(data)
+            reply = await _data(client, data, config.timeout, mark_end)
         except aiosmtplib.SMTPResponseException as exc:
             raise _classify(exc.code, exc.message, "data") from None
-        except (TimeoutError, ConnectionError, OSError) as exc:
+        except (TimeoutError, ConnectionError, OSError, aiosmtplib.SMTPException) as exc:
+            if not ended:  # the terminator was never written: the server discarded the message
+                raise TransientSmtpError(
+                    f"data: {type(exc).__name__} before the end of the message", None, "data"
+                ) from None
             raise AmbiguousSmtpError(
-                f"data: {type(exc).__name__} after the message was sent; delivery unknown", None, "data"
+                f"data: {type(exc).__name__} after the end of the message was sent; delivery unknown", None, "data"
             ) from None
+        if reply.code // 100 != 2:
+            raise _classify(reply.code, reply.message, "data")
+        result = SendResult(results, reply.code, reply.message)
+        if on_reply is not None:
+            await on_reply(result)
         with contextlib.suppress(aiosmtplib.SMTPException, OSError):
             await client.quit()
-        return SendResult(results, reply.code, reply.message)
+        return result
     except aiosmtplib.SMTPResponseException as exc:
         raise _classify(exc.code, exc.message, stage) from None
     except (TimeoutError, ConnectionError, OSError) as exc:

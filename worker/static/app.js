@@ -149,6 +149,7 @@ function selectQueue(name) {
   $("queue-view").hidden = false;
   $("dlq-view").hidden = true;
   $("quarantine-view").hidden = true;
+  $("outbox-view").hidden = true;
   refreshQueues().then(refreshJobs).then(refreshGroups).catch(report);
 }
 
@@ -187,6 +188,7 @@ function showDeadLetters() {
   ui.view = "dlq";
   $("queue-view").hidden = true;
   $("quarantine-view").hidden = true;
+  $("outbox-view").hidden = true;
   $("dlq-view").hidden = false;
   refreshQueues().then(refreshDead).catch(report);
 }
@@ -229,7 +231,7 @@ async function purgeDead(ids) {
 
 function showQuarantine() {
   ui.view = "quarantine";
-  for (const id of ["queue-view", "dlq-view"]) $(id).hidden = true;
+  for (const id of ["queue-view", "dlq-view", "outbox-view"]) $(id).hidden = true;
   $("quarantine-view").hidden = false;
   refreshQuarantine().catch(report);
 }
@@ -256,6 +258,45 @@ async function retryQuarantined(tenant, id) {
     method: "POST", headers: { "Idempotency-Key": `dashboard-quarantine-${id}-${Date.now()}` },
   });
   flash(`Retrying ${id} as job ${r.job_id}`);
+}
+
+// -- outbox: ambiguous sends -------------------------------------------------------------------------
+
+function showOutbox() {
+  ui.view = "outbox";
+  $("queue-view").hidden = true;
+  $("dlq-view").hidden = true;
+  $("quarantine-view").hidden = true;
+  $("outbox-view").hidden = false;
+  refreshOutbox().catch(report);
+}
+
+async function refreshOutbox() {
+  const items = await api("/v1/outbox/ambiguous?limit=500");
+  $("outbox-count").textContent = String(items.length);
+  if (ui.view !== "outbox") return;
+  const action = (i, name, label, cls) => el("button", {
+    class: cls || "", dataset: { action: name }, onclick: () => decide(i, name).catch(report),
+  }, label);
+  $("outbox").replaceChildren(...items.map((i) => el("tr", { dataset: { outbox: i.id } },
+    el("td", {}, i.tenant_id),
+    el("td", { class: "mono", title: i.message_id }, i.id),
+    el("td", {}, i.to.join(", ")),
+    el("td", {}, i.subject),
+    el("td", { title: i.updated_at }, ago(i.updated_at)),
+    el("td", { class: "error" }, i.last_error || ""),
+    el("td", { class: "actions" },
+      action(i, "mark_sent", "Mark sent"), action(i, "resend", "Resend"), action(i, "fail", "Fail", "danger")))));
+  $("outbox-empty").hidden = items.length > 0;
+}
+
+async function decide(item, action) {
+  if (action !== "mark_sent" && !confirm(`${action === "resend" ? "Send it again" : "Give up on it"}? (${item.id})`)) return;
+  const r = await api(`/v1/tenants/${encodeURIComponent(item.tenant_id)}/outbox/${encodeURIComponent(item.id)}/resolve`, {
+    method: "POST", body: JSON.stringify({ action, note: "dashboard" }),
+  });
+  flash(`${item.id}: ${r.status}`);
+  await refreshOutbox();
 }
 
 // -- live events (SSE over fetch, so the token travels in a header) --------------------------------
@@ -320,7 +361,8 @@ async function tick() {
     await refreshQueues();
     if (ui.view === "queue") await refreshJobs().then(refreshGroups);
     else if (ui.view === "dlq") await refreshDead();
-    else await refreshQuarantine();
+    else if (ui.view === "quarantine") await refreshQuarantine();
+    await refreshOutbox();
     setStatus(`live · ${new Date().toLocaleTimeString()}`, true);
   } catch (err) {
     report(err);
@@ -353,6 +395,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("dlq-link").addEventListener("click", (e) => { e.preventDefault(); showDeadLetters(); });
   $("quarantine-link").addEventListener("click", (e) => { e.preventDefault(); showQuarantine(); });
   $("quarantine-form").addEventListener("submit", (e) => { e.preventDefault(); refreshQuarantine().catch(report); });
+  $("outbox-link").addEventListener("click", (e) => { e.preventDefault(); showOutbox(); });
   $("purge-all").addEventListener("click", () => purgeDead(null).catch(report));
   $("detail-close").addEventListener("click", () => $("detail").close());
   if (token()) start(); else showLogin();

@@ -12,10 +12,13 @@ bound in as associated data) and are only ever handed out as SecretStr.
 
 from worker.store.crypto import SecretBox
 from worker.store.models import (
+    FINAL_STATUSES,
     STORED,
     Account,
     AccountIn,
+    DeliveryStep,
     InsertResult,
+    OutboxEvent,
     OutboxIn,
     OutboxItem,
     OutboxStatus,
@@ -30,10 +33,13 @@ from worker.store.protocol import Store
 from worker.store.redis import RedisStore
 
 __all__ = [
+    "FINAL_STATUSES",
     "STORED",
     "Account",
     "AccountIn",
+    "DeliveryStep",
     "InsertResult",
+    "OutboxEvent",
     "OutboxIn",
     "OutboxItem",
     "OutboxStatus",

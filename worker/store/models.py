@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field, SecretStr, ValidationInfo, field_validato
 
 from worker.mail.folders import DEFAULT_FOLDERS
 from worker.mail.message import ParsedMessage, check_header, validate_address, validate_addresses
+from worker.mail.smtp import DeliveryStep as DeliveryStep
 from worker.mail.smtp import TlsMode
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -73,7 +74,8 @@ class Account(AccountIn):
 
 
 class OutboxStatus(StrEnum):
-    """Delivery state of an outbox item."""
+    """Delivery state of an outbox item. Final: sent, failed, bounced, cancelled; `ambiguous` waits for the
+    Sent-folder lookup or an operator's decision."""
 
     QUEUED = "queued"
     SENDING = "sending"
@@ -81,14 +83,30 @@ class OutboxStatus(StrEnum):
     FAILED = "failed"
     BOUNCED = "bounced"
     CANCELLED = "cancelled"
+    AMBIGUOUS = "ambiguous"
+
+
+HISTORY_MAX = 50
+FINAL_STATUSES = frozenset({OutboxStatus.SENT, OutboxStatus.FAILED, OutboxStatus.BOUNCED, OutboxStatus.CANCELLED})
 
 
 class RecipientOutcome(BaseModel):
-    """The server's answer for one recipient."""
+    """What is known of one recipient: the submission server's answer, then any bounce report."""
 
-    state: str  # accepted | deferred | rejected
-    code: int
-    message: str
+    state: str  # accepted | deferred | rejected | bounced | delivered
+    code: int | None = None
+    message: str = ""
+    status: str | None = None  # enhanced status code of a bounce, e.g. 5.1.1
+    diagnostic: str | None = None  # the remote server's diagnostic from a bounce
+
+
+class OutboxEvent(BaseModel):
+    """One entry of an outbox item's history (kept on the item, newest last, bounded)."""
+
+    at: datetime
+    status: OutboxStatus
+    step: DeliveryStep | None = None
+    note: str = ""
 
 
 class OutboxIn(BaseModel):
@@ -129,8 +147,12 @@ class OutboxItem(OutboxIn):
     status: OutboxStatus = OutboxStatus.QUEUED
     recipients: dict[str, RecipientOutcome] = Field(default_factory=dict)
     attempts: int = 0
-    data_started: bool = False  # DATA was begun by some attempt: a resend could duplicate
-    ambiguous: bool = False
+    delivery_step: DeliveryStep | None = None  # the SMTP step the current attempt reached
+    send_attempt: str | None = None  # token of the attempt that owns the item while it is sending
+    send_job_id: str | None = None
+    auto_resends: int = 0  # resends decided by the Sent-folder lookup (at most one)
+    resolution: str | None = None  # how the final state was decided: smtp, sent_folder, bounce, operator, ...
+    history: list[OutboxEvent] = Field(default_factory=list)
     last_error: str | None = None
     scheduled_at: datetime | None = None
     scheduled_job_id: str | None = None
@@ -139,6 +161,16 @@ class OutboxItem(OutboxIn):
     sent_at: datetime | None = None
     created_at: datetime
     updated_at: datetime
+
+    @property
+    def needs_decision(self) -> bool:
+        """Ambiguous: delivery is unknown and automatic resolution could not settle it (yet)."""
+        return self.status is OutboxStatus.AMBIGUOUS
+
+    def noted(self, status: OutboxStatus, note: str, step: DeliveryStep | None = None) -> list[OutboxEvent]:
+        """The history with one more entry (the oldest dropped past HISTORY_MAX)."""
+        entry = OutboxEvent(at=utcnow(), status=status, step=step, note=note[:500])
+        return [*self.history, entry][-HISTORY_MAX:]
 
     def envelope(self) -> list[str]:
         """All envelope recipients (To, Cc and Bcc), each once (they were validated on creation)."""

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
 from typing import Any, Protocol
 
 from worker.mail.message import ParsedMessage
@@ -31,9 +32,39 @@ class Store(Protocol):
     async def create_outbox(self, tenant_id: str, data: OutboxIn) -> OutboxItem: ...
     async def get_outbox(self, tenant_id: str, outbox_id: str) -> OutboxItem | None: ...
     async def transition_outbox(
-        self, tenant_id: str, outbox_id: str, expect: Iterable[OutboxStatus], to: OutboxStatus, **fields: Any
-    ) -> OutboxItem | None: ...
+        self,
+        tenant_id: str,
+        outbox_id: str,
+        expect: Iterable[OutboxStatus],
+        to: OutboxStatus,
+        *,
+        match: Mapping[str, Any] | None = None,
+        **fields: Any,
+    ) -> OutboxItem | None:
+        """Compare-and-set: only when the status is one of `expect` and every `match` field equals its value."""
+        ...
+
     async def update_outbox(self, tenant_id: str, outbox_id: str, **fields: Any) -> OutboxItem: ...
+    async def list_outbox(
+        self,
+        tenant_id: str,
+        *,
+        status: OutboxStatus | None = None,
+        account_id: str | None = None,
+        limit: int = 100,
+    ) -> list[OutboxItem]:
+        """The tenant's outbox items, newest first."""
+        ...
+
+    async def find_outbox_by_message_id(self, tenant_id: str, message_id: str) -> OutboxItem | None:
+        """The outbox item that was sent with this Message-ID (as written, angle brackets included)."""
+        ...
+
+    async def unfinished_outbox(
+        self, statuses: Iterable[OutboxStatus], updated_before: datetime, limit: int = 500
+    ) -> list[OutboxItem]:
+        """Items of any tenant in one of `statuses` not updated since `updated_before` (for the reaper)."""
+        ...
 
     async def insert_messages(
         self,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from datetime import datetime
 from typing import Any, TypeVar, cast
 
 from pydantic import SecretStr
@@ -16,6 +17,7 @@ from worker.mail.message import ParsedMessage, new_message_id
 from worker.store.crypto import SecretBox
 from worker.store.models import (
     ADDRESS_FIELDS,
+    FINAL_STATUSES,
     STORED,
     Account,
     AccountIn,
@@ -31,6 +33,7 @@ from worker.store.models import (
 )
 
 ACTIVE_INDEX = "store:_index:active_accounts"  # "tenant:account" members; IDs only
+OPEN_OUTBOX = "store:_index:open_outbox"  # "tenant:outbox" of items not in a final state, for the reaper
 T = TypeVar("T")
 
 
@@ -192,7 +195,12 @@ class RedisStore:
             created_at=now,
             updated_at=now,
         )
-        await self.redis.set(self._k(tenant_id, "outbox", item.id), item.model_dump_json())
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(self._k(tenant_id, "outbox", item.id), item.model_dump_json())
+            pipe.zadd(self._k(tenant_id, "outbox_index"), {item.id: now.timestamp()})
+            pipe.hset(self._k(tenant_id, "outbox_msgid"), item.message_id, item.id)
+            pipe.sadd(OPEN_OUTBOX, f"{tenant_id}:{item.id}")
+            await pipe.execute()
         return item
 
     async def get_outbox(self, tenant_id: str, outbox_id: str) -> OutboxItem | None:
@@ -202,19 +210,35 @@ class RedisStore:
         return item if item is not None and item.tenant_id == tenant_id else None
 
     async def transition_outbox(
-        self, tenant_id: str, outbox_id: str, expect: Iterable[OutboxStatus], to: OutboxStatus, **fields: Any
+        self,
+        tenant_id: str,
+        outbox_id: str,
+        expect: Iterable[OutboxStatus],
+        to: OutboxStatus,
+        *,
+        match: Mapping[str, Any] | None = None,
+        **fields: Any,
     ) -> OutboxItem | None:
-        """Atomically move the status from one of `expect` to `to` (and set `fields`); None if it was not."""
+        """Atomically move the status from one of `expect` to `to` (and set `fields`) when every `match`
+        field equals its value; None if it was not."""
         allowed = {OutboxStatus(s).value for s in expect}
         key = self._k(tenant_id, "outbox", check_id("outbox id", outbox_id))
+        wanted = dict(match or {})  # documents hold JSON values; StrEnum members compare equal to them
 
         def change(doc: dict[str, Any]) -> dict[str, Any] | None:
-            if doc.get("status") not in allowed:
+            if doc.get("status") not in allowed or any(doc.get(k) != v for k, v in wanted.items()):
                 return None
             return self._apply(doc, {"status": to, **fields})
 
         new = await self._update_json(key, change)
-        return OutboxItem.model_validate(new, context=STORED) if new is not None else None
+        if new is None:
+            return None
+        member = f"{tenant_id}:{outbox_id}"
+        if to in FINAL_STATUSES:
+            await _r(self.redis.srem(OPEN_OUTBOX, member))
+        else:
+            await _r(self.redis.sadd(OPEN_OUTBOX, member))
+        return OutboxItem.model_validate(new, context=STORED)
 
     async def update_outbox(self, tenant_id: str, outbox_id: str, **fields: Any) -> OutboxItem:
         """Set fields (not the status: use transition_outbox) atomically; KeyError if absent."""
@@ -225,6 +249,49 @@ class RedisStore:
         if new is None:
             raise KeyError(outbox_id)
         return OutboxItem.model_validate(new, context=STORED)
+
+    async def list_outbox(
+        self,
+        tenant_id: str,
+        *,
+        status: OutboxStatus | None = None,
+        account_id: str | None = None,
+        limit: int = 100,
+    ) -> list[OutboxItem]:
+        """The tenant's outbox items, newest first (filtered by status and account)."""
+        ids = [i.decode() for i in await self.redis.zrevrange(self._k(tenant_id, "outbox_index"), 0, -1)]
+        out: list[OutboxItem] = []
+        for n in range(0, len(ids), 200):
+            raws = await self.redis.mget([self._k(tenant_id, "outbox", i) for i in ids[n : n + 200]])
+            for raw in raws:
+                if raw is None:
+                    continue
+                item = OutboxItem.model_validate_json(raw, context=STORED)
+                if (status is None or item.status is status) and (account_id is None or item.account_id == account_id):
+                    out.append(item)
+                    if len(out) >= limit:
+                        return out
+        return out
+
+    async def find_outbox_by_message_id(self, tenant_id: str, message_id: str) -> OutboxItem | None:
+        """The outbox item sent with this Message-ID, or None."""
+        outbox_id = await self.redis.hget(self._k(tenant_id, "outbox_msgid"), message_id)
+        return await self.get_outbox(tenant_id, outbox_id.decode()) if outbox_id is not None else None
+
+    async def unfinished_outbox(
+        self, statuses: Iterable[OutboxStatus], updated_before: datetime, limit: int = 500
+    ) -> list[OutboxItem]:
+        """Items of any tenant in one of `statuses` not updated since `updated_before`."""
+        wanted = set(statuses)
+        out: list[OutboxItem] = []
+        for member in sorted(m.decode() for m in await _r(self.redis.smembers(OPEN_OUTBOX))):
+            tenant_id, outbox_id = member.split(":", 1)
+            item = await self.get_outbox(tenant_id, outbox_id)
+            if item is not None and item.status in wanted and item.updated_at < updated_before:
+                out.append(item)
+                if len(out) >= limit:
+                    break
+        return out
 
     @staticmethod
     def _apply(doc: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
