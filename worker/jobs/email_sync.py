@@ -23,6 +23,7 @@ from pydantic import BaseModel, Field
 from worker.jobs.bounces import record_bounces
 from worker.jobs.deps import get_store, imap_config
 from worker.jobs.ingest import Location, ingest, request_analyses
+from worker.mail.bounce import might_be_bounce
 from worker.mail.folders import discover
 from worker.mail.imap import (
     MAX_BATCH,
@@ -115,7 +116,7 @@ class MailboxSync:
         self.mailbox = mailbox
         self.request_analysis = request_analysis
         self.on_batch = on_batch
-        self.after_store = after_store  # e.g. bounce handling (worker.jobs.bounces)
+        self.after_store = after_store  # bounce handling: gets the stored batch's possible bounces only
         self.max_batch = max_batch
         self.max_batch_bytes = max_batch_bytes
         self.flag_window = flag_window
@@ -185,12 +186,13 @@ class MailboxSync:
         state.highest_uid = max(new)  # every new UID is stored, quarantined or gone from the server
 
     async def _store_batch(self, where: Location, fetched: list[FetchedMessage]) -> None:
-        done = await ingest(self.store, self.pool, where, fetched)
+        classify = might_be_bounce if self.after_store is not None else None
+        done = await ingest(self.store, self.pool, where, fetched, classify)
         self.report.analyses_requested += await request_analyses(
             self.store, self.tenant_id, done.results, self.request_analysis
         )
-        if self.after_store is not None:
-            await self.after_store([m.raw for m in fetched])
+        if self.after_store is not None and done.flagged:
+            await self.after_store(done.flagged)  # only the possible bounces (picked in the parse workers)
         self.report.new += sum(r.new for r in done.results)
         self.report.known += sum(not r.new for r in done.results)
         self.report.quarantined += len(done.quarantined)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from worker.mail.imap import FetchedMessage
 from worker.mail.message import ParsedMessage
-from worker.mail.parsepool import ParseFailure, ParsePool
+from worker.mail.parsepool import Classifier, ParseFailure, ParsePool
 from worker.store import InsertResult, Store
 
 log = logging.getLogger(__name__)
@@ -29,6 +29,7 @@ class Ingested:
 
     results: list[InsertResult] = field(default_factory=list)
     quarantined: list[int] = field(default_factory=list)
+    flagged: list[bytes] = field(default_factory=list)  # raw messages the classifier picked
 
 
 @dataclass(frozen=True)
@@ -52,12 +53,24 @@ def _error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:2000]
 
 
-async def ingest(store: Store, pool: ParsePool, where: Location, fetched: Sequence[FetchedMessage]) -> Ingested:
-    """Parse and store `fetched`; what cannot be parsed or stored is quarantined, the rest is stored."""
+async def ingest(
+    store: Store,
+    pool: ParsePool,
+    where: Location,
+    fetched: Sequence[FetchedMessage],
+    classify: Classifier | None = None,
+) -> Ingested:
+    """Parse and store `fetched`; what cannot be parsed or stored is quarantined, the rest is stored.
+
+    `classify` (e.g. "might be a bounce") runs in the parse workers too; the raw messages it picks are
+    returned in `flagged`, so no per-message check runs on the event loop.
+    """
     out = Ingested()
-    parsed = await pool.parse([m.raw for m in fetched])
+    parsed = await pool.parse_flagged([m.raw for m in fetched], classify)
     items: list[tuple[int, tuple[str, ...], ParsedMessage]] = []
-    for msg, result in zip(fetched, parsed, strict=True):
+    for msg, (result, flagged) in zip(fetched, parsed, strict=True):
+        if flagged:
+            out.flagged.append(msg.raw)
         if isinstance(result, ParseFailure):
             await where.quarantine(store, msg.uid, len(msg.raw), f"parse: {result.error}")
             out.quarantined.append(msg.uid)

@@ -14,7 +14,7 @@ import logging
 import multiprocessing
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -36,9 +36,20 @@ class ParseFailure:
     error: str
 
 
-def _parse_chunk(raws: list[bytes]) -> list[bytes]:
-    """In a worker process: each message parsed, as ParsedMessage JSON."""
-    return [parse_message(raw).model_dump_json(by_alias=True).encode() for raw in raws]
+Classifier = Callable[[bytes], bool]  # a module-level function (sent to the workers by name)
+
+
+def _parse_chunk(raws: list[bytes], classify: Classifier | None = None) -> list[bytes]:
+    """In a worker process: each message parsed, as ParsedMessage JSON after one flag byte (`classify`)."""
+    return [
+        (b"1" if classify is not None and classify(raw) else b"0")
+        + parse_message(raw).model_dump_json(by_alias=True).encode()
+        for raw in raws
+    ]
+
+
+def _decode(doc: bytes) -> tuple[ParsedMessage, bool]:
+    return ParsedMessage.model_validate_json(doc[1:]), doc[:1] == b"1"
 
 
 def chunks(raws: Sequence[bytes], max_bytes: int = CHUNK_BYTES, max_count: int = CHUNK_COUNT) -> list[range]:
@@ -81,12 +92,14 @@ class ParsePool:
 
     def _ensure(self) -> ProcessPoolExecutor:
         with self._lock:  # a thread lock: the pool outlives event loops (one per process)
-            if self._pool is None:
-                self._pool = self._create()
-            return self._pool
+            pool = self._pool
+            if pool is None:
+                pool = self._pool = self._create()
+            return pool
 
     async def _executor(self) -> ProcessPoolExecutor:
-        return self._pool or await asyncio.to_thread(self._ensure)
+        pool = self._pool
+        return pool if pool is not None else await asyncio.to_thread(self._ensure)
 
     def reset(self) -> None:
         """Kill the worker processes (a stuck parse cannot be cancelled otherwise); the next call starts new ones."""
@@ -97,38 +110,46 @@ class ParsePool:
             proc.kill()
         pool.shutdown(wait=False, cancel_futures=True)
 
-    async def _run(self, raws: list[bytes]) -> list[bytes]:
+    async def _run(self, raws: list[bytes], classify: Classifier | None) -> list[bytes]:
         loop = asyncio.get_running_loop()
         pool = await self._executor()
         async with asyncio.timeout(self._deadline(raws)):
-            return await loop.run_in_executor(pool, _parse_chunk, raws)
+            return await loop.run_in_executor(pool, _parse_chunk, raws, classify)
 
     async def parse(self, raws: Sequence[bytes]) -> list[ParsedMessage | ParseFailure]:
         """Each message parsed (in order); a poison message yields a ParseFailure instead of failing the rest."""
+        return [parsed for parsed, _ in await self.parse_flagged(raws)]
+
+    async def parse_flagged(
+        self, raws: Sequence[bytes], classify: Classifier | None = None
+    ) -> list[tuple[ParsedMessage | ParseFailure, bool]]:
+        """`parse`, plus `classify(raw)` of each message computed in the workers too (False without one)."""
         parts = chunks(raws)
-        results = await asyncio.gather(*(self._run([raws[i] for i in r]) for r in parts), return_exceptions=True)
-        out: list[ParsedMessage | ParseFailure] = []
+        results = await asyncio.gather(
+            *(self._run([raws[i] for i in r], classify) for r in parts), return_exceptions=True
+        )
+        out: list[tuple[ParsedMessage | ParseFailure, bool]] = []
         for r, result in zip(parts, results, strict=True):
             if isinstance(result, BaseException):
                 if not isinstance(result, TimeoutError | BrokenProcessPool):
                     raise result
                 log.warning("parsing %d message(s) failed (%r); parsing them one by one", len(r), result)
                 self.reset()
-                out.extend([await self._one(raws[i]) for i in r])
+                out.extend([await self._one(raws[i], classify) for i in r])
             else:
-                out.extend(ParsedMessage.model_validate_json(doc) for doc in result)
+                out.extend(_decode(doc) for doc in result)
         return out
 
-    async def _one(self, raw: bytes) -> ParsedMessage | ParseFailure:
+    async def _one(self, raw: bytes, classify: Classifier | None) -> tuple[ParsedMessage | ParseFailure, bool]:
         try:
-            [doc] = await self._run([raw])
+            [doc] = await self._run([raw], classify)
         except TimeoutError:
             self.reset()
-            return ParseFailure(f"parsing took longer than {self._deadline([raw]):.1f}s")
+            return ParseFailure(f"parsing took longer than {self._deadline([raw]):.1f}s"), False
         except BrokenProcessPool as exc:
             self.reset()
-            return ParseFailure(f"the parser process died: {exc}")
-        return ParsedMessage.model_validate_json(doc)
+            return ParseFailure(f"the parser process died: {exc}"), False
+        return _decode(doc)
 
     def close(self) -> None:
         """Stop the worker processes."""
