@@ -14,6 +14,7 @@ from worker.store.models import (
     OutboxIn,
     OutboxItem,
     OutboxStatus,
+    Quarantined,
     StoredMessage,
     SyncState,
 )
@@ -99,6 +100,31 @@ class Store(Protocol):
 
     async def put_analysis(self, tenant_id: str, content_id: str, data: dict[str, Any]) -> bool: ...
     async def get_analysis(self, tenant_id: str, content_id: str) -> dict[str, Any] | None: ...
+
+    async def quarantine_message(
+        self,
+        tenant_id: str,
+        account_id: str,
+        mailbox: str,
+        uidvalidity: int,
+        uid: int,
+        *,
+        error: str,
+        size: int | None = None,
+    ) -> Quarantined: ...
+    async def get_quarantined(self, tenant_id: str, quarantine_id: str) -> Quarantined | None: ...
+    async def list_quarantined(
+        self,
+        tenant_id: str,
+        account_id: str | None = None,
+        *,
+        mailbox: str | None = None,
+        include_resolved: bool = False,
+        limit: int = 100,
+    ) -> list[Quarantined]: ...
+    async def resolve_quarantined(
+        self, tenant_id: str, account_id: str, mailbox: str, uidvalidity: int, uids: Sequence[int]
+    ) -> int: ...
 
     async def acquire_lock(self, tenant_id: str, name: str, owner: str, ttl_s: float) -> bool: ...
     async def release_lock(self, tenant_id: str, name: str, owner: str) -> None: ...

@@ -25,6 +25,7 @@ from worker.store.models import (
     OutboxIn,
     OutboxItem,
     OutboxStatus,
+    Quarantined,
     StoredMessage,
     SyncState,
     check_id,
@@ -450,6 +451,94 @@ class RedisStore:
         """The stored analysis, or None."""
         raw = await self.redis.get(self._k(tenant_id, "analysis", check_id("content id", content_id)))
         return json.loads(raw) if raw is not None else None
+
+    # -- quarantine -------------------------------------------------------------------------------
+
+    def _qloc(self, account_id: str, mailbox: str, uidvalidity: int, uid: int) -> str:
+        return f"{check_id('account id', account_id)}:{mailbox_key(mailbox)}:{uidvalidity}:{uid}"
+
+    async def quarantine_message(
+        self,
+        tenant_id: str,
+        account_id: str,
+        mailbox: str,
+        uidvalidity: int,
+        uid: int,
+        *,
+        error: str,
+        size: int | None = None,
+    ) -> Quarantined:
+        """Record (or, seen again, count another attempt of) a message that failed; it is unresolved again."""
+        index, records = self._k(tenant_id, "quarantine_loc"), self._k(tenant_id, "quarantine")
+        loc = self._qloc(account_id, mailbox, uidvalidity, uid)
+        now = utcnow()
+        existing: bytes | None = await _r(self.redis.hget(index, loc))  # type: ignore[arg-type]
+        old = await self.get_quarantined(tenant_id, existing.decode()) if existing else None
+        if old is None:
+            q = Quarantined(
+                id="q" + uuid.uuid4().hex[:20],
+                tenant_id=tenant_id,
+                account_id=account_id,
+                mailbox=mailbox,
+                uidvalidity=uidvalidity,
+                uid=uid,
+                size=size,
+                error=error[:2000],
+                first_seen=now,
+                last_seen=now,
+            )
+        else:
+            update = {"attempts": old.attempts + 1, "error": error[:2000], "size": size, "last_seen": now}
+            q = old.model_copy(update=update | {"resolved": False, "resolved_at": None})
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(records, q.id, q.model_dump_json())
+            pipe.hset(index, loc, q.id)
+            await pipe.execute()
+        return q
+
+    async def get_quarantined(self, tenant_id: str, quarantine_id: str) -> Quarantined | None:
+        """One quarantined record, or None."""
+        key = self._k(tenant_id, "quarantine")
+        raw = await _r(self.redis.hget(key, check_id("quarantine id", quarantine_id)))
+        return Quarantined.model_validate_json(raw) if raw is not None else None
+
+    async def list_quarantined(
+        self,
+        tenant_id: str,
+        account_id: str | None = None,
+        *,
+        mailbox: str | None = None,
+        include_resolved: bool = False,
+        limit: int = 100,
+    ) -> list[Quarantined]:
+        """The tenant's quarantined messages (unresolved unless asked), most recently seen first."""
+        raws = await _r(self.redis.hvals(self._k(tenant_id, "quarantine")))
+        items = [Quarantined.model_validate_json(r) for r in raws]
+        items = [
+            q
+            for q in items
+            if (account_id is None or q.account_id == account_id)
+            and (mailbox is None or q.mailbox == mailbox)
+            and (include_resolved or not q.resolved)
+        ]
+        items.sort(key=lambda q: (-q.last_seen.timestamp(), q.id))
+        return items[: max(1, min(limit, 1000))]
+
+    async def resolve_quarantined(
+        self, tenant_id: str, account_id: str, mailbox: str, uidvalidity: int, uids: Sequence[int]
+    ) -> int:
+        """Mark the records of these locations resolved (stored after all, or given up); returns how many."""
+        index = self._k(tenant_id, "quarantine_loc")
+        resolved = 0
+        for uid in uids:
+            qid: bytes | None = await _r(self.redis.hget(index, self._qloc(account_id, mailbox, uidvalidity, uid)))  # type: ignore[arg-type]
+            q = await self.get_quarantined(tenant_id, qid.decode()) if qid else None
+            if q is None or q.resolved:
+                continue
+            q = q.model_copy(update={"resolved": True, "resolved_at": utcnow()})
+            await _r(self.redis.hset(self._k(tenant_id, "quarantine"), q.id, q.model_dump_json()))
+            resolved += 1
+        return resolved
 
     # -- locks ------------------------------------------------------------------------------------
 
