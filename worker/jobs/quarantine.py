@@ -12,10 +12,10 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from worker.jobs.deps import get_store, imap_config
+from worker.jobs.deps import get_store
 from worker.jobs.email_sync import ANALYSIS_JOB, parse_pool
 from worker.jobs.ingest import Location, ingest, request_analyses
-from worker.mail.imap import ImapAuthError, open_imap
+from worker.jobs.mail_auth import account_imap
 from worker.runtime import JobContext, PermanentError, job
 from worker.store import InsertResult
 
@@ -52,23 +52,18 @@ async def retry_quarantined(ctx: JobContext, payload: RetryQuarantined) -> dict[
             idempotency_key=f"analyse:{payload.tenant_id}:{r.content_id}",
         )
 
-    try:
-        async with open_imap(imap_config(account)) as session:
-            status = await session.select(q.mailbox)
-            if status.uidvalidity != q.uidvalidity:
-                return await resolve("the mailbox's UIDVALIDITY changed: its resync fetches the message again")
-            size = (await session.fetch_sizes([q.uid])).get(q.uid)
-            if size is None:
-                return await resolve("no longer on the server")
-            limit = ctx.settings.sync_max_message_bytes
-            if size > limit:
-                await where.quarantine(store, q.uid, size, f"too large: {size} bytes > {limit}")
-                return {"resolved": False, "error": f"too large: {size} bytes > {limit}"}
-            fetched = await session.fetch_messages([q.uid], size)
-    except ImapAuthError as exc:
-        raise PermanentError(str(exc)) from None
-    except ValueError as exc:
-        raise PermanentError(str(exc)) from None
+    async with account_imap(ctx, store, account) as session:
+        status = await session.select(q.mailbox)
+        if status.uidvalidity != q.uidvalidity:
+            return await resolve("the mailbox's UIDVALIDITY changed: its resync fetches the message again")
+        size = (await session.fetch_sizes([q.uid])).get(q.uid)
+        if size is None:
+            return await resolve("no longer on the server")
+        limit = ctx.settings.sync_max_message_bytes
+        if size > limit:
+            await where.quarantine(store, q.uid, size, f"too large: {size} bytes > {limit}")
+            return {"resolved": False, "error": f"too large: {size} bytes > {limit}"}
+        fetched = await session.fetch_messages([q.uid], size)
     if not fetched:
         return await resolve("no longer on the server")
     done = await ingest(store, parse_pool(ctx.settings.parse_workers), where, fetched)

@@ -149,6 +149,7 @@ function selectQueue(name) {
   $("queue-view").hidden = false;
   $("dlq-view").hidden = true;
   $("quarantine-view").hidden = true;
+  $("accounts-view").hidden = true;
   $("outbox-view").hidden = true;
   refreshQueues().then(refreshJobs).then(refreshGroups).catch(report);
 }
@@ -190,7 +191,38 @@ function showDeadLetters() {
   $("quarantine-view").hidden = true;
   $("outbox-view").hidden = true;
   $("dlq-view").hidden = false;
+  $("accounts-view").hidden = true;
   refreshQueues().then(refreshDead).catch(report);
+}
+
+// -- mail accounts (auth type and state; an account in auth_error needs new credentials) ---------------
+
+const TENANT_KEY = "worker.accountsTenant";
+
+function showAccounts() {
+  ui.view = "accounts";
+  $("queue-view").hidden = true;
+  $("dlq-view").hidden = true;
+  $("quarantine-view").hidden = true;
+  $("outbox-view").hidden = true;
+  $("accounts-view").hidden = false;
+  $("accounts-tenant").value = localStorage.getItem(TENANT_KEY) || "";
+  refreshAccounts().catch(report);
+}
+
+async function refreshAccounts() {
+  const tenant = localStorage.getItem(TENANT_KEY);
+  if (ui.view !== "accounts" || !tenant) return;
+  const accounts = await api(`/v1/tenants/${encodeURIComponent(tenant)}/accounts`);
+  $("accounts").replaceChildren(...accounts.map((a) => el("tr", { dataset: { account: a.id } },
+    el("td", { class: "mono" }, a.id),
+    el("td", {}, a.email),
+    el("td", { dataset: { field: "auth_type" } }, a.auth_type),
+    el("td", { dataset: { field: "auth_state" } },
+      el("span", { class: `state ${a.auth_state === "ok" ? "completed" : "dead"}` }, a.auth_state)),
+    el("td", { class: "error" }, a.auth_error || ""),
+    el("td", {}, a.active ? "on" : "off"))));
+  $("accounts-empty").hidden = accounts.length > 0;
 }
 
 async function refreshDead() {
@@ -231,7 +263,7 @@ async function purgeDead(ids) {
 
 function showQuarantine() {
   ui.view = "quarantine";
-  for (const id of ["queue-view", "dlq-view", "outbox-view"]) $(id).hidden = true;
+  for (const id of ["queue-view", "dlq-view", "outbox-view", "accounts-view"]) $(id).hidden = true;
   $("quarantine-view").hidden = false;
   refreshQuarantine().catch(report);
 }
@@ -267,6 +299,7 @@ function showOutbox() {
   $("queue-view").hidden = true;
   $("dlq-view").hidden = true;
   $("quarantine-view").hidden = true;
+  $("accounts-view").hidden = true;
   $("outbox-view").hidden = false;
   refreshOutbox().catch(report);
 }
@@ -362,6 +395,7 @@ async function tick() {
     if (ui.view === "queue") await refreshJobs().then(refreshGroups);
     else if (ui.view === "dlq") await refreshDead();
     else if (ui.view === "quarantine") await refreshQuarantine();
+    else if (ui.view === "accounts") await refreshAccounts();
     await refreshOutbox();
     setStatus(`live · ${new Date().toLocaleTimeString()}`, true);
   } catch (err) {
@@ -397,6 +431,12 @@ document.addEventListener("DOMContentLoaded", () => {
   $("quarantine-form").addEventListener("submit", (e) => { e.preventDefault(); refreshQuarantine().catch(report); });
   $("outbox-link").addEventListener("click", (e) => { e.preventDefault(); showOutbox(); });
   $("purge-all").addEventListener("click", () => purgeDead(null).catch(report));
+  $("accounts-link").addEventListener("click", (e) => { e.preventDefault(); showAccounts(); });
+  $("accounts-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    localStorage.setItem(TENANT_KEY, $("accounts-tenant").value.trim());
+    refreshAccounts().catch(report);
+  });
   $("detail-close").addEventListener("click", () => $("detail").close());
   if (token()) start(); else showLogin();
 });
