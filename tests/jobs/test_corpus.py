@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 from redis.asyncio import Redis
 
-from tests.jobs.test_email_sync import report, sync
+from tests.jobs.test_email_sync import analyses, report, sync
 from tests.support import mail_account
 from tests.support.corpus import Sample, reference, variants, vendored
 from tests.support.imap import DovecotServer, dovecot_available
@@ -127,6 +127,6 @@ async def test_corpus_synced_from_dovecot(
     assert len(distinct) == len({s.raw.replace(b"\r\n", b"\n") for s in samples})  # only true copies share one
     same_id = [s for s in samples if s.name.startswith("gen/same-message-id-")]
     assert len({content_id(s.raw) for s in same_id}) == len(same_id) == 5  # one Message-ID, five messages
-    analysed = await redis.zcard("ai-analysis")
+    analysed = await analyses(redis)
     assert analysed == len(distinct)  # the 5 INBOX copies and the 25 in Copies were not analysed again
     assert Counter(r.analyses_requested for r in results.values()) == Counter([len(distinct), 0])

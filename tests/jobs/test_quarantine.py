@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
+from tests.jobs.test_email_sync import analyses
 from tests.mail.conftest import imap_config
 from tests.support import job_registry, job_settings, mail_account
 from tests.support.imap import DovecotServer, dovecot_available, make_mail
@@ -63,7 +64,7 @@ async def test_too_large_is_quarantined_synced_past_and_stored_by_a_retry_after_
     message = await store.get_message("t1", fixed["message_id"])
     assert message is not None and message.uid == 2 and message.parsed.subject == "the big one"
     assert await store.known_uids("t1", account.id, "INBOX", first.uidvalidity) == [1, 2, 3]
-    assert await redis.zcard("ai-analysis") == 3  # every message analysed once
+    assert await analyses(redis) == 3  # every message analysed once
 
 
 class FailingStore:
