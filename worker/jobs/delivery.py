@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 from worker.jobs.deps import get_store, imap_config
 from worker.mail.folders import find_roles
 from worker.mail.imap import ImapAuthError, ImapError, ImapSession, open_imap, quote
-from worker.runtime import Client, JobContext, PermanentError, job, keys
+from worker.runtime import Client, JobContext, PermanentError, RetryLater, job, keys
 from worker.store import (
     DeliveryStep,
     OutboxItem,
@@ -117,9 +117,11 @@ async def in_folder(session: ImapSession, message_id: str) -> bool:
 
 
 async def _probe(store: Store, item: OutboxItem, settled_before: Any) -> OutboxItem | None:
-    """The newest item of the account the server confirmed (250) before `settled_before`."""
+    """The newest other item of the account known delivered (a 250 reply, or found in Sent) before
+    `settled_before`."""
     for other in await store.list_outbox(item.tenant_id, status=OutboxStatus.SENT, account_id=item.account_id):
-        if other.id != item.id and other.resolution == "smtp" and other.sent_at and other.sent_at <= settled_before:
+        confirmed = other.resolution in ("smtp", "sent_folder")  # a 250 reply, or found in Sent itself
+        if other.id != item.id and confirmed and other.sent_at and other.sent_at <= settled_before:
             return other
     return None
 
@@ -207,8 +209,8 @@ async def resolve_ambiguous_send(ctx: JobContext, payload: ResolveSend) -> dict[
                 note = f"found in {folder!r} by its Message-ID"
                 await settle_sent(ctx.redis, ctx.settings.events_maxlen, store, item, "sent_folder", note)
                 return {"status": "sent", "resolution": "sent_folder", "folder": folder}
-            grace = timedelta(seconds=ctx.settings.send_ambiguous_grace_s)
-            probe = await _probe(store, item, utcnow() - grace)
+            grace_s = ctx.settings.send_ambiguous_grace_s
+            probe = await _probe(store, item, utcnow() - timedelta(seconds=grace_s))
             files_sent = probe is not None and await in_folder(session, probe.message_id)
     except ImapAuthError as exc:
         return await _needs_decision(ctx, store, item, f"IMAP login failed ({exc})")
@@ -218,8 +220,10 @@ async def resolve_ambiguous_send(ctx: JobContext, payload: ResolveSend) -> dict[
         if ctx.attempt >= ctx.max_attempts:
             return await _needs_decision(ctx, store, item, f"the Sent folder could not be searched ({exc})")
         raise
+    if probe is None and ctx.attempt < ctx.max_attempts:  # no evidence yet: look again when there may be some
+        raise RetryLater("no earlier delivered message of this account to compare with yet", delay=grace_s * 2)
     if not files_sent:
-        why = "no earlier confirmed send to compare" if probe is None else f"{probe.message_id} is not there either"
+        why = "no earlier delivered message to compare" if probe is None else f"{probe.message_id} is not there either"
         return await _needs_decision(
             ctx, store, item, f"not in {folder!r}, and this server is not known to file sent mail there ({why})"
         )
