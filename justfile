@@ -29,6 +29,10 @@ demo:
 api:
     python -m worker api
 
+# Chaos runs (real workers and redis-server: SIGKILL loops, Redis restarts, a 30 s outage, a Sentinel failover).
+chaos *ARGS:
+    python -m tests.chaos {{ARGS}}
+
 # Full side-by-side benchmark against arq, SAQ and BullMQ.
 bench:
     python -m bench.run --full

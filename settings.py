@@ -65,7 +65,15 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_nested_delimiter="__", extra="ignore")
 
-    redis_url: str | None = Field(None, description="redis:// URL; unset = local redis (started if absent)")
+    redis_url: str | None = Field(
+        None,
+        description="redis:// or redis+sentinel://host:port,host:port/<service>[/<db>] URL; unset = local redis "
+        "(started if absent)",
+    )
+    redis_sentinels: str | None = Field(
+        None, description="Sentinel addresses 'host:port,host:port' (instead of REDIS_URL); see redis_sentinel_service"
+    )
+    redis_sentinel_service: str = Field("mymaster", description="the service (master name) the sentinels monitor")
     queues: dict[str, QueuePolicy] = Field(default_factory=_default_queues)
 
     lease_ms: int = Field(5000, ge=500, description="claim lease; a dead worker's jobs return after this")
@@ -98,6 +106,15 @@ class Settings(BaseSettings):
         SecretStr("dev-only-insecure-key-change-me"), description="encrypts stored credentials"
     )
     api_admin_token: SecretStr = Field(SecretStr("dev-admin-token"))
+
+    oauth_refresh_margin_s: float = Field(
+        300.0, ge=0, description="OAuth2 access tokens are refreshed this long before they expire"
+    )
+    oauth_http_timeout_s: float = Field(10.0, gt=0, description="per token-endpoint request")
+    oauth_redirect_uri: str | None = Field(
+        None, description="public URL of GET /v1/oauth/callback registered with the OAuth2 app (onboarding)"
+    )
+    oauth_state_ttl_s: int = Field(600, ge=60, description="how long an authorization-code flow may take")
 
     anthropic_api_key: SecretStr | None = None
     anthropic_base_url: str | None = None

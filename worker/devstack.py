@@ -43,11 +43,16 @@ def port_open(host: str, port: int) -> bool:
 
 @dataclass
 class RedisServer:
-    """A private redis-server process (no persistence) on a free port."""
+    """A private redis-server process on a free port: no persistence, or an append-only file with ``aof``.
+
+    ``kill()`` (SIGKILL) keeps the data directory, so ``start()`` again restarts the same server from its AOF.
+    """
 
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     workdir: Path | None = None
+    aof: bool = False
+    extra: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
@@ -57,7 +62,8 @@ class RedisServer:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
-        self.workdir = Path(tempfile.mkdtemp(prefix="worker-redis-"))
+        if self.workdir is None:
+            self.workdir = Path(tempfile.mkdtemp(prefix="worker-redis-"))
         self.proc = subprocess.Popen(
             [
                 binary,
@@ -68,17 +74,24 @@ class RedisServer:
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                "yes" if self.aof else "no",
                 "--dir",
                 str(self.workdir),
                 "--loglevel",
                 "warning",
+                *self.extra,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
         wait_for_port(self.port)
         return self
+
+    def kill(self) -> None:
+        """SIGKILL the server (its data directory stays, for a restart from the AOF)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -24,6 +24,7 @@ from settings import QUEUE_NAMES, Settings
 from worker.runtime import keys
 from worker.runtime.client import group_counts
 from worker.runtime.events import Events
+from worker.runtime.outage import Outage
 from worker.runtime.scripts import Scripts
 from worker.runtime.spec import Registry
 
@@ -131,13 +132,17 @@ async def _throughput(redis: Redis, queue: str, completed: int, now: int) -> flo
     return round(max(completed - c0, 0) * 60_000 / (now - t0), 1)
 
 
-async def sample_forever(redis: Redis, queues: Sequence[str], every_s: float = 5.0) -> None:
+async def sample_forever(
+    redis: Redis, queues: Sequence[str], every_s: float = 5.0, outage: Outage | None = None
+) -> None:
     """Keep throughput samples flowing while the API runs, so the first look already shows a rate."""
+    outage = outage or Outage()
     while True:
         try:
             await overview(redis, queues)
+            outage.ok()
         except RedisError as exc:
-            log.warning("throughput sampling failed: %s", exc)
+            outage.failed(exc, "throughput sampling")
         await asyncio.sleep(every_s)
 
 
@@ -192,18 +197,20 @@ class EventObserver:
             if reason and reason.decode().startswith("rate limited"):
                 self.rate_limit_waits.labels(queue).inc()
 
-    async def run(self) -> None:
-        """Follow new events until cancelled; survives Redis blips."""
+    async def run(self, outage: Outage | None = None) -> None:
+        """Follow new events until cancelled; survives Redis outages (logged by ``outage``)."""
+        outage = outage or Outage()
         last = "$"
         events = Events(self.redis)
         while True:
             try:
                 async for eid, fields in events.follow(last_id=last, block_ms=2000):
+                    outage.ok()
                     last = eid
                     await self.handle(eid, fields)
             except RedisError as exc:
-                log.warning("event observer: %s; retrying", exc)
-                await asyncio.sleep(1)
+                outage.failed(exc, "following events")
+                await asyncio.sleep(outage.retry_delay())
 
 
 class _Snapshot(Collector):

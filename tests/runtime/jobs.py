@@ -118,6 +118,22 @@ async def track_concurrency(ctx: JobContext, p: Work) -> None:
     await ctx.redis.rpush("t:tracked", p.key)
 
 
+@job(queue=Q, payload=Work, max_attempts=5, timeout=60)
+async def outlives_redis(ctx: JobContext, p: Work) -> str:
+    """Marks its start, then sleeps without touching Redis (it can finish while Redis is down)."""
+    await ctx.redis.rpush(f"t:{p.key}:starts", f"{time.time():.6f}")
+    await asyncio.sleep(p.sleep)
+    return f"done {p.key}"
+
+
+@job(queue=Q, payload=Work, idempotency_key=lambda p: p.key, max_attempts=5, timeout=60)
+async def outlives_redis_once(ctx: JobContext, p: Work) -> str:
+    """Idempotent twin of ``outlives_redis``."""
+    await ctx.redis.rpush(f"t:{p.key}:starts", f"{time.time():.6f}")
+    await asyncio.sleep(p.sleep)
+    return f"done {p.key}"
+
+
 QG = "rt-groups"
 
 

@@ -175,7 +175,7 @@ async def test_sigkilled_workers_grouped_jobs_are_reclaimed_into_their_group(red
         for r in (first, second):
             assert (await client.wait(r.job_id, timeout=10)).state == "complete"
     assert (await client.status(first.job_id)).attempts == 2  # the crashed attempt counts
-    assert await _order(redis) == ["A:0", "B:0", "A:1", "A:0"]
+    assert await _order(redis) == ["A:0", "B:0", "A:0", "A:1"]  # reclaimed: the front of its group's band
     assert await _group_keys(redis) == []
 
 

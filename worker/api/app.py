@@ -16,9 +16,11 @@ from redis.asyncio import Redis
 import worker.jobs  # noqa: F401  (registers the product's jobs)
 from settings import Settings, get_settings
 from worker import metrics
-from worker.api import errors, jobs, mail, ops, outbox
+from worker.api import errors, jobs, mail, oauth, ops, outbox
 from worker.api.deps import Services, index_tenant_jobs
 from worker.runtime import Client, DeadLetters, create_pool, registry
+from worker.runtime.connection import connect, redis_address
+from worker.runtime.outage import Outage
 from worker.runtime.pipe import Pipe
 from worker.runtime.spec import Registry
 from worker.store import RedisStore
@@ -44,8 +46,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """
     cfg: ApiConfig = getattr(app.state, "worker_config", None) or ApiConfig()
     settings = cfg.settings or get_settings()
-    url = cfg.redis_url or settings.redis_url or DEFAULT_REDIS_URL
-    redis: Redis = Redis.from_url(url)
+    url = redis_address(settings, cfg.redis_url) or DEFAULT_REDIS_URL
+    redis: Redis = connect(url)  # no I/O yet: the API starts while Redis is down (/ready says 503 until it answers)
     pipe = Pipe.for_client(redis)  # concurrent enqueues from request handlers share one pipelined connection
     client = Client(redis, settings, cfg.registry, pipe=pipe)
     svc = Services(
@@ -59,10 +61,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         queues=metrics.known_queues(settings, cfg.registry),
     )
     observer = metrics.EventObserver(redis, svc.metrics)
+    outage = Outage()  # one warning per Redis outage for all background tasks
     tasks = [
-        asyncio.create_task(observer.run(), name="api:event-observer"),
-        asyncio.create_task(metrics.sample_forever(redis, svc.queues), name="api:throughput"),
-        asyncio.create_task(index_tenant_jobs(redis), name="api:tenant-jobs"),
+        asyncio.create_task(observer.run(outage), name="api:event-observer"),
+        asyncio.create_task(metrics.sample_forever(redis, svc.queues, outage=outage), name="api:throughput"),
+        asyncio.create_task(index_tenant_jobs(redis, outage), name="api:tenant-jobs"),
     ]
     app.state.services = svc
     try:
@@ -93,6 +96,7 @@ def create_app(
     app.include_router(ops.probes)
     app.include_router(jobs.router)
     app.include_router(mail.router)
+    app.include_router(oauth.router)
     app.include_router(outbox.router)
     app.include_router(outbox.admin)
     app.include_router(ops.router)

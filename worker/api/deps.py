@@ -22,6 +22,7 @@ from redis.exceptions import RedisError
 
 from settings import Settings
 from worker.runtime import Client, DeadLetters, keys
+from worker.runtime.outage import Outage
 from worker.runtime.serializer import PayloadError, unpack
 from worker.runtime.spec import Registry
 from worker.store import RedisStore
@@ -197,25 +198,31 @@ async def record_owner(redis: Redis, tenant: str, job_id: str) -> None:
         await pipe.execute()
 
 
-async def index_tenant_jobs(redis: Redis) -> None:
+async def index_tenant_jobs(redis: Redis, outage: Outage | None = None) -> None:
     """Follow the event stream and add jobs enqueued outside the API (e.g. the analyses a sync enqueues) to
-    their tenant's job list, by the ``tenant_id`` of their payload. Runs until cancelled."""
-    newest = await redis.xrevrange(keys.EVENTS, count=1)
-    last = newest[0][0].decode() if newest else "0-0"
+    their tenant's job list, by the ``tenant_id`` of their payload. Runs until cancelled; waits out outages."""
+    outage = outage or Outage()
+    last: str | None = None
     while True:
         try:
-            res = await redis.xread({keys.EVENTS: last}, count=500, block=2000)
+            if last is None:
+                newest = await redis.xrevrange(keys.EVENTS, count=1)
+                last = newest[0][0].decode() if newest else "0-0"
+            last = await _index_some(redis, last)
+            outage.ok()
         except RedisError as exc:
-            log.warning("tenant job index: %s; retrying", exc)
-            await asyncio.sleep(1)
-            continue
-        if not res:
-            continue
-        entries = res[0][1]
-        last = entries[-1][0].decode()
-        ids = [f[b"job_id"].decode() for _, f in entries if f.get(b"type") == b"enqueued"]
-        if not ids:
-            continue
+            outage.failed(exc, "tenant job index")
+            await asyncio.sleep(outage.retry_delay())
+
+
+async def _index_some(redis: Redis, last: str) -> str:
+    """Index the next events after ``last``; returns the new position."""
+    res = await redis.xread({keys.EVENTS: last}, count=500, block=2000)
+    if not res:
+        return last
+    entries = res[0][1]
+    ids = [f[b"job_id"].decode() for _, f in entries if f.get(b"type") == b"enqueued"]
+    if ids:
         records = await redis.mget([k for i in ids for k in (keys.job(i), keys.result(i))])  # fast jobs are done
         now = int(time.time() * 1000)
         async with redis.pipeline(transaction=False) as pipe:
@@ -224,6 +231,7 @@ async def index_tenant_jobs(redis: Redis) -> None:
                 if tenant is not None:
                     pipe.zadd(tenant_jobs_key(tenant), {job_id: now}, nx=True)
             await pipe.execute()
+    return str(entries[-1][0].decode())
 
 
 def _payload_tenant(raw: bytes | None) -> str | None:

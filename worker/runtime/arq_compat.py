@@ -18,12 +18,12 @@ import socket
 import time
 from typing import Any
 
-from arq.connections import RedisSettings
 from arq.worker import Function, Retry
 from arq.worker import func as arq_func
 
 from settings import Settings, get_settings
 from worker.runtime import keys
+from worker.runtime.connection import arq_settings, redis_address
 from worker.runtime.executor import Executor, Outcome
 from worker.runtime.serializer import PayloadError, pack, unpack
 from worker.runtime.spec import JobSpec, Registry, registry
@@ -175,7 +175,7 @@ def worker_settings(queue: str, settings: Settings | None = None, reg: Registry 
         + [arq_func(_dead_letter, name=DEAD_LETTER_FN, max_tries=1_000_000)],
         "job_serializer": pack,
         "job_deserializer": guarded_deserializer(reg),
-        "redis_settings": RedisSettings.from_dsn(settings.redis_url or "redis://127.0.0.1:6379/0"),
+        "redis_settings": arq_settings(redis_address(settings) or "redis://127.0.0.1:6379/0"),
         "max_jobs": policy.concurrency,
         "poll_delay": 0.05,
         "on_startup": on_startup,

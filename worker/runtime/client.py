@@ -16,13 +16,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
-from arq.connections import ArqRedis, RedisSettings
-from arq.connections import create_pool as arq_create_pool
+from arq.connections import ArqRedis
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
 from settings import Settings, get_settings
 from worker.runtime import keys
+from worker.runtime.connection import connection_pool
 from worker.runtime.errors import UnknownFunction
 from worker.runtime.pipe import Pipe
 from worker.runtime.scripts import Scripts
@@ -377,8 +377,11 @@ class Client:
             if in_delayed is not None:
                 st.state, st.run_at = "deferred", _ms_to_dt(int(in_delayed) // 16)
             elif in_queue is not None:
-                band = (now - in_queue) // keys.PRIORITY_BAND_MS if in_queue < now - keys.PRIORITY_BAND_MS // 2 else 0
-                run_at = in_queue + band * keys.PRIORITY_BAND_MS
+                # score = run_at - priority * band (- FRONT_MS for reclaimed / re-queued jobs)
+                age = now - in_queue
+                band = max(0, int((age + keys.FRONT_MS // 2) // keys.PRIORITY_BAND_MS))
+                front = keys.FRONT_MS if age - band * keys.PRIORITY_BAND_MS >= keys.FRONT_MS // 2 else 0
+                run_at = in_queue + band * keys.PRIORITY_BAND_MS + front
                 st.state = "deferred" if run_at > now else "queued"
                 st.run_at = _ms_to_dt(run_at)
             else:
@@ -524,5 +527,10 @@ def _safe_unpack(raw: bytes) -> Any:
 
 
 async def create_pool(redis_url: str) -> ArqRedis:
-    """An arq pool using the msgpack serializer (never pickle), for ``enqueue_job`` and arq's ``Job``."""
-    return await arq_create_pool(RedisSettings.from_dsn(redis_url), job_serializer=pack, job_deserializer=unpack)
+    """An arq pool using the msgpack serializer (never pickle), for ``enqueue_job`` and arq's ``Job``.
+
+    Accepts ``redis+sentinel://`` URLs too, and does no I/O (unlike arq's, it can be made while Redis is down).
+    """
+    pool = ArqRedis(connection_pool(redis_url), job_serializer=pack, job_deserializer=unpack)
+    pool.auto_close_connection_pool = True
+    return pool

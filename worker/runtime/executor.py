@@ -292,8 +292,8 @@ class Executor:
             }
         )
 
-    def finish_item(self, job_id: str, out: Outcome, attempt: int, priority: int) -> list[Any]:
-        """One job's entry in the msgpack batch that finish.lua records."""
+    def finish_item(self, job_id: str, out: Outcome, attempt: int, priority: int, fence: int = 0) -> list[Any]:
+        """One job's entry in the msgpack batch that finish.lua records (``fence``: the attempt's fencing token)."""
         done = out.kind in ("complete", "dead")
         return [
             job_id,
@@ -309,6 +309,7 @@ class Executor:
             out.idem_key or "",
             pack(out.result) if out.kind == "complete" and out.idem_key else b"",
             out.idem_token,
+            fence,
         ]
 
     async def finish(

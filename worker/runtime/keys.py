@@ -8,6 +8,7 @@ arq's own keys are kept so plain arq producers, arq's ``Job`` and arq's worker l
 from __future__ import annotations
 
 PRIORITY_BAND_MS = 100_000_000_000  # ~3.2 years: a job of priority p is scored run_at - p * band
+FRONT_MS = PRIORITY_BAND_MS // 4  # reclaimed and re-queued jobs: scored a quarter band earlier (lua/front_fn.lua)
 MAX_PRIORITY = 9
 NONE = "rt:none"  # placeholder for an absent optional key in Lua KEYS
 

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 from settings import Settings
 from worker.devstack import RedisServer, port_open
+from worker.runtime.connection import redis_address
 
 log = logging.getLogger("worker")
 
@@ -15,8 +16,9 @@ log = logging.getLogger("worker")
 @contextlib.asynccontextmanager
 async def ensure_redis(settings: Settings) -> AsyncIterator[str]:
     """Yield a Redis URL; a redis-server started here is stopped on exit."""
-    if settings.redis_url:
-        yield settings.redis_url
+    configured = redis_address(settings)
+    if configured:
+        yield configured
         return
     if port_open("127.0.0.1", 6379):
         yield "redis://127.0.0.1:6379/0"

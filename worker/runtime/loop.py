@@ -24,16 +24,21 @@ from redis.exceptions import RedisError
 from settings import Settings, get_settings
 from worker.runtime import keys
 from worker.runtime.client import new_job_id
+from worker.runtime.connection import connect, redis_address
 from worker.runtime.executor import Executor, Outcome
+from worker.runtime.outage import Outage
 from worker.runtime.pipe import Pipe
 from worker.runtime.spec import Registry, registry
 
 log = logging.getLogger("worker.runtime")
 REAP_EVERY_S = 1.0
+REAP_GRACE_S = 2.0  # a worker reaps only once connected this long (after its start, or Redis's return)
 FINISH_IN_FLIGHT = 3  # finish calls of one queue loop in flight at once
 CLAIMS_IN_FLIGHT = 3  # claims of one queue loop in flight at once, on the ordered pipe (else 1)
 AUTO_PREFETCH_BELOW_MS = 50.0  # automatic prefetch: claim ahead while jobs average less than this
 AUTO_PREFETCH_FACTOR = 3  # ... up to this many times the concurrency
+CLAIM_STRIDE = 5  # values per job in a claim reply: id, payload, attempt, priority, fencing token
+STOP_RECORD_S = 10.0  # on stop, how long outcomes keep being retried while Redis is unreachable
 
 
 @dataclass
@@ -42,6 +47,7 @@ class _Running:
 
     attempt: int
     priority: int
+    fence: int  # this attempt's fencing token: its outcome is recorded unless another attempt started since
     raw: bytes | None = None
     task: asyncio.Task[Outcome] | None = None
     lost: bool = False
@@ -78,7 +84,7 @@ class QueueLoop:
         self._wake_pipe = Pipe.for_client(worker.blocking)  # BLPOP + pipelined claim (None: plain redis-py BLPOP)
         self._claim_settled = asyncio.Event()  # cleared while a claim is queued behind a blocked BLPOP
         self._claim_settled.set()
-        self._finished: list[tuple[str, Outcome]] = []
+        self._finished: list[tuple[str, Outcome, _Running | None]] = []
         self._flush = asyncio.Event()
         self._claim_script = worker.scripts.claim
         self._keys = [
@@ -132,13 +138,14 @@ class QueueLoop:
                 else:
                     res = await self._claim_script(keys=self._keys, args=self._claim_args(n))
             except RedisError as exc:
-                log.error("claim on %s failed (%s); retrying in 1s", self.queue, exc)
+                w.outage.failed(exc, f"claim on {self.queue}")
                 deep = False  # retry through Script, which reloads the script if Redis lost it (restart, flush)
-                await asyncio.sleep(1)
+                await asyncio.sleep(w.outage.retry_delay())
                 continue
             finally:
                 self._reserved -= n
                 self._claims -= 1
+            w.outage.ok()
             retry_after, next_due = int(res[0]), int(res[1])  # ms to wait / until the next due job
             if self._start(res):
                 deep = False
@@ -205,8 +212,8 @@ class QueueLoop:
             try:
                 await self.w.blocking.blpop([key], timeout=self._poll_s)  # type: ignore[arg-type]
             except RedisError as exc:
-                log.error("waiting on %s failed (%s); retrying in 1s", key, exc)
-                await asyncio.sleep(1)
+                self.w.outage.failed(exc, f"waiting on {key}")
+                await asyncio.sleep(self.w.outage.retry_delay())
             self._wake.set()
 
     async def unblock(self) -> None:
@@ -219,13 +226,13 @@ class QueueLoop:
             await asyncio.wait_for(self._claim_settled.wait(), 5)
 
     def _start(self, res: list[Any]) -> int:
-        """Take the jobs of a claim reply ({retry_after, next_due, id, payload, attempt, prio, ...})."""
-        for i in range(2, len(res), 4):
+        """Take the jobs of a claim reply ({retry_after, next_due, id, payload, attempt, prio, fence, ...})."""
+        for i in range(2, len(res), CLAIM_STRIDE):
             job_id = res[i].decode()
-            self.running[job_id] = _Running(int(res[i + 2]), int(res[i + 3]), raw=res[i + 1])
+            self.running[job_id] = _Running(int(res[i + 2]), int(res[i + 3]), int(res[i + 4]), raw=res[i + 1])
             self.buffer.append(job_id)
         self._fill()
-        return (len(res) - 2) // 4
+        return (len(res) - 2) // CLAIM_STRIDE
 
     def _fill(self) -> None:
         """Start buffered jobs while execution slots are free."""
@@ -234,19 +241,19 @@ class QueueLoop:
             run = self.running.get(job_id)
             if run is None or run.lost:
                 continue
-            run.task = asyncio.create_task(self._run(job_id, run.raw, run.attempt))
-            run.raw = None
+            run.task = asyncio.create_task(self._run(job_id, run))
             self.executing += 1
 
-    async def _run(self, job_id: str, raw: bytes | None, attempt: int) -> Outcome:
+    async def _run(self, job_id: str, run: _Running) -> Outcome:
         started = time.perf_counter()
+        raw, run.raw = run.raw, None
         try:
-            out = await self.w.executor.run_raw(job_id, raw, attempt, self.queue)
+            out = await self.w.executor.run_raw(job_id, raw, run.attempt, self.queue)
         finally:
             self.executing -= 1
         ms = (time.perf_counter() - started) * 1000
         self._avg_ms = ms if self._avg_ms is None else 0.9 * self._avg_ms + 0.1 * ms
-        self._finished.append((job_id, out))
+        self._finished.append((job_id, out, run))
         self._flush.set()
         self._fill()
         return out
@@ -268,18 +275,20 @@ class QueueLoop:
             pending.add(task)
             task.add_done_callback(pending.discard)
 
-    async def _flush_batch(self, batch: list[tuple[str, Outcome]], in_flight: asyncio.Semaphore) -> None:
+    async def _flush_batch(
+        self, batch: list[tuple[str, Outcome, _Running | None]], in_flight: asyncio.Semaphore
+    ) -> None:
         try:
             items = []
-            for job_id, out in batch:
-                run = self.running.get(job_id)
-                attempt, prio = (run.attempt, run.priority) if run else (0, 0)
-                items.append(self.w.executor.finish_item(job_id, out, attempt, prio))
+            for job_id, out, run in batch:
+                attempt, prio, fence = (run.attempt, run.priority, run.fence) if run else (0, 0, 0)
+                items.append(self.w.executor.finish_item(job_id, out, attempt, prio, fence))
             flags, claimed = await self._record(items)
-            for (job_id, out), ok in zip(batch, flags, strict=True):
+            for (job_id, out, run), ok in zip(batch, flags, strict=True):
                 if not ok:
-                    log.warning("job %s: lease lost to another worker; outcome %s discarded", job_id, out.kind)
-                self.running.pop(job_id, None)
+                    log.warning("job %s: another attempt started meanwhile; outcome %s not recorded", job_id, out.kind)
+                if self.running.get(job_id) is run:
+                    del self.running[job_id]
             self._reserved -= self._start(claimed) if claimed else 0
         finally:
             in_flight.release()
@@ -288,13 +297,16 @@ class QueueLoop:
                 self._flush.set()
 
     async def _record(self, items: list[list[Any]]) -> tuple[list[int], list[Any]]:
-        """finish.lua with retries, claiming replacements for the slots this batch frees in the same call.
+        """finish.lua, retried until Redis answers, claiming replacements for the slots this batch frees in the same
+        call.
 
         Returns the flags and the claim reply; the claimed slots stay reserved until the caller starts them.
-        If Redis stays down the leases lapse and the jobs run again elsewhere (at least once).
+        An outcome still counts after an outage longer than the lease, unless another attempt started meanwhile
+        (fencing, see lua/finish.lua). Only a worker stopping while Redis stays down gives up (after
+        ``STOP_RECORD_S``): those jobs run again elsewhere (at least once).
         """
         w = self.w
-        for attempt in range(5):
+        while not (w.stopping and time.monotonic() > w.stop_deadline):
             claims = not w.stopping and self._claims < self._max_claims
             n = self._claim_size(self.capacity - len(self.running) - self._reserved + len(items)) if claims else 0
             self._reserved += n
@@ -306,25 +318,27 @@ class QueueLoop:
             except RedisError as exc:
                 self._reserved -= n
                 self._claims -= 1 if n else 0
-                log.error(
-                    "recording %d outcome(s) on %s failed (%s); retry %d/5", len(items), self.queue, exc, attempt + 1
-                )
-                await asyncio.sleep(0.5 * (attempt + 1))
+                w.outage.failed(exc, f"recording outcomes on {self.queue}")
+                await asyncio.sleep(w.outage.retry_delay())
                 continue
-            self._reserved -= n - ((len(claimed) - 2) // 4 if claimed else 0)
+            w.outage.ok()
+            self._reserved -= n - ((len(claimed) - 2) // CLAIM_STRIDE if claimed else 0)
             self._claims -= 1 if n else 0
             return flags, claimed
+        log.error("stopping with Redis unreachable: %d outcome(s) on %s not recorded (they run again)", len(items),
+                  self.queue)  # fmt: skip
         return [0] * len(items), []
 
     async def renew(self) -> None:
         if not self.running:
             return
-        args: list[Any] = [self.w.settings.lease_ms, self.w.worker_id]
+        args: list[Any] = [self.w.settings.lease_ms, self.w.worker_id, 1 if self.groups is not None else 0, self.queue]
         locks = self.w.executor.idem_locks
         for job_id, run in list(self.running.items()):
             lock_key, token = locks.get(job_id, ("", ""))
-            args += [job_id, run.priority, lock_key, token]
-        lost = await self.w.scripts.renew(keys=[keys.active(self.queue)], args=args)
+            args += [job_id, run.priority, lock_key, token, run.fence]
+        lost = await self.w.scripts.renew(keys=[keys.active(self.queue), keys.queue(self.queue)], args=args)
+        self.w.outage.ok()
         for raw_id in lost:
             job_id = raw_id.decode()
             lost_run = self.running.get(job_id)
@@ -353,7 +367,7 @@ class QueueLoop:
             job_id = self.buffer.popleft()
             run = self.running.get(job_id)
             if run is not None and run.task is None:
-                self._finished.append((job_id, self.w.executor.not_started(run.raw, self.queue)))
+                self._finished.append((job_id, self.w.executor.not_started(run.raw, self.queue), run))
         tasks = [r.task for r in self.running.values() if r.task is not None]
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=grace)
@@ -380,11 +394,11 @@ class Worker:
         registry: Registry = registry,
     ) -> None:
         self.settings = settings or get_settings()
-        url = redis_url or self.settings.redis_url
+        url = redis_address(self.settings, redis_url)
         if not url:
-            raise ValueError("no Redis URL: pass redis_url or set REDIS_URL")
-        self.redis: Redis = Redis.from_url(url)
-        self.blocking: Redis = Redis.from_url(url)
+            raise ValueError("no Redis URL: pass redis_url or set REDIS_URL (or REDIS_SENTINELS)")
+        self.redis: Redis = connect(url)
+        self.blocking: Redis = connect(url)
         self.registry = registry
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{new_job_id()[:6]}"
         self.pipe = Pipe.for_client(self.redis)  # claims, finishes and renewals share one ordered connection
@@ -393,6 +407,8 @@ class Worker:
         names = list(queues) if queues else registry.queues()
         self.loops = [QueueLoop(self, q, concurrency or self.settings.queue(q).concurrency) for q in names]
         self.stopping = False
+        self.stop_deadline = float("inf")  # on stop: give up recording outcomes after this (monotonic)
+        self.outage = Outage()
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopped = asyncio.Event()
 
@@ -401,8 +417,16 @@ class Worker:
         return [lp.queue for lp in self.loops]
 
     async def start(self) -> None:
-        await self.redis.ping()
-        await self.scripts.load()
+        """Connect (waiting with backoff while Redis is unreachable), then start the loops."""
+        while True:
+            try:
+                await self.redis.ping()
+                await self.scripts.load()
+                break
+            except (RedisError, OSError) as exc:
+                self.outage.failed(exc, "starting the worker")
+                await asyncio.sleep(self.outage.retry_delay())
+        self.outage.ok()
         for lp in self.loops:
             if lp.groups is None and await self.redis.exists(keys.group_ring(lp.queue)):
                 log.warning("%s holds grouped jobs but no job of it declares group=: claiming by group", lp.queue)
@@ -415,21 +439,31 @@ class Worker:
         log.info("worker %s serving %s", self.worker_id, ", ".join(self.queues))
 
     async def _housekeeping(self) -> None:
-        """Heartbeats (lease renewal), stalled-job reaping and the periodic schedule."""
+        """Heartbeats (lease renewal), stalled-job reaping and the periodic schedule.
+
+        A worker reaps only once connected for ``REAP_GRACE_S`` (after its start, or after an outage): meanwhile
+        every live worker takes back the leases that lapsed while Redis was away (renew.lua, by fencing token), so
+        only dead workers' jobs are re-queued, and a worker (re)started by a supervisor right after an outage does
+        not reclaim the jobs of workers that are about to record them.
+        """
         hb = self.settings.heartbeat_ms / 1000
         last_reap = 0.0
         while True:
             try:
                 for lp in self.loops:
                     await lp.renew()
-                if time.monotonic() - last_reap >= REAP_EVERY_S:
+                if time.monotonic() - last_reap >= REAP_EVERY_S and self.outage.connected_for() >= REAP_GRACE_S:
                     last_reap = time.monotonic()
                     for lp in self.loops:
                         n = await lp.reap()
                         if n:
                             log.warning("recovered %d stalled job(s) on %s", n, lp.queue)
                     await self._periodic()
-            except Exception:  # housekeeping must survive a Redis blip
+            except (RedisError, OSError) as exc:  # housekeeping must survive an outage, quietly
+                self.outage.failed(exc, "heartbeat")
+                await asyncio.sleep(self.outage.retry_delay())
+                continue
+            except Exception:
                 log.exception("housekeeping failed; retrying")
             await asyncio.sleep(min(hb, REAP_EVERY_S))
 
@@ -451,6 +485,7 @@ class Worker:
             return
         self.stopping = True
         grace = self.settings.shutdown_grace_s if grace is None else grace
+        self.stop_deadline = time.monotonic() + grace + STOP_RECORD_S
         await asyncio.gather(*(lp.unblock() for lp in self.loops))
         for t in self._tasks:
             if t.get_name().startswith(("claim:", "wake:")):
@@ -460,22 +495,33 @@ class Worker:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.executor.close_state()
+        await self._close()
+        self._stopped.set()
+
+    async def _close(self) -> None:
         for pipe in [self.pipe, *(lp._wake_pipe for lp in self.loops)]:
             if pipe is not None:
                 await pipe.aclose()
         await self.redis.aclose()
         await self.blocking.aclose()
-        self._stopped.set()
 
     async def run_forever(self) -> None:
-        """Start, then run until SIGTERM/SIGINT, then shut down gracefully."""
-        await self.start()
+        """Start (waiting for Redis if need be), run until SIGTERM/SIGINT, then shut down gracefully."""
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        starting = asyncio.create_task(self.start())
+        stopped = asyncio.create_task(stop.wait())
+        await asyncio.wait([starting, stopped], return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():  # stopped while still waiting for Redis
+            starting.cancel()
+            await asyncio.gather(starting, return_exceptions=True)
+            await self._close()
+            return
+        starting.result()  # a start that failed for another reason than Redis being away raises here
         crashed = asyncio.create_task(self._watch())
-        done, _ = await asyncio.wait([asyncio.create_task(stop.wait()), crashed], return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait([stopped, crashed], return_when=asyncio.FIRST_COMPLETED)
         log.info("shutting down (grace %.1fs)", self.settings.shutdown_grace_s)
         crashed.cancel()
         await self.stop()

@@ -9,8 +9,9 @@ under BullMQ.
 
 A caller cancelled while waiting loses nothing: its reply is still read (and dropped) in order. If the
 connection drops, every pending call fails with ``redis.exceptions.ConnectionError`` and the next call
-reconnects. TCP and Unix-socket URLs are supported; ``Pipe.for_client`` returns None for other connection
-classes (TLS), and callers then use redis-py.
+reconnects. TCP, Unix-socket and Sentinel-managed clients are supported (with Sentinel every connect asks the
+sentinels for the current primary, and a ``READONLY`` reply, from a primary demoted by a failover, drops the
+connection); ``Pipe.for_client`` returns None for other connection classes (TLS), and callers then use redis-py.
 """
 
 from __future__ import annotations
@@ -18,17 +19,20 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
 import hiredis
 from redis._parsers.base import BaseParser  # redis-py's mapping of error replies to exceptions
 from redis.asyncio import Redis
 from redis.asyncio.connection import Connection, UnixDomainSocketConnection
+from redis.asyncio.sentinel import SentinelConnectionPool, SentinelManagedConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError, NoScriptError
 
 FLUSH_NOW_BYTES = 8192  # commands at least this big are written at once instead of at the end of the loop turn
+CONNECT_TIMEOUT_S = 5.0
+Resolver = Callable[[], Awaitable[tuple[str, int]]]  # where the primary is now (Sentinel)
 
 
 def encode(args: Sequence[Any]) -> bytes:
@@ -75,6 +79,8 @@ class _Protocol(asyncio.Protocol):
                 continue
             if isinstance(reply, hiredis.ReplyError):
                 fut.set_exception(BaseParser.parse_error(str(reply)))  # type: ignore[no-untyped-call]
+                if str(reply).startswith("READONLY") and self.pipe._transport is not None:
+                    self.pipe._transport.abort()  # a demoted primary: reconnect to the current one
             else:
                 fut.set_result(reply)
 
@@ -86,8 +92,10 @@ class Pipe:
     """An auto-pipelined connection to one Redis server (see the module docstring)."""
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 6379, path: str | None = None, db: int = 0,
-                 username: str | None = None, password: str | None = None) -> None:  # fmt: skip
+                 username: str | None = None, password: str | None = None,
+                 resolve: Resolver | None = None) -> None:  # fmt: skip
         self._where = (host, port, path)
+        self._resolve = resolve
         self._auth = [a for a in (username, password) if a is not None]
         self._db = db
         self._transport: asyncio.Transport | None = None
@@ -100,11 +108,13 @@ class Pipe:
 
     @classmethod
     def for_client(cls, redis: Redis) -> Pipe | None:
-        """A pipe to the server a redis-py client talks to, or None if its connection class is not plain TCP
-        or a Unix socket."""
+        """A pipe to the server a redis-py client talks to, or None if its connection class is not plain TCP,
+        a Unix socket or Sentinel-managed."""
         pool = redis.connection_pool
         kw = pool.connection_kwargs
         db, user, password = int(kw.get("db") or 0), kw.get("username"), kw.get("password")
+        if isinstance(pool, SentinelConnectionPool) and pool.connection_class is SentinelManagedConnection:
+            return cls(db=db, username=user, password=password, resolve=pool.get_master_address)
         if pool.connection_class is UnixDomainSocketConnection:
             return cls(path=kw["path"], db=db, username=user, password=password)
         if pool.connection_class is Connection:
@@ -169,13 +179,16 @@ class Pipe:
         self._connecting = loop.create_future()
         try:
             host, port, path = self._where
+            if self._resolve is not None:
+                host, port = await self._resolve()  # MasterNotFoundError (a ConnectionError) during a failover
             try:
                 if path is not None:
-                    transport, _ = await loop.create_unix_connection(lambda: _Protocol(self), path)
+                    opening = loop.create_unix_connection(lambda: _Protocol(self), path)
                 else:
-                    transport, _ = await loop.create_connection(lambda: _Protocol(self), host, port)
-            except OSError as exc:
-                raise RedisConnectionError(f"connecting to Redis failed: {exc}") from exc
+                    opening = loop.create_connection(lambda: _Protocol(self), host, port)
+                transport, _ = await asyncio.wait_for(opening, CONNECT_TIMEOUT_S)
+            except (OSError, TimeoutError) as exc:
+                raise RedisConnectionError(f"connecting to Redis failed: {exc or 'timed out'}") from exc
             self._transport = transport  # type: ignore[assignment]
             setup = []
             if self._auth:

@@ -1,8 +1,9 @@
 -- @include promote_fn.lua
 
 -- Lease one due job to `owner` (shared by claim and the grouped claim): SET NX arq's in-progress key (an id
--- whose key exists is being run by arq's own loop in compat mode: not ours), count the attempt, emit 'started'
--- and append {id, payload placeholder, attempt, prio} to `out`. Returns true when leased.
+-- whose key exists is being run by arq's own loop in compat mode: not ours), count the attempt, issue its fencing
+-- token (see finish.lua), emit 'started' and append {id, payload placeholder, attempt, prio, fence} to `out`.
+-- Returns true when leased.
 local function lease_job(k, acc, out, id, score, now, lease, owner, maxlen, qname)
   if not redis.call('SET', 'arq:in-progress:' .. id, owner, 'NX', 'PX', lease) then return false end
   local prio = 0
@@ -12,6 +13,7 @@ local function lease_job(k, acc, out, id, score, now, lease, owner, maxlen, qnam
   acc.active_args[#acc.active_args + 1] = id
   acc.job_keys[#acc.job_keys + 1] = 'arq:job:' .. id
   local attempt = redis.call('HINCRBY', 'rt:info:' .. id, 'a', 1)
+  local fence = redis.call('HINCRBY', 'rt:info:' .. id, 'f', 1)
   if maxlen > 0 then
     redis.call('XADD', k.events, '*', 'type', 'started', 'job_id', id, 'queue', qname, 'attempt', attempt)
   end
@@ -19,6 +21,7 @@ local function lease_job(k, acc, out, id, score, now, lease, owner, maxlen, qnam
   out[#out + 1] = false
   out[#out + 1] = attempt
   out[#out + 1] = prio
+  out[#out + 1] = fence
   return true
 end
 
@@ -30,7 +33,7 @@ local function leased(k, acc, out, maxlen)
   redis.call('ZADD', k.active, unpack(acc.active_args))
   local payloads = redis.call('MGET', unpack(acc.job_keys))
   for i = 1, #claimed do
-    out[2 + (i - 1) * 4 + 2] = payloads[i]
+    out[2 + (i - 1) * 5 + 2] = payloads[i]
   end
 end
 
@@ -39,7 +42,7 @@ end
 -- queue zset to the active zset with a lease, sets arq's in-progress key (so arq's Job.status() still works),
 -- counts the attempt and emits 'started' events.
 -- k: {queue, delayed, active, events, rl, paused, wake, stats}
--- Returns {retry_after_ms, ms_until_next_due_or_-1, id1, payload1, attempt1, prio1, id2, ...}
+-- Returns {retry_after_ms, ms_until_next_due_or_-1, id1, payload1, attempt1, prio1, fence1, id2, ...}
 local function claim(k, now, n, lease, owner, maxlen, rate, burst, qname)
   local function next_due()
     local first = redis.call('ZRANGE', k.queue, 0, 0, 'WITHSCORES')
