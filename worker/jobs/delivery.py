@@ -18,9 +18,10 @@ from typing import Any, Literal
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
-from worker.jobs.deps import get_store, imap_config
+from worker.jobs.deps import get_store
+from worker.jobs.mail_auth import account_imap
 from worker.mail.folders import find_roles
-from worker.mail.imap import ImapAuthError, ImapError, ImapSession, open_imap, quote
+from worker.mail.imap import ImapError, ImapSession, quote
 from worker.runtime import Client, JobContext, PermanentError, RetryLater, job, keys
 from worker.store import (
     DeliveryStep,
@@ -198,8 +199,7 @@ async def resolve_ambiguous_send(ctx: JobContext, payload: ResolveSend) -> dict[
     if account is None:
         return await _needs_decision(ctx, store, item, "the account is gone; the Sent folder cannot be searched")
     try:
-        config = imap_config(account)
-        async with open_imap(config) as session:
+        async with account_imap(ctx, store, account) as session:  # password or OAuth2, as the account says
             folder = await find_sent_folder(session)
             if folder is None:
                 return await _needs_decision(ctx, store, item, "the account has no Sent folder to search")
@@ -212,9 +212,7 @@ async def resolve_ambiguous_send(ctx: JobContext, payload: ResolveSend) -> dict[
             grace_s = ctx.settings.send_ambiguous_grace_s
             probe = await _probe(store, item, utcnow() - timedelta(seconds=grace_s))
             files_sent = probe is not None and await in_folder(session, probe.message_id)
-    except ImapAuthError as exc:
-        return await _needs_decision(ctx, store, item, f"IMAP login failed ({exc})")
-    except ValueError as exc:  # unsupported IMAP settings
+    except PermanentError as exc:  # login refused, account in auth_error, unusable IMAP settings
         return await _needs_decision(ctx, store, item, f"IMAP unusable ({exc})")
     except ImapError as exc:
         if ctx.attempt >= ctx.max_attempts:
