@@ -260,7 +260,7 @@ class MailboxSync:
         )
 
 
-@job(queue="email-sync", payload=SyncMailbox, max_attempts=5)
+@job(queue="email-sync", payload=SyncMailbox, max_attempts=5, group=lambda p: p.tenant_id)
 async def sync_mailbox(ctx: JobContext, payload: SyncMailbox) -> dict[str, Any]:
     """Sync one mailbox. One run per mailbox at a time across workers (a retry of the same job re-enters)."""
     store = get_store(ctx)
@@ -330,7 +330,7 @@ class SyncAccount(BaseModel):
     period: int | None = None
 
 
-@job(queue="email-sync", payload=SyncAccount, max_attempts=3)
+@job(queue="email-sync", payload=SyncAccount, max_attempts=3, group=lambda p: p.tenant_id)
 async def sync_account(ctx: JobContext, payload: SyncAccount) -> dict[str, Any]:
     """LIST the account's folders (SPECIAL-USE, common names), then enqueue one sync_mailbox per folder to sync."""
     store = get_store(ctx)

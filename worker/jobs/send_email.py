@@ -86,6 +86,7 @@ def _outcomes(recipients: dict[str, smtp.RecipientResult]) -> dict[str, Recipien
     idempotency_key=lambda p: send_key(p.tenant_id, p.outbox_id),
     rate_limit=SEND_RATE,
     rate_limit_key=lambda p: f"{p.tenant_id}:{p.account_id}",
+    group=lambda p: f"{p.tenant_id}:{p.account_id}",
 )
 async def send_email(ctx: JobContext, payload: SendEmail) -> dict[str, Any]:
     """Deliver the outbox item; the result lists what each recipient's server answered."""
