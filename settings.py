@@ -107,6 +107,15 @@ class Settings(BaseSettings):
     )
     api_admin_token: SecretStr = Field(SecretStr("dev-admin-token"))
 
+    oauth_refresh_margin_s: float = Field(
+        300.0, ge=0, description="OAuth2 access tokens are refreshed this long before they expire"
+    )
+    oauth_http_timeout_s: float = Field(10.0, gt=0, description="per token-endpoint request")
+    oauth_redirect_uri: str | None = Field(
+        None, description="public URL of GET /v1/oauth/callback registered with the OAuth2 app (onboarding)"
+    )
+    oauth_state_ttl_s: int = Field(600, ge=60, description="how long an authorization-code flow may take")
+
     anthropic_api_key: SecretStr | None = None
     anthropic_base_url: str | None = None
     anthropic_model: str = "claude-haiku-4-5"

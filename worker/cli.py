@@ -426,6 +426,44 @@ async def _status(args: argparse.Namespace, redis: Redis) -> int:
     return 0
 
 
+# -- accounts --------------------------------------------------------------------------------------
+
+
+async def _accounts(args: argparse.Namespace, redis: Redis) -> int:
+    from worker.store import RedisStore, check_id
+
+    try:
+        tenant = check_id("tenant id", args.tenant)
+    except ValueError as exc:
+        raise CliError(str(exc), 2) from None
+    store = RedisStore(redis, get_settings().secret_key)
+    rows: list[dict[str, Any]] = []
+    for a in await store.list_accounts(tenant):
+        grant = await store.get_oauth_grant(tenant, a.id) if a.auth_type == "oauth2" else None
+        rows.append(
+            {
+                "id": a.id,
+                "email": a.email,
+                "auth_type": a.auth_type,
+                "provider": grant.provider if grant else None,
+                "auth_state": a.auth_state,
+                "auth_error": a.auth_error,
+                "active": a.active,
+            }
+        )
+    if args.json:
+        _dump(rows)
+        return 0
+    table = Table("account", "email", "auth", "state", "auth error", "sync", box=None)
+    for r in rows:
+        auth = f"{r['auth_type']} ({r['provider']})" if r["provider"] else r["auth_type"]
+        state = "[green]ok[/]" if r["auth_state"] == "ok" else f"[red]{r['auth_state']}[/]"
+        cells = (r["id"], r["email"], auth)
+        table.add_row(*map(escape, cells), state, escape(r["auth_error"] or ""), "on" if r["active"] else "off")
+    out.print(table if rows else f"no accounts for tenant {tenant}")
+    return 0
+
+
 # -- events ----------------------------------------------------------------------------------------
 
 COLORS = {
@@ -645,6 +683,13 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--events", action="store_true", help="include the traceback and its events")
     imports(status)
     status.set_defaults(func=with_redis(_status))
+
+    accounts = sub.add_parser(
+        "accounts", parents=[common], help="a tenant's mail accounts with their auth type (password/oauth2) and state"
+    )
+    accounts.add_argument("tenant")
+    accounts.add_argument("--json", action="store_true", help="machine-readable output")
+    accounts.set_defaults(func=with_redis(_accounts))
 
     events = sub.add_parser(
         "events", parents=[common], help="follow job events live, with progress bars for running jobs"

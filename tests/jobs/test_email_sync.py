@@ -61,7 +61,9 @@ def report(status: JobStatus) -> SyncReport:
 
 
 async def analyses(redis: Redis) -> int:
-    return int(await redis.zcard(ANALYSIS_QUEUE))
+    """Analysis jobs enqueued (ai-analysis is grouped by tenant: they wait in their tenant's group)."""
+    page = await Client(redis).groups(ANALYSIS_QUEUE, limit=1000)
+    return sum(g.waiting + g.delayed + g.active for g in page.items)
 
 
 async def progress_events(redis: Redis, job_id: str) -> list[dict[str, object]]:

@@ -9,6 +9,8 @@ import json
 import signal
 
 import pytest
+from arq.connections import RedisSettings
+from arq.worker import Worker as ArqWorker
 from redis.asyncio import Redis
 
 from tests.helpers import eventually
@@ -17,6 +19,7 @@ from tests.runtime.conftest import TEST_QUEUES
 from tests.runtime.jobs import QG
 from tests.runtime.test_failures import worker_process
 from worker.runtime import Client, Events, Worker, create_pool
+from worker.runtime.arq_compat import worker_settings
 from worker.runtime.context import JobContext
 from worker.runtime.maintenance import maintenance
 
@@ -194,6 +197,28 @@ async def test_plain_arq_enqueue_job_runs_in_the_default_group(redis_url: str, r
         assert sorted(await _order(redis)) == ["A:0", "X:1"]
     finally:
         await pool.aclose()
+    assert await _group_keys(redis) == []
+
+
+async def test_arqs_own_loop_runs_grouped_jobs_round_robin(redis_url: str, redis: Redis) -> None:
+    """`arq worker.WorkerSettings` (compat mode) sees only the queue zset: the groups feed it round robin."""
+    settings = conftest.test_settings()
+    client = Client(redis, settings)
+    await client.enqueue_many("tenant_work", [{"tenant": "A", "n": i} for i in range(20)])
+    b = await client.enqueue("tenant_work", {"tenant": "B", "n": 0})
+    cls = worker_settings(QG, settings)
+    kwargs = {k: v for k, v in vars(cls).items() if not k.startswith("__")}
+    kwargs["redis_settings"] = RedisSettings.from_dsn(redis_url)
+    w = ArqWorker(**kwargs, handle_signals=False)
+    task = asyncio.create_task(w.main())
+    try:
+        assert (await client.wait(b.job_id, timeout=20)).state == "complete"
+        await eventually(lambda: _len_is(redis, "t:gorder", 21), within=30)
+    finally:
+        await w.close()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert (await _order(redis)).index("B:0") < 10  # not behind A's backlog
     assert await _group_keys(redis) == []
 
 

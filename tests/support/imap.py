@@ -156,7 +156,7 @@ protocols = imap
 listen = 127.0.0.1
 {ssl}
 disable_plaintext_auth = no
-auth_mechanisms = plain login
+auth_mechanisms = plain login{oauth_mechanisms}
 auth_failure_delay = 0
 default_internal_user = {user}
 default_internal_group = {group}
@@ -165,7 +165,7 @@ mail_location = maildir:{d}/mail/%u
 first_valid_uid = 0
 first_valid_gid = 0
 mail_fsync = never
-passdb {{
+{oauth_passdb}passdb {{
   driver = passwd-file
   args = scheme=PLAIN username_format=%u {d}/users
 }}
@@ -186,6 +186,9 @@ service imap-login {{
 }}
 service anvil {{
   chroot =
+  unix_listener anvil-auth-penalty {{
+    mode = 0
+  }}
 }}
 {namespace}
 service stats {{
@@ -211,6 +214,8 @@ class DovecotServer(ImapServer):
     tls: tuple[Path, Path] | None = None  # (cert, key): also serve implicit TLS on tls_port
     tls_port: int = field(default_factory=free_port)
     special_use: dict[str, str] = field(default_factory=dict)  # mailbox name -> RFC 6154 attribute, e.g. \\Sent
+    # XOAUTH2 + OAUTHBEARER via Dovecot's oauth2 passdb, validating tokens at this RFC 7662 endpoint
+    oauth2_introspection_url: str | None = None
 
     def _run_as(self) -> dict[str, object]:
         if os.geteuid() != 0:
@@ -230,12 +235,24 @@ class DovecotServer(ImapServer):
                 shutil.copy(self.tls[0], d / "cert.pem")
                 shutil.copy(self.tls[1], d / "key.pem")
                 ssl = f"ssl = yes\nssl_cert = <{d}/cert.pem\nssl_key = <{d}/key.pem"
+            oauth_passdb = ""
+            if self.oauth2_introspection_url is not None:
+                (d / "oauth2.conf.ext").write_text(
+                    f"introspection_url = {self.oauth2_introspection_url}\n"
+                    "introspection_mode = auth\nusername_attribute = email\n"
+                )
+                oauth_passdb = (
+                    "passdb {\n  driver = oauth2\n  mechanisms = xoauth2 oauthbearer\n  result_failure = return-fail\n"
+                    f"  args = {d}/oauth2.conf.ext\n}}\n"
+                )
             (d / "dovecot.conf").write_text(
                 _DOVECOT_CONF.format(
                     d=d,
                     port=self.port,
                     tls_port=self.tls_port if self.tls else 0,
                     ssl=ssl,
+                    oauth_mechanisms=" xoauth2 oauthbearer" if oauth_passdb else "",
+                    oauth_passdb=oauth_passdb,
                     user=pw.pw_name,
                     group=gr.gr_name,
                     uid=pw.pw_uid,

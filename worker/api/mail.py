@@ -40,6 +40,9 @@ class AccountOut(BaseModel):
     active: bool
     created_at: dt.datetime
     has_secret: bool = True
+    auth_type: str = "password"
+    auth_state: str = Field("ok", description="ok | auth_error (the credentials were refused: store new ones)")
+    auth_error: str | None = None
 
     @classmethod
     def of(cls, account: Account) -> AccountOut:

@@ -60,6 +60,7 @@ def _service(ctx: JobContext) -> tuple[AnalysisService, AiConfig]:
     idempotency_key=lambda p: f"analyse:{p.tenant_id}:{p.message_id}",
     rate_limit=AiConfig.from_settings(get_settings()).tenant_rate_limit,
     rate_limit_key=lambda p: str(p.tenant_id),
+    group=lambda p: str(p.tenant_id),
 )
 async def analyse_message(ctx: JobContext, payload: AnalyseMessage) -> dict[str, Any]:
     """Analyse the message and store the result under its content id (skipped when already stored)."""

@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field
 
 from worker.jobs.bounces import record_bounces
 from worker.jobs.deps import get_store, imap_config
+from worker.jobs.mail_auth import AuthUnavailable, account_imap
 from worker.mail.folders import discover
 from worker.mail.imap import (
     MAX_BATCH,
@@ -29,7 +30,6 @@ from worker.mail.imap import (
     FetchedMessage,
     ImapAuthError,
     ImapSession,
-    open_imap,
     plan_batches,
 )
 from worker.mail.message import ParsedMessage, content_id
@@ -260,7 +260,7 @@ class MailboxSync:
         )
 
 
-@job(queue="email-sync", payload=SyncMailbox, max_attempts=5)
+@job(queue="email-sync", payload=SyncMailbox, max_attempts=5, group=lambda p: p.tenant_id)
 async def sync_mailbox(ctx: JobContext, payload: SyncMailbox) -> dict[str, Any]:
     """Sync one mailbox. One run per mailbox at a time across workers (a retry of the same job re-enters)."""
     store = get_store(ctx)
@@ -270,7 +270,7 @@ async def sync_mailbox(ctx: JobContext, payload: SyncMailbox) -> dict[str, Any]:
     if not account.active:
         return {"skipped": "account inactive"}
     try:
-        config = imap_config(account)
+        imap_config(account)  # a bad TLS setting fails before the lock is taken
     except ValueError as exc:
         raise PermanentError(str(exc)) from None
     lock = f"sync:{payload.account_id}:{mailbox_key(payload.mailbox)}"
@@ -289,7 +289,7 @@ async def sync_mailbox(ctx: JobContext, payload: SyncMailbox) -> dict[str, Any]:
         await ctx.progress(progress)
 
     try:
-        async with open_imap(config) as session:
+        async with account_imap(ctx, store, account) as session:
             sync = MailboxSync(
                 session,
                 store,
@@ -307,6 +307,8 @@ async def sync_mailbox(ctx: JobContext, payload: SyncMailbox) -> dict[str, Any]:
             report = await sync.run()
     except ImapAuthError as exc:
         raise PermanentError(str(exc)) from None
+    except AuthUnavailable:  # waiting for a token: not a failure
+        raise
     except Exception:
         log.exception(
             "sync of account %s mailbox %s failed (attempt %d)",
@@ -328,7 +330,7 @@ class SyncAccount(BaseModel):
     period: int | None = None
 
 
-@job(queue="email-sync", payload=SyncAccount, max_attempts=3)
+@job(queue="email-sync", payload=SyncAccount, max_attempts=3, group=lambda p: p.tenant_id)
 async def sync_account(ctx: JobContext, payload: SyncAccount) -> dict[str, Any]:
     """LIST the account's folders (SPECIAL-USE, common names), then enqueue one sync_mailbox per folder to sync."""
     store = get_store(ctx)
@@ -337,15 +339,10 @@ async def sync_account(ctx: JobContext, payload: SyncAccount) -> dict[str, Any]:
         raise PermanentError(f"account {payload.account_id} not found")
     if not account.active:
         return {"skipped": "account inactive"}
-    try:
-        config = imap_config(account)
-    except ValueError as exc:
-        raise PermanentError(str(exc)) from None
-    try:
-        async with open_imap(config) as session:
-            plan = await discover(session, account.mailboxes)
-    except ImapAuthError as exc:
-        raise PermanentError(str(exc)) from None
+    if account.auth_state != "ok":  # waits for new credentials: no login, no token request
+        return {"skipped": f"auth_error: {account.auth_error}"}
+    async with account_imap(ctx, store, account) as session:
+        plan = await discover(session, account.mailboxes)
     jobs: list[str] = []
     for mailbox in plan.sync:
         key = f"sync:{payload.tenant_id}:{payload.account_id}:{mailbox_key(mailbox)}"

@@ -20,6 +20,7 @@ from pydantic import BaseModel
 
 from worker.jobs.delivery import emit, mark_ambiguous, send_key
 from worker.jobs.deps import get_store, smtp_config
+from worker.jobs.mail_auth import AuthFailed, AuthUnavailable, send_as_account
 from worker.mail import smtp
 from worker.mail.message import build_message
 from worker.runtime import Client, Enqueued, JobContext, PermanentError, job
@@ -85,6 +86,7 @@ def _outcomes(recipients: dict[str, smtp.RecipientResult]) -> dict[str, Recipien
     idempotency_key=lambda p: send_key(p.tenant_id, p.outbox_id),
     rate_limit=SEND_RATE,
     rate_limit_key=lambda p: f"{p.tenant_id}:{p.account_id}",
+    group=lambda p: f"{p.tenant_id}:{p.account_id}",
 )
 async def send_email(ctx: JobContext, payload: SendEmail) -> dict[str, Any]:
     """Deliver the outbox item; the result lists what each recipient's server answered."""
@@ -126,7 +128,7 @@ async def send_email(ctx: JobContext, payload: SendEmail) -> dict[str, Any]:
     try:
         if account is None:
             raise ValueError(f"account {owned.account_id} not found")
-        config = smtp_config(account)
+        smtp_config(account)  # a bad TLS setting is a permanent failure
         message = build_message(
             sender=owned.sender,
             sender_name=owned.sender_name,
@@ -170,16 +172,28 @@ async def send_email(ctx: JobContext, payload: SendEmail) -> dict[str, Any]:
         )
 
     try:
-        result = await smtp.send(
-            config,
-            message,
-            sender=owned.sender,
-            recipients=owned.envelope(),
-            on_step=record_step,
-            on_reply=record_reply,
+        result = await send_as_account(  # OAuth2: a refused cached token is refreshed once (before MAIL FROM)
+            ctx,
+            store,
+            account,
+            lambda config: smtp.send(
+                config,
+                message,
+                sender=owned.sender,
+                recipients=owned.envelope(),
+                on_step=record_step,
+                on_reply=record_reply,
+            ),
         )
     except Superseded as exc:
         return {"status": "superseded", "reason": str(exc)}
+    except AuthUnavailable:  # no access token yet (token endpoint busy): back to the queue, no attempt used
+        note = "waiting for an OAuth2 access token"
+        await _finish(ctx, store, owned, OutboxStatus.QUEUED, note, send_attempt=None, delivery_step=None)
+        raise
+    except AuthFailed as exc:
+        await _finish(ctx, store, owned, OutboxStatus.FAILED, str(exc), resolution="auth")
+        raise
     except smtp.AmbiguousSmtpError as exc:
         await mark_ambiguous(ctx, store, owned, str(exc))
         return {"status": OutboxStatus.AMBIGUOUS.value, "message_id": owned.message_id, "reason": str(exc)}

@@ -4,6 +4,11 @@ aioimaplib (GPL-3.0-only) is imported here and nowhere else. Its traps are handl
 runs under `asyncio.timeout`, a lost connection fails the pending call at once (aioimaplib leaves it
 hanging), FETCHes are kept to <= MAX_BATCH messages (its recursive parser breaks on big replies),
 mailbox names are sent as quoted modified UTF-7, and capabilities are re-read after LOGIN.
+
+OAuth2 accounts authenticate with SASL XOAUTH2 or OAUTHBEARER (whichever the server advertises, in the
+config's order of preference). aioimaplib ignores the `+ <error>` challenge a server sends for a rejected
+token and the command hangs until its timeout; our protocol answers it (empty response / %x01), so a
+rejection arrives as a tagged NO at once, and is raised as ImapTokenRejected with the server's status.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Any, TypeVar
 import aioimaplib
 from pydantic import SecretStr
 
+from worker.mail import sasl
 from worker.mail.smtp import TlsMode, is_loopback
 
 MAX_BATCH = 200
@@ -65,6 +71,14 @@ class ImapAuthError(ImapError):
     """The server refused the credentials."""
 
 
+class ImapTokenRejected(ImapAuthError):
+    """The server refused an OAuth2 access token; `status` is what its error challenge said (e.g. "401")."""
+
+    def __init__(self, message: str, status: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class ImapCommandError(ImapError):
     """The server answered NO/BAD (e.g. no such mailbox)."""
 
@@ -80,6 +94,8 @@ class ImapConfig:
     password: SecretStr = field(repr=False)
     timeout: float = 30.0
     ssl_context: ssl.SSLContext | None = field(default=None, repr=False)
+    oauth_token: SecretStr | None = field(default=None, repr=False)  # set: SASL instead of LOGIN
+    sasl_mechanisms: tuple[sasl.Mechanism, ...] = sasl.MECHANISMS  # order of preference
 
     def __post_init__(self) -> None:
         if self.tls_mode is TlsMode.STARTTLS:
@@ -323,6 +339,63 @@ def _flags_of(item: dict[str, FetchValue]) -> tuple[str, ...] | None:
     return tuple(sorted(str(f) for f in value if str(f).upper() != "\\RECENT"))  # \Recent is per session
 
 
+class _Protocol(aioimaplib.IMAP4ClientProtocol):
+    """aioimaplib's protocol, answering SASL continuations of AUTHENTICATE (which it would ignore and hang)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sasl_pending: str | None = None  # the initial response, when the server has no SASL-IR
+        self.sasl_abort = b""
+        self.sasl_challenge: bytes | None = None
+
+    def _continuation(self, line: bytes) -> None:
+        command = self.pending_sync_command
+        if command is None or command.name != "AUTHENTICATE" or self.transport is None:
+            super()._continuation(line)
+            return
+        challenge = line[1:].strip()
+        if not challenge and self.sasl_pending is not None:
+            self.transport.write(self.sasl_pending.encode() + b"\r\n")  # type: ignore[attr-defined]
+            self.sasl_pending = None
+            return
+        self.sasl_challenge = challenge  # an error report: answer it so the server sends its tagged NO
+        self.transport.write(self.sasl_abort + b"\r\n")  # type: ignore[attr-defined]
+
+    @aioimaplib.aioimaplib.change_state  # type: ignore[untyped-decorator]
+    async def authenticate(self, mechanism: sasl.Mechanism, response: str, initial: bool) -> aioimaplib.Response:
+        """AUTHENTICATE with `response` sent inline (SASL-IR) or after the server's first `+`."""
+        self.sasl_challenge = None
+        self.sasl_abort = b"AQ==" if mechanism == "OAUTHBEARER" else b""  # RFC 7628 3.2.3: a lone %x01
+        self.sasl_pending = None if initial else response
+        args = (mechanism, response) if initial else (mechanism,)
+        command = aioimaplib.Command("AUTHENTICATE", self.new_tag(), *args, loop=self.loop)
+        try:
+            result: aioimaplib.Response = await self.execute(command, scrub=response)
+        finally:
+            self.sasl_pending = None
+        if result.result == "OK":
+            self.state = aioimaplib.AUTH
+        return result
+
+
+class _Client(aioimaplib.IMAP4):
+    protocol: _Protocol
+
+    def create_client(
+        self,
+        host: str,
+        port: int,
+        loop: asyncio.AbstractEventLoop | None,
+        conn_lost_cb: Any = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        local_loop = loop if loop is not None else asyncio.get_running_loop()
+        self.protocol = _Protocol(local_loop, conn_lost_cb)
+        self._client_task = local_loop.create_task(
+            local_loop.create_connection(lambda: self.protocol, host, port, ssl=ssl_context)
+        )
+
+
 class ImapSession:
     """One authenticated connection. Any ImapConnectionError leaves it unusable: open a new one."""
 
@@ -334,13 +407,15 @@ class ImapSession:
 
     @classmethod
     async def connect(cls, config: ImapConfig) -> ImapSession:
-        """Connect, LOGIN and read the capabilities; raises ImapConnectionError or ImapAuthError."""
+        """Connect, authenticate (LOGIN, or SASL with an OAuth2 token) and read the capabilities.
+
+        Raises ImapConnectionError, ImapAuthError (ImapTokenRejected for a refused token)."""
         session = cls(config)
         ctx = None
         if config.tls_mode is TlsMode.IMPLICIT:
             ctx = config.ssl_context or ssl.create_default_context()
         try:
-            session._client = aioimaplib.IMAP4(
+            session._client = _Client(
                 config.host,
                 config.port,
                 timeout=config.timeout,
@@ -348,17 +423,46 @@ class ImapSession:
                 ssl_context=ctx,
             )
             await session._call("connect", session._client.wait_hello_from_server())
-            resp = await session._call(
-                "LOGIN", session._client.login(quote(config.username), config.password.get_secret_value())
-            )
-            if resp.result != "OK":
-                raise ImapAuthError(f"LOGIN refused for {config.username!r}: {_text(resp.lines)}")
+            if config.oauth_token is not None:
+                await session._authenticate(config.oauth_token)
+            else:
+                resp = await session._call(
+                    "LOGIN", session._client.login(quote(config.username), config.password.get_secret_value())
+                )
+                if resp.result != "OK":
+                    raise ImapAuthError(f"LOGIN refused for {config.username!r}: {_text(resp.lines)}")
             await session._call("CAPABILITY", session._client.protocol.capability())
         except BaseException:
             session.abort()
             raise
         session.capabilities = frozenset(c.upper() for c in session._client.protocol.capabilities)
         return session
+
+    async def _authenticate(self, token: SecretStr) -> None:
+        client = self._client
+        assert isinstance(client, _Client)
+        if not client.protocol.capabilities:
+            await self._call("CAPABILITY", client.protocol.capability())
+        caps = {c.upper() for c in client.protocol.capabilities}
+        offered = [c.removeprefix("AUTH=") for c in caps if c.startswith("AUTH=")]
+        mechanism = sasl.choose(offered, self.config.sasl_mechanisms)
+        if mechanism is None:
+            raise ImapAuthError(f"the server offers no OAuth2 SASL mechanism (offers {sorted(offered)})")
+        response = sasl.initial_response(
+            mechanism, self.config.username, token.get_secret_value(), self.config.host, self.config.port
+        )
+        resp = await self._call(
+            f"AUTHENTICATE {mechanism}", client.protocol.authenticate(mechanism, response, "SASL-IR" in caps)
+        )
+        del response
+        if resp.result != "OK":
+            challenge = client.protocol.sasl_challenge
+            status = sasl.error_status(challenge) if challenge else None
+            raise ImapTokenRejected(
+                f"AUTHENTICATE {mechanism} refused for {self.config.username!r}"
+                f" (status {status or 'none'}): {_text(resp.lines)}",
+                status,
+            )
 
     def _on_lost(self, exc: Exception | None) -> None:
         if not self._lost.done():

@@ -25,6 +25,8 @@ from typing import Literal
 import aiosmtplib
 from pydantic import SecretStr
 
+from worker.mail import sasl
+
 Stage = Literal["connect", "auth", "mail", "rcpt", "data"]
 RecipientState = Literal["accepted", "deferred", "rejected"]
 _PERIOD = re.compile(rb"(?m)^\.")
@@ -76,6 +78,8 @@ class SmtpConfig:
     password: SecretStr | None = field(default=None, repr=False)
     timeout: float = 30.0
     ssl_context: ssl.SSLContext | None = field(default=None, repr=False)
+    oauth_token: SecretStr | None = field(default=None, repr=False)  # set: AUTH XOAUTH2/OAUTHBEARER
+    sasl_mechanisms: tuple[sasl.Mechanism, ...] = sasl.MECHANISMS  # order of preference
 
     def __post_init__(self) -> None:
         if self.tls_mode is TlsMode.PLAIN and not is_loopback(self.host):
@@ -97,6 +101,14 @@ class TransientSmtpError(SmtpError):
 
 class PermanentSmtpError(SmtpError):
     """5xx: retrying will not help (bounce)."""
+
+
+class SmtpTokenRejected(PermanentSmtpError):
+    """AUTH with an OAuth2 access token was refused; `status` is the server's error challenge status."""
+
+    def __init__(self, message: str, code: int | None, status: str | None) -> None:
+        super().__init__(message, code, "auth")
+        self.status = status
 
 
 class AmbiguousSmtpError(SmtpError):
@@ -131,6 +143,27 @@ def _classify(code: int, message: str, stage: Stage) -> SmtpError:
     if 400 <= code < 500:
         return TransientSmtpError(f"{stage}: {code} {message}", code, stage)
     return PermanentSmtpError(f"{stage}: {code} {message}", code, stage)
+
+
+async def _auth_oauth(client: aiosmtplib.SMTP, config: SmtpConfig, token: SecretStr) -> None:
+    """AUTH XOAUTH2 or OAUTHBEARER (as advertised); an error challenge (334) is answered to get the final reply."""
+    assert config.username
+    mechanism = sasl.choose(client.server_auth_methods, config.sasl_mechanisms)
+    if mechanism is None:
+        raise PermanentSmtpError(
+            f"auth: the server offers no OAuth2 mechanism ({client.server_auth_methods})", None, "auth"
+        )
+    response = sasl.initial_response(mechanism, config.username, token.get_secret_value(), config.host, config.port)
+    reply = await client.execute_command(b"AUTH", mechanism.encode(), response.encode())
+    del response
+    status = None
+    if reply.code == 334:
+        status = sasl.error_status(reply.message)
+        reply = await client.execute_command(b"AQ==" if mechanism == "OAUTHBEARER" else b"")
+    if reply.code != 235:
+        raise SmtpTokenRejected(
+            f"auth: {mechanism} refused (status {status or 'none'}): {reply.code} {reply.message}", reply.code, status
+        )
 
 
 def _state(code: int) -> RecipientState:
@@ -204,8 +237,11 @@ async def send(
             await client.ehlo()
         if config.username and (config.tls_mode is not TlsMode.PLAIN or client.supports_extension("auth")):
             stage = "auth"
-            secret = config.password.get_secret_value() if config.password else ""
-            await client.login(config.username, secret)
+            if config.oauth_token is not None:
+                await _auth_oauth(client, config, config.oauth_token)
+            else:
+                secret = config.password.get_secret_value() if config.password else ""
+                await client.login(config.username, secret)
         stage = "mail"
         await on_step(DeliveryStep.MAIL)
         await client.mail(sender, options=options)

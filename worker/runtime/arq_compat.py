@@ -4,7 +4,8 @@ Each registered job is wrapped in an arq function that runs the shared Executor 
 finish.lua (events, attempts, dead letters, idempotency), then tells arq what to do: return the result,
 raise ``Retry(defer)`` or fail. A guarding deserializer turns undeserializable records and unknown functions into
 a dead-letter job instead of arq's silent failure. Not covered on arq's loop (our loop covers them): a job whose
-record expired before it ran is only logged by arq; priorities of retried jobs are lost (arq re-scores them).
+record expired before it ran is only logged by arq; priorities of retried jobs are lost (arq re-scores them); on a
+grouped queue the groups are served round robin but per-group limits are not applied.
 Our own loop (`python -m worker run`) is faster and is the recommended runner.
 """
 
@@ -79,19 +80,26 @@ class CompatRuntime:
         self.executor = Executor(ctx["redis"], settings, reg, worker_id)
         self.queue = queue
         self.settings = settings
+        self.grouped = reg.grouped(queue, settings)
         self.running: set[str] = set()
         self.task = asyncio.create_task(self._housekeeping())
 
     async def _housekeeping(self) -> None:
-        """Renew leases of running jobs (short leases = fast recovery) and promote due priority-deferred jobs."""
+        """Renew leases of running jobs (short leases = fast recovery) and promote due priority-deferred jobs; on a
+        grouped queue, feed arq's queue zset from the groups round robin (group_feed.lua)."""
         ex, lease = self.executor, self.settings.lease_ms
+        qkeys = [keys.queue(self.queue), keys.delayed(self.queue)]
+        depth = self.settings.queue(self.queue).concurrency * 4
         while True:
             with contextlib.suppress(Exception):
                 async with ex.redis.pipeline(transaction=False) as pipe:
                     for job_id in self.running:
                         pipe.pexpire(keys.in_progress(job_id), lease)
                     await pipe.execute()
-                await ex.scripts.promote(keys=[keys.queue(self.queue), keys.delayed(self.queue)], args=[])
+                if self.grouped:
+                    await ex.scripts.group_feed(keys=qkeys, args=[self.queue, depth])
+                else:
+                    await ex.scripts.promote(keys=qkeys, args=[])
             await asyncio.sleep(min(self.settings.heartbeat_ms / 1000, 0.2))
 
     async def run(self, ctx: dict[str, Any], name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

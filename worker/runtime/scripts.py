@@ -77,6 +77,7 @@ class Scripts:
         self.group_counts = Script(redis, pipe, source("group_counts"))
         self.group_state = Script(redis, pipe, source("group_state"))
         self.group_repair = Script(redis, pipe, source("group_repair"))
+        self.group_feed = Script(redis, pipe, source("group_feed"))
 
     async def load(self) -> None:
         """SCRIPT LOAD every script, so pipelined EVALSHAs do not fall back to EVAL (out of order) at startup."""

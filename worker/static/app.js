@@ -148,6 +148,7 @@ function selectQueue(name) {
   ui.view = "queue";
   $("queue-view").hidden = false;
   $("dlq-view").hidden = true;
+  $("accounts-view").hidden = true;
   $("outbox-view").hidden = true;
   refreshQueues().then(refreshJobs).then(refreshGroups).catch(report);
 }
@@ -188,7 +189,37 @@ function showDeadLetters() {
   $("queue-view").hidden = true;
   $("outbox-view").hidden = true;
   $("dlq-view").hidden = false;
+  $("accounts-view").hidden = true;
   refreshQueues().then(refreshDead).catch(report);
+}
+
+// -- mail accounts (auth type and state; an account in auth_error needs new credentials) ---------------
+
+const TENANT_KEY = "worker.accountsTenant";
+
+function showAccounts() {
+  ui.view = "accounts";
+  $("queue-view").hidden = true;
+  $("dlq-view").hidden = true;
+  $("outbox-view").hidden = true;
+  $("accounts-view").hidden = false;
+  $("accounts-tenant").value = localStorage.getItem(TENANT_KEY) || "";
+  refreshAccounts().catch(report);
+}
+
+async function refreshAccounts() {
+  const tenant = localStorage.getItem(TENANT_KEY);
+  if (ui.view !== "accounts" || !tenant) return;
+  const accounts = await api(`/v1/tenants/${encodeURIComponent(tenant)}/accounts`);
+  $("accounts").replaceChildren(...accounts.map((a) => el("tr", { dataset: { account: a.id } },
+    el("td", { class: "mono" }, a.id),
+    el("td", {}, a.email),
+    el("td", { dataset: { field: "auth_type" } }, a.auth_type),
+    el("td", { dataset: { field: "auth_state" } },
+      el("span", { class: `state ${a.auth_state === "ok" ? "completed" : "dead"}` }, a.auth_state)),
+    el("td", { class: "error" }, a.auth_error || ""),
+    el("td", {}, a.active ? "on" : "off"))));
+  $("accounts-empty").hidden = accounts.length > 0;
 }
 
 async function refreshDead() {
@@ -231,6 +262,7 @@ function showOutbox() {
   ui.view = "outbox";
   $("queue-view").hidden = true;
   $("dlq-view").hidden = true;
+  $("accounts-view").hidden = true;
   $("outbox-view").hidden = false;
   refreshOutbox().catch(report);
 }
@@ -323,7 +355,8 @@ let timer = null;
 async function tick() {
   try {
     await refreshQueues();
-    await (ui.view === "queue" ? refreshJobs().then(refreshGroups) : ui.view === "dlq" ? refreshDead() : Promise.resolve());
+    await (ui.view === "queue" ? refreshJobs().then(refreshGroups)
+      : ui.view === "dlq" ? refreshDead() : ui.view === "accounts" ? refreshAccounts() : Promise.resolve());
     await refreshOutbox();
     setStatus(`live · ${new Date().toLocaleTimeString()}`, true);
   } catch (err) {
@@ -357,6 +390,12 @@ document.addEventListener("DOMContentLoaded", () => {
   $("dlq-link").addEventListener("click", (e) => { e.preventDefault(); showDeadLetters(); });
   $("outbox-link").addEventListener("click", (e) => { e.preventDefault(); showOutbox(); });
   $("purge-all").addEventListener("click", () => purgeDead(null).catch(report));
+  $("accounts-link").addEventListener("click", (e) => { e.preventDefault(); showAccounts(); });
+  $("accounts-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    localStorage.setItem(TENANT_KEY, $("accounts-tenant").value.trim());
+    refreshAccounts().catch(report);
+  });
   $("detail-close").addEventListener("click", () => $("detail").close());
   if (token()) start(); else showLogin();
 });

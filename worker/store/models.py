@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr, ValidationInfo, field_validator
 
@@ -58,6 +59,7 @@ class AccountIn(BaseModel):
     )
     active: bool = True
     timeout_s: float = Field(30.0, gt=0, le=600, description="per protocol call (IMAP and SMTP)")
+    auth_type: Literal["password", "oauth2"] = "password"
 
     @field_validator("email")
     @classmethod
@@ -71,6 +73,8 @@ class Account(AccountIn):
     id: str
     tenant_id: str
     created_at: datetime
+    auth_state: Literal["ok", "auth_error"] = "ok"
+    auth_error: str | None = None
 
 
 class OutboxStatus(StrEnum):

@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
 from worker.mail.message import ParsedMessage, new_message_id
+from worker.mail.oauth_providers import OAuthGrant
 from worker.store.crypto import SecretBox
 from worker.store.models import (
     ADDRESS_FIELDS,
@@ -156,7 +157,8 @@ class RedisStore:
             pipe.delete(self._k(tenant_id, "account", check_id("account id", account_id)))
             pipe.srem(self._k(tenant_id, "accounts"), account_id)
             pipe.srem(ACTIVE_INDEX, f"{tenant_id}:{account_id}")
-            deleted, _, _ = await pipe.execute()
+            pipe.delete(self._k(tenant_id, "oauth", account_id))
+            deleted, *_ = await pipe.execute()
         return bool(deleted)
 
     # -- outbox -----------------------------------------------------------------------------------
@@ -461,3 +463,86 @@ class RedisStore:
     async def release_lock(self, tenant_id: str, name: str, owner: str) -> None:
         """Release the lock if `owner` still holds it."""
         await self._unlock(keys=[self._k(tenant_id, "lock", name)], args=[owner])
+
+    # -- auth state and OAuth2 grants -------------------------------------------------------------
+
+    async def set_auth_error(self, tenant_id: str, account_id: str, reason: str) -> bool:
+        """Put the account in auth_error; True only on the ok -> auth_error transition (emit events on True)."""
+        key = self._k(tenant_id, "account", check_id("account id", account_id))
+
+        def change(doc: dict[str, Any]) -> dict[str, Any] | None:
+            if doc.get("auth_state", "ok") != "ok":
+                return None
+            return doc | {"auth_state": "auth_error", "auth_error": reason[:500]}
+
+        return await self._update_json(key, change) is not None
+
+    async def update_account_secret(self, tenant_id: str, account_id: str, secret: SecretStr) -> bool:
+        """Replace the account's secret and clear auth_error; False when the account does not exist."""
+        key = self._k(tenant_id, "account", check_id("account id", account_id))
+        enc = self._box.encrypt(secret.get_secret_value(), f"{tenant_id}:{account_id}")
+
+        def change(doc: dict[str, Any]) -> dict[str, Any]:
+            return doc | {"secret_enc": enc, "auth_state": "ok", "auth_error": None}
+
+        return await self._update_json(key, change) is not None
+
+    def _grant_aad(self, tenant_id: str, account_id: str, what: str) -> str:
+        return f"{tenant_id}:{account_id}:oauth:{what}"
+
+    async def put_oauth_grant(self, tenant_id: str, account_id: str, grant: OAuthGrant) -> OAuthGrant:
+        """Store (or replace) the account's OAuth2 grant, secrets encrypted; clears auth_error."""
+        key = self._k(tenant_id, "oauth", check_id("account id", account_id))
+        old = await self.get_oauth_grant(tenant_id, account_id)
+        doc = grant.model_dump(mode="json", exclude={"refresh_token", "client_secret", "auth_error"})
+        doc["generation"] = (old.generation + 1) if old is not None else 0
+        doc["refresh_enc"] = self._box.encrypt(
+            grant.refresh_token.get_secret_value(), self._grant_aad(tenant_id, account_id, "refresh")
+        )
+        if grant.client_secret is not None:
+            doc["client_secret_enc"] = self._box.encrypt(
+                grant.client_secret.get_secret_value(), self._grant_aad(tenant_id, account_id, "client")
+            )
+        account_key = self._k(tenant_id, "account", account_id)
+
+        def change(acc: dict[str, Any]) -> dict[str, Any]:
+            return acc | {"auth_type": "oauth2", "auth_state": "ok", "auth_error": None}
+
+        await self.redis.set(key, json.dumps(doc))
+        if await self._update_json(account_key, change) is None:
+            await self.redis.delete(key)
+            raise KeyError(account_id)
+        stored = await self.get_oauth_grant(tenant_id, account_id)
+        assert stored is not None
+        return stored
+
+    async def get_oauth_grant(self, tenant_id: str, account_id: str) -> OAuthGrant | None:
+        """The account's OAuth2 grant (decrypted, as SecretStr) with its auth_error, or None."""
+        key = self._k(tenant_id, "oauth", check_id("account id", account_id))
+        raw, account_raw = await self.redis.mget(key, self._k(tenant_id, "account", account_id))
+        if raw is None or account_raw is None:
+            return None
+        doc = json.loads(raw)
+        doc["refresh_token"] = self._box.decrypt(
+            doc.pop("refresh_enc"), self._grant_aad(tenant_id, account_id, "refresh")
+        )
+        if "client_secret_enc" in doc:
+            doc["client_secret"] = self._box.decrypt(
+                doc.pop("client_secret_enc"), self._grant_aad(tenant_id, account_id, "client")
+            )
+        doc["auth_error"] = json.loads(account_raw).get("auth_error")
+        return OAuthGrant.model_validate(doc)
+
+    async def rotate_refresh_token(
+        self, tenant_id: str, account_id: str, generation: int, refresh_token: SecretStr
+    ) -> bool:
+        """Replace the refresh token if the grant is still at `generation` (atomic); True when replaced."""
+        key = self._k(tenant_id, "oauth", check_id("account id", account_id))
+        enc = self._box.encrypt(refresh_token.get_secret_value(), self._grant_aad(tenant_id, account_id, "refresh"))
+
+        def change(doc: dict[str, Any]) -> dict[str, Any] | None:
+            if doc.get("generation") != generation:
+                return None
+            return doc | {"refresh_enc": enc, "generation": generation + 1}
+
+        return await self._update_json(key, change) is not None
