@@ -40,3 +40,7 @@ bench:
 # The quick benchmark (< 3 minutes).
 bench-quick:
     python -m bench.run --quick
+
+# Chaos run of send-email: workers SIGKILLed at random points of sends; reports deliveries and final states.
+send-chaos *ARGS:
+    python -m bench.send_chaos {{ARGS}}

@@ -90,6 +90,9 @@ class Settings(BaseSettings):
     sync_batch_bytes: int = Field(
         16 * 1024 * 1024, ge=64 * 1024, description="mail bytes per FETCH; a sync holds at most two batches"
     )
+    sync_max_message_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="larger messages are quarantined unfetched (retry after raising it)"
+    )
     parse_workers: int = Field(0, ge=0, description="parser processes per worker process; 0 = one per core")
     maintenance_interval_s: float = Field(300.0, gt=0, description="how often the cleanup job runs")
     send_ambiguous_grace_s: float = Field(

@@ -1,6 +1,6 @@
 """Sync throughput and event-loop lag on Dovecot: the sync_mailbox job vs bare fetches of the same mailbox.
 
-    python -m bench.mail_sync [--messages 1000] [--big 12] [--big-mb 4] [--runs 3]
+    python -m bench.mail_sync [--messages 1000] [--big 12] [--big-mb 4] [--runs 3] [--loop uvloop|asyncio]
 
 Starts a private Dovecot (as `nobody` when root) and redis-server and loads two mailboxes once:
 `typical` (`--messages` small text messages) and `big` (`--big` messages with a `--big-mb` MB attachment
@@ -215,5 +215,10 @@ if __name__ == "__main__":
     parser.add_argument("--big", type=int, default=12)
     parser.add_argument("--big-mb", type=float, default=4.0)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop", help="uvloop: as `worker run`")
     args = parser.parse_args()
+    if args.loop == "uvloop":
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     asyncio.run(main(args.messages, args.big, args.big_mb, args.runs))

@@ -166,10 +166,19 @@ class EventObserver:
         self.deferrals = Counter(
             "worker_deferrals", "Jobs deferred without using an attempt (any reason)", ["queue"], registry=registry
         )
+        self.outbox = Counter(
+            "worker_outbox_transitions",
+            "Outbox items entering a state (sent, bounced, failed, ambiguous, queued for a resend)",
+            ["status"],
+            registry=registry,
+        )
 
     async def handle(self, event_id: str, fields: dict[str, str]) -> None:
         at = int(event_id.split("-")[0])
         kind, job_id, queue = fields.get("type"), fields.get("job_id", ""), fields.get("queue", "")
+        if kind == "outbox":
+            self.outbox.labels(fields.get("status", "?")).inc()
+            return
         if kind == "started":
             self._started[job_id] = at
             if len(self._started) > self.max_tracked:

@@ -165,3 +165,33 @@ async def _messages(c: httpx.AsyncClient) -> list[dict[str, object]]:
     jobs = (await c.get("/v1/tenants/acme/jobs")).json()
     ids = {j["payload"]["message_id"] for j in jobs if j["function"] == "analyse_message"}
     return [(await c.get(f"/v1/tenants/acme/messages/{i}")).json() for i in sorted(ids)]
+
+
+async def test_quarantined_message_listed_and_retried_through_the_api(
+    acme: httpx.AsyncClient, globex: httpx.AsyncClient, mail_worker: Worker, redis: Redis, settings: Settings
+) -> None:
+    from worker.store import open_store
+
+    store = open_store(settings)  # the test's DATABASE_URL
+    with PymapServer().start() as imap:
+        imap.append([make_mail(1, subject="came back")])
+        body = account_body(imap_port=imap.port, secret=PASSWORD)
+        account = (await acme.post("/v1/tenants/acme/accounts", json=body)).json()
+        # a message an earlier sync could not store (say, the store was failing at the time)
+        selected, search = imap.command("SELECT INBOX", "UID SEARCH ALL")
+        uidvalidity = int(selected.split(b"[UIDVALIDITY ")[1].split(b"]")[0])
+        uid = int(search.split(b"* SEARCH ")[1].split()[0])
+        q = await store.quarantine_message(
+            "acme", account["id"], "INBOX", uidvalidity, uid, error="store: boom", size=9
+        )
+        listed = (await acme.get("/v1/tenants/acme/quarantine")).json()
+        assert [(i["id"], i["uid"], i["error"]) for i in listed] == [(q.id, uid, "store: boom")]
+        assert (await globex.get("/v1/tenants/acme/quarantine")).status_code in (403, 404)  # another tenant
+        assert (await acme.post("/v1/tenants/acme/quarantine/qnope/retry")).status_code == 404
+        r = await acme.post(f"/v1/tenants/acme/quarantine/{q.id}/retry")
+        assert r.status_code == 202
+        done = await wait_state(acme, r.json()["job_id"], "complete", timeout=30)
+        assert done["result"]["resolved"] is True and done["result"]["outcome"] == "stored"
+    assert (await acme.get("/v1/tenants/acme/quarantine")).json() == []
+    msg = (await acme.get(f"/v1/tenants/acme/messages/{done['result']['message_id']}")).json()
+    assert msg["subject"] == "came back" and msg["uid"] == uid

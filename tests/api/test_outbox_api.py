@@ -98,3 +98,9 @@ async def test_operator_decides_ambiguous_sends(
     assert final["resolution"] == "smtp" and final["auto_resends"] == 0
     assert message_ids(smtp.messages).count(str(second["message_id"])) == 2  # the person chose to resend
     assert (await acme.get("/v1/tenants/acme/outbox", params={"status": "ambiguous"})).json() == []
+
+    async def counted() -> bool:
+        text = (await admin.get("/metrics")).text
+        return 'worker_outbox_transitions_total{status="ambiguous"}' in text and 'status="sent"}' in text
+
+    await eventually(counted, within=10, every=0.2)

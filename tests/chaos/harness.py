@@ -71,7 +71,7 @@ class Report:
     worker_kills: int = 0
     redis_kills: int = 0
     stalled_reclaimed: int = 0
-    resume_after_redis_s: list[float] = field(default_factory=list)  # first job start after Redis is back
+    resume_after_redis_s: list[float] = field(default_factory=list)  # first job start after Redis is back (loaded)
     promotion_s: float | None = None  # primary killed -> replica promoted
     workers_resume_after_promotion_s: float | None = None
     producer_resume_after_promotion_s: float | None = None
@@ -206,7 +206,21 @@ async def _break_redis(server: RedisServer, plan: Plan, t0: float, ups: list[flo
         await asyncio.to_thread(server.kill)
         await asyncio.sleep(down)
         await asyncio.to_thread(server.start)
-        ups.append(time.time())
+        ups.append(await _loaded(server.url))
+
+
+async def _loaded(url: str) -> float:
+    """Wait until a restarted Redis has read its AOF (it answers LOADING until then); returns that time.time()."""
+    probe = connect(url)
+    try:
+        while True:
+            try:
+                await probe.ping()
+                return time.time()
+            except RedisError:
+                await asyncio.sleep(0.01)
+    finally:
+        await probe.aclose()
 
 
 async def _fail_over(sset: SentinelSet, plan: Plan, t0: float, marks: dict[str, float]) -> None:

@@ -149,13 +149,16 @@ async def test_uidvalidity_change_resyncs_without_duplicates_or_reanalysis(
 
 
 async def test_server_killed_mid_fetch_fails_fast_and_retries(
-    redis_url: str, client: Client, store: SqlStore, dovecot: DovecotServer
+    redis_url: str, client: Client, store: SqlStore, dovecot: DovecotServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     dovecot.append([make_mail(i, body=f"{i} " + "y" * 100_000) for i in range(300)])
     account = await mail_account(store, imap_port=dovecot.port, timeout_s=120)  # only a lost link can fail fast
     settings = job_settings().model_copy(update={"sync_batch_bytes": 2_000_000})  # 15 batches: it is mid-fetch
     async with Worker(redis_url, queues=["email-sync"], settings=settings, registry=job_registry()):
         await _kill_mid_fetch(client, store, account, dovecot)
+    failures = [r for r in caplog.records if r.name == "worker.jobs.email_sync" and "failed (attempt 1)" in r.message]
+    assert failures and failures[0].exc_info is not None  # the failed attempt's traceback is in the log
+    assert "connection lost" in caplog.text and "Traceback" in caplog.text
 
 
 async def _kill_mid_fetch(client: Client, store: SqlStore, account: Account, dovecot: DovecotServer) -> None:

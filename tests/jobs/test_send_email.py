@@ -78,6 +78,9 @@ async def test_5xx_bounces_to_the_dead_letters_without_retry(
     assert dead is not None and "550" in dead.error
     done = await store.get_outbox("t1", item.id)
     assert done is not None and done.status is OutboxStatus.BOUNCED and smtp.messages == []
+    assert {a: (r.state, r.code) for a, r in done.recipients.items()} == dict.fromkeys(
+        [*RCPTS, "dave@example.com"], ("rejected", 550)
+    )
 
 
 async def test_partial_refusal_is_recorded_per_recipient(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Request, Response, status
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from pydantic import BaseModel, Field
 
 from worker.api.deps import Principal, Services, Svc, Tenant, record_owner
@@ -311,3 +311,56 @@ async def get_analysis(tenant_id: Tenant, message_id: str, svc: Svc) -> dict[str
     if analysis is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "not analysed yet")
     return analysis
+
+
+class QuarantinedOut(BaseModel):
+    """A message that could not be parsed or stored: where it is on the server, its size and the error."""
+
+    id: str
+    account_id: str
+    mailbox: str
+    uidvalidity: int
+    uid: int
+    size: int | None
+    error: str
+    attempts: int
+    first_seen: dt.datetime
+    last_seen: dt.datetime
+    resolved: bool
+
+
+@router.get("/quarantine", response_model=list[QuarantinedOut], summary="Messages that could not be synced")
+async def list_quarantine(
+    tenant_id: Tenant,
+    svc: Svc,
+    account_id: str | None = None,
+    include_resolved: bool = False,
+    limit: int = Query(100, ge=1, le=1000),
+) -> list[QuarantinedOut]:
+    """Unresolved ones by default; each can be retried (``POST …/quarantine/{id}/retry``) after a fix."""
+    if account_id is not None:
+        await _account(svc, tenant_id, account_id)
+    items = await svc.store.list_quarantined(tenant_id, account_id, include_resolved=include_resolved, limit=limit)
+    return [QuarantinedOut.model_validate(q.model_dump()) for q in items]
+
+
+@router.post(
+    "/quarantine/{quarantine_id}/retry", status_code=202, response_model=Accepted, summary="Fetch and store it again"
+)
+async def retry_quarantine(
+    tenant_id: Tenant, quarantine_id: str, request: Request, svc: Svc, idempotency_key: IdempotencyKey = None
+) -> Any:
+    """Enqueue ``retry_quarantined``: the message is fetched again, parsed and stored; resolved when that works."""
+
+    async def produce() -> tuple[int, dict[str, Any]]:
+        try:
+            found = await svc.store.get_quarantined(tenant_id, quarantine_id)
+        except ValueError:
+            found = None
+        if found is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no quarantined message {quarantine_id}")
+        payload = {"tenant_id": tenant_id, "quarantine_id": quarantine_id}
+        return 202, (await enqueue_as(svc, _caller(tenant_id), "retry_quarantined", payload)).model_dump()
+
+    ttl = svc.settings.idempotency_ttl
+    return await idempotent(request, svc.redis, _caller(tenant_id), idempotency_key, ttl, produce)

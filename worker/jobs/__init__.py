@@ -2,10 +2,10 @@
 periodic mailbox sync, the outbox reaper and the runtime's cleanup job."""
 
 from settings import get_settings
-from worker.jobs import ai_analysis, delivery, email_sync, scheduled_emails, send_email
+from worker.jobs import ai_analysis, delivery, email_sync, quarantine, scheduled_emails, send_email
 from worker.runtime import maintenance, registry
 
-__all__ = ["ai_analysis", "delivery", "email_sync", "scheduled_emails", "send_email"]
+__all__ = ["ai_analysis", "delivery", "email_sync", "quarantine", "scheduled_emails", "send_email"]
 
 _settings = get_settings()
 registry.every("sync_all_accounts", _settings.sync_interval_s)

@@ -18,10 +18,11 @@ from typing import Any, Literal
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
-from worker.jobs.deps import get_store, imap_config
+from worker.jobs.deps import get_store
+from worker.jobs.mail_auth import account_imap
 from worker.mail.folders import find_roles
-from worker.mail.imap import ImapAuthError, ImapError, ImapSession, open_imap, quote
-from worker.runtime import Client, JobContext, PermanentError, job, keys
+from worker.mail.imap import ImapError, ImapSession, quote
+from worker.runtime import Client, JobContext, PermanentError, RetryLater, job, keys
 from worker.store import (
     DeliveryStep,
     OutboxItem,
@@ -117,9 +118,11 @@ async def in_folder(session: ImapSession, message_id: str) -> bool:
 
 
 async def _probe(store: Store, item: OutboxItem, settled_before: Any) -> OutboxItem | None:
-    """The newest item of the account the server confirmed (250) before `settled_before`."""
+    """The newest other item of the account known delivered (a 250 reply, or found in Sent) before
+    `settled_before`."""
     for other in await store.list_outbox(item.tenant_id, status=OutboxStatus.SENT, account_id=item.account_id):
-        if other.id != item.id and other.resolution == "smtp" and other.sent_at and other.sent_at <= settled_before:
+        confirmed = other.resolution in ("smtp", "sent_folder")  # a 250 reply, or found in Sent itself
+        if other.id != item.id and confirmed and other.sent_at and other.sent_at <= settled_before:
             return other
     return None
 
@@ -196,8 +199,7 @@ async def resolve_ambiguous_send(ctx: JobContext, payload: ResolveSend) -> dict[
     if account is None:
         return await _needs_decision(ctx, store, item, "the account is gone; the Sent folder cannot be searched")
     try:
-        config = imap_config(account)
-        async with open_imap(config) as session:
+        async with account_imap(ctx, store, account) as session:  # password or OAuth2, as the account says
             folder = await find_sent_folder(session)
             if folder is None:
                 return await _needs_decision(ctx, store, item, "the account has no Sent folder to search")
@@ -207,19 +209,19 @@ async def resolve_ambiguous_send(ctx: JobContext, payload: ResolveSend) -> dict[
                 note = f"found in {folder!r} by its Message-ID"
                 await settle_sent(ctx.redis, ctx.settings.events_maxlen, store, item, "sent_folder", note)
                 return {"status": "sent", "resolution": "sent_folder", "folder": folder}
-            grace = timedelta(seconds=ctx.settings.send_ambiguous_grace_s)
-            probe = await _probe(store, item, utcnow() - grace)
+            grace_s = ctx.settings.send_ambiguous_grace_s
+            probe = await _probe(store, item, utcnow() - timedelta(seconds=grace_s))
             files_sent = probe is not None and await in_folder(session, probe.message_id)
-    except ImapAuthError as exc:
-        return await _needs_decision(ctx, store, item, f"IMAP login failed ({exc})")
-    except ValueError as exc:  # unsupported IMAP settings
+    except PermanentError as exc:  # login refused, account in auth_error, unusable IMAP settings
         return await _needs_decision(ctx, store, item, f"IMAP unusable ({exc})")
     except ImapError as exc:
         if ctx.attempt >= ctx.max_attempts:
             return await _needs_decision(ctx, store, item, f"the Sent folder could not be searched ({exc})")
         raise
+    if probe is None and ctx.attempt < ctx.max_attempts:  # no evidence yet: look again when there may be some
+        raise RetryLater("no earlier delivered message of this account to compare with yet", delay=grace_s * 2)
     if not files_sent:
-        why = "no earlier confirmed send to compare" if probe is None else f"{probe.message_id} is not there either"
+        why = "no earlier delivered message to compare" if probe is None else f"{probe.message_id} is not there either"
         return await _needs_decision(
             ctx, store, item, f"not in {folder!r}, and this server is not known to file sent mail there ({why})"
         )

@@ -22,7 +22,9 @@ from pydantic import BaseModel, Field
 
 from worker.jobs.bounces import record_bounces
 from worker.jobs.deps import get_locks, get_store, imap_config
+from worker.jobs.ingest import Location, ingest, request_analyses
 from worker.jobs.mail_auth import AuthUnavailable, account_imap
+from worker.mail.bounce import might_be_bounce
 from worker.mail.folders import discover
 from worker.mail.imap import (
     MAX_BATCH,
@@ -32,8 +34,7 @@ from worker.mail.imap import (
     ImapSession,
     plan_batches,
 )
-from worker.mail.message import ParsedMessage, content_id
-from worker.mail.parsepool import ParseFailure, ParsePool
+from worker.mail.parsepool import ParsePool
 from worker.runtime import Defer, JobContext, PermanentError, job
 from worker.store import InsertResult, Store, SyncState, mailbox_key, utcnow
 
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 ANALYSIS_JOB = "analyse_message"
 LOCK_TTL_S = 120.0
 LOCK_RETRY_S = 5.0  # a sync that finds its mailbox busy looks again this soon
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 FLAG_WINDOW = 1000  # known messages whose flags are compared per sync without CONDSTORE
 
 
@@ -71,6 +73,7 @@ class SyncReport:
     flags_updated: int = 0
     expunged: int = 0
     batches: int = 0
+    quarantined: int = 0
     uidvalidity_reset: bool = False
     highest_uid: int = 0
 
@@ -84,12 +87,6 @@ def parse_pool(workers: int = 0) -> ParsePool:
     if _POOL is None:
         _POOL = ParsePool(workers or None)
     return _POOL
-
-
-def _parsed_or_failure(msg: FetchedMessage, parsed: ParsedMessage | ParseFailure) -> ParsedMessage:
-    if isinstance(parsed, ParsedMessage):
-        return parsed
-    return ParsedMessage(size=len(msg.raw), content_id=content_id(msg.raw), defects=[f"parse: {parsed.error}"])
 
 
 class MailboxSync:
@@ -110,6 +107,7 @@ class MailboxSync:
         max_batch_bytes: int = MAX_BATCH_BYTES,
         flag_window: int = FLAG_WINDOW,
         pool: ParsePool | None = None,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
     ) -> None:
         self.s = session
         self.store = store
@@ -118,11 +116,12 @@ class MailboxSync:
         self.mailbox = mailbox
         self.request_analysis = request_analysis
         self.on_batch = on_batch
-        self.after_store = after_store  # e.g. bounce handling (worker.jobs.bounces)
+        self.after_store = after_store  # bounce handling: gets the stored batch's possible bounces only
         self.max_batch = max_batch
         self.max_batch_bytes = max_batch_bytes
         self.flag_window = flag_window
         self.pool = pool or parse_pool()
+        self.max_message_bytes = max_message_bytes
         self.report = SyncReport()
 
     async def run(self) -> SyncReport:
@@ -159,7 +158,16 @@ class MailboxSync:
         if not new:
             return
         sizes = await self.s.fetch_sizes(new)
+        where = Location(self.tenant_id, self.account_id, self.mailbox, state.uidvalidity)
+        for uid, size in sorted(sizes.items()):
+            if size > self.max_message_bytes:  # never fetched: quarantined, retried once the limit allows it
+                await where.quarantine(self.store, uid, size, f"too large: {size} bytes > {self.max_message_bytes}")
+                self.report.quarantined += 1
+                del sizes[uid]
         batches = plan_batches(sizes, self.max_batch, self.max_batch_bytes)
+        if not batches:
+            state.highest_uid = max(new)
+            return
 
         def fetch(batch: list[int]) -> asyncio.Task[list[FetchedMessage]]:
             return asyncio.ensure_future(self.s.fetch_messages(batch, sum(sizes[u] for u in batch)))
@@ -170,24 +178,24 @@ class MailboxSync:
                 fetched = await ahead
                 if number < len(batches):
                     ahead = fetch(batches[number])  # the next batch arrives while this one is parsed and stored
-                await self._store_batch(state, fetched)
+                await self._store_batch(where, fetched)
                 await self._after_batch(state, batch, fetched, number, len(batches), len(sizes))
         finally:
             if not ahead.done():
                 ahead.cancel()
+        state.highest_uid = max(new)  # every new UID is stored, quarantined or gone from the server
 
-    async def _store_batch(self, state: SyncState, fetched: list[FetchedMessage]) -> None:
-        assert state.uidvalidity is not None
-        parsed = await self.pool.parse([m.raw for m in fetched])
-        items = [(m.uid, m.flags, _parsed_or_failure(m, p)) for m, p in zip(fetched, parsed, strict=True)]
-        results = await self.store.insert_messages(
-            self.tenant_id, self.account_id, self.mailbox, state.uidvalidity, items
+    async def _store_batch(self, where: Location, fetched: list[FetchedMessage]) -> None:
+        classify = might_be_bounce if self.after_store is not None else None
+        done = await ingest(self.store, self.pool, where, fetched, classify)
+        self.report.analyses_requested += await request_analyses(
+            self.store, self.tenant_id, done.results, self.request_analysis
         )
-        await self._analyse(results)
-        if self.after_store is not None:
-            await self.after_store([m.raw for m in fetched])
-        self.report.new += sum(r.new for r in results)
-        self.report.known += sum(not r.new for r in results)
+        if self.after_store is not None and done.flagged:
+            await self.after_store(done.flagged)  # only the possible bounces (picked in the parse workers)
+        self.report.new += sum(r.new for r in done.results)
+        self.report.known += sum(not r.new for r in done.results)
+        self.report.quarantined += len(done.quarantined)
 
     async def _after_batch(
         self, state: SyncState, batch: list[int], fetched: list[FetchedMessage], number: int, batches: int, total: int
@@ -198,15 +206,6 @@ class MailboxSync:
         self.report.fetched += len(fetched)
         if self.on_batch is not None:
             await self.on_batch({"batch": number, "batches": batches, "stored": self.report.fetched, "total": total})
-
-    async def _analyse(self, results: list[InsertResult]) -> None:
-        """Request analysis once per content: enqueue (idempotently) first, then mark as requested."""
-        unique = list({r.content_id: r for r in results}.values())
-        done = await self.store.analysis_requested(self.tenant_id, [r.content_id for r in unique])
-        todo = [r for r, d in zip(unique, done, strict=True) if not d]
-        await asyncio.gather(*(self.request_analysis(r) for r in todo))
-        await self.store.mark_analysis_requested(self.tenant_id, [r.content_id for r in todo])
-        self.report.analyses_requested += len(todo)
 
     async def _changes_condstore(self, state: SyncState, server_modseq: int, previous_high: int) -> None:
         """CONDSTORE: only messages whose MODSEQ moved; QRESYNC reports expunges when changes are few."""
@@ -303,6 +302,7 @@ async def sync_mailbox(ctx: JobContext, payload: SyncMailbox) -> dict[str, Any]:
                     ctx.redis, ctx.settings.events_maxlen, store, payload.tenant_id, payload.account_id, raws
                 ),
                 max_batch_bytes=ctx.settings.sync_batch_bytes,
+                max_message_bytes=ctx.settings.sync_max_message_bytes,
                 pool=parse_pool(ctx.settings.parse_workers),
             )
             report = await sync.run()

@@ -199,7 +199,10 @@ async def send_email(ctx: JobContext, payload: SendEmail) -> dict[str, Any]:
         return {"status": OutboxStatus.AMBIGUOUS.value, "message_id": owned.message_id, "reason": str(exc)}
     except smtp.PermanentSmtpError as exc:
         status = OutboxStatus.FAILED if exc.stage in ("connect", "auth") else OutboxStatus.BOUNCED
-        await _finish(ctx, store, owned, status, str(exc), resolution="smtp", delivery_step=DeliveryStep.REPLIED)
+        answers = {"recipients": _outcomes(exc.recipients)} if exc.recipients else {}
+        await _finish(
+            ctx, store, owned, status, str(exc), resolution="smtp", delivery_step=DeliveryStep.REPLIED, **answers
+        )
         raise PermanentError(f"{status.value}: {exc}") from None
     except smtp.TransientSmtpError as exc:
         last = ctx.attempt >= ctx.max_attempts

@@ -3,13 +3,13 @@
 `parse_message` never raises and never returns a string that fails to encode: broken MIME, unknown
 charsets and odd headers become `defects`, raw 8-bit bytes are decoded as `worker.mail.decode` says.
 
-**Identity.** A message's `content_id` is the sha256 of its whole raw bytes with line endings
-normalised (CRLF and lone CR become LF; trailing blank lines dropped). So a *copy* is the same bytes
-as the server serves them: the same mail in two folders (IMAP COPY/MOVE, Gmail labels), or the same
-mail fetched again after a UIDVALIDITY change. Two messages that differ anywhere - one header, a MIME
-boundary, a charset, one byte of an attachment - are different messages, even with the same
-Message-ID. A second delivery of one sent mail (its own Received headers) is a different message too:
-at worst analysed twice, never merged with anything else.
+**Identity.** A message's `content_id` is the sha256 of its whole raw bytes with CRLF read as LF
+(servers store either and serve CRLF). So a *copy* is the same bytes as the server serves them: the
+same mail in two folders (IMAP COPY/MOVE, Gmail labels), or the same mail fetched again after a
+UIDVALIDITY change. Two messages that differ anywhere - one header, a MIME boundary, a charset, one
+byte of an attachment - are different messages, even with the same Message-ID. A second delivery of
+one sent mail (its own Received headers) is a different message too: at worst analysed twice, never
+merged with anything else.
 """
 
 from __future__ import annotations
@@ -173,12 +173,9 @@ class ParsedMessage(BaseModel):
     model_config = {"populate_by_name": True}
 
 
-_LINE_ENDS = re.compile(rb"\r\n?")
-
-
 def content_id(raw: bytes) -> str:
-    """The "same message" key: sha256 of the whole message, line endings normalised (see the module doc)."""
-    return hashlib.sha256(_LINE_ENDS.sub(b"\n", raw).rstrip(b"\n")).hexdigest()
+    """The "same message" key: sha256 of the whole message, CRLF read as LF (see the module doc)."""
+    return hashlib.sha256(raw.replace(b"\r\n", b"\n")).hexdigest()
 
 
 _UNFOLD = re.compile(r"\r?\n(?=[ \t])|\r?\n$")

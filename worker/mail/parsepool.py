@@ -13,7 +13,8 @@ import asyncio
 import logging
 import multiprocessing
 import os
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -35,13 +36,20 @@ class ParseFailure:
     error: str
 
 
-def _parse_chunk(raws: list[bytes]) -> list[bytes]:
-    """In a worker process: each message parsed, as ParsedMessage JSON."""
-    return [parse_message(raw).model_dump_json(by_alias=True).encode() for raw in raws]
+Classifier = Callable[[bytes], bool]  # a module-level function (sent to the workers by name)
 
 
-def _deadline(raws: Sequence[bytes]) -> float:
-    return BASE_TIMEOUT_S + SECONDS_PER_MB * sum(len(r) for r in raws) / 1e6
+def _parse_chunk(raws: list[bytes], classify: Classifier | None = None) -> list[bytes]:
+    """In a worker process: each message parsed, as ParsedMessage JSON after one flag byte (`classify`)."""
+    return [
+        (b"1" if classify is not None and classify(raw) else b"0")
+        + parse_message(raw).model_dump_json(by_alias=True).encode()
+        for raw in raws
+    ]
+
+
+def _decode(doc: bytes) -> tuple[ParsedMessage, bool]:
+    return ParsedMessage.model_validate_json(doc[1:]), doc[:1] == b"1"
 
 
 def chunks(raws: Sequence[bytes], max_bytes: int = CHUNK_BYTES, max_count: int = CHUNK_COUNT) -> list[range]:
@@ -61,16 +69,37 @@ def chunks(raws: Sequence[bytes], max_bytes: int = CHUNK_BYTES, max_count: int =
 class ParsePool:
     """A lazily started pool of parser processes (one per core unless told otherwise)."""
 
-    def __init__(self, workers: int | None = None) -> None:
+    def __init__(
+        self, workers: int | None = None, timeout_s: float = BASE_TIMEOUT_S, per_mb_s: float = SECONDS_PER_MB
+    ) -> None:
         self.workers = workers or os.cpu_count() or 1
+        self.timeout_s = timeout_s
+        self.per_mb_s = per_mb_s
         self._pool: ProcessPoolExecutor | None = None
+        self._lock = threading.Lock()
 
-    def _executor(self) -> ProcessPoolExecutor:
-        if self._pool is None:
-            context = multiprocessing.get_context("forkserver")  # no fork of a process with threads and a loop
-            context.set_forkserver_preload([__name__])  # workers start with the parser imported
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=context, max_tasks_per_child=2000)
-        return self._pool
+    def _deadline(self, raws: Sequence[bytes]) -> float:
+        return self.timeout_s + self.per_mb_s * sum(len(r) for r in raws) / 1e6
+
+    def _create(self) -> ProcessPoolExecutor:
+        """A new pool with its processes started (call in a thread: starting processes blocks for a while)."""
+        context = multiprocessing.get_context("forkserver")  # no fork of a process with threads and a loop
+        context.set_forkserver_preload([__name__])  # workers start with the parser imported
+        pool = ProcessPoolExecutor(self.workers, mp_context=context, max_tasks_per_child=2000)
+        for future in [pool.submit(_parse_chunk, []) for _ in range(self.workers)]:
+            future.result()
+        return pool
+
+    def _ensure(self) -> ProcessPoolExecutor:
+        with self._lock:  # a thread lock: the pool outlives event loops (one per process)
+            pool = self._pool
+            if pool is None:
+                pool = self._pool = self._create()
+            return pool
+
+    async def _executor(self) -> ProcessPoolExecutor:
+        pool = self._pool
+        return pool if pool is not None else await asyncio.to_thread(self._ensure)
 
     def reset(self) -> None:
         """Kill the worker processes (a stuck parse cannot be cancelled otherwise); the next call starts new ones."""
@@ -81,37 +110,46 @@ class ParsePool:
             proc.kill()
         pool.shutdown(wait=False, cancel_futures=True)
 
-    async def _run(self, raws: list[bytes]) -> list[bytes]:
+    async def _run(self, raws: list[bytes], classify: Classifier | None) -> list[bytes]:
         loop = asyncio.get_running_loop()
-        async with asyncio.timeout(_deadline(raws)):
-            return await loop.run_in_executor(self._executor(), _parse_chunk, raws)
+        pool = await self._executor()
+        async with asyncio.timeout(self._deadline(raws)):
+            return await loop.run_in_executor(pool, _parse_chunk, raws, classify)
 
     async def parse(self, raws: Sequence[bytes]) -> list[ParsedMessage | ParseFailure]:
         """Each message parsed (in order); a poison message yields a ParseFailure instead of failing the rest."""
+        return [parsed for parsed, _ in await self.parse_flagged(raws)]
+
+    async def parse_flagged(
+        self, raws: Sequence[bytes], classify: Classifier | None = None
+    ) -> list[tuple[ParsedMessage | ParseFailure, bool]]:
+        """`parse`, plus `classify(raw)` of each message computed in the workers too (False without one)."""
         parts = chunks(raws)
-        results = await asyncio.gather(*(self._run([raws[i] for i in r]) for r in parts), return_exceptions=True)
-        out: list[ParsedMessage | ParseFailure] = []
+        results = await asyncio.gather(
+            *(self._run([raws[i] for i in r], classify) for r in parts), return_exceptions=True
+        )
+        out: list[tuple[ParsedMessage | ParseFailure, bool]] = []
         for r, result in zip(parts, results, strict=True):
             if isinstance(result, BaseException):
                 if not isinstance(result, TimeoutError | BrokenProcessPool):
                     raise result
                 log.warning("parsing %d message(s) failed (%r); parsing them one by one", len(r), result)
                 self.reset()
-                out.extend([await self._one(raws[i]) for i in r])
+                out.extend([await self._one(raws[i], classify) for i in r])
             else:
-                out.extend(ParsedMessage.model_validate_json(doc) for doc in result)
+                out.extend(_decode(doc) for doc in result)
         return out
 
-    async def _one(self, raw: bytes) -> ParsedMessage | ParseFailure:
+    async def _one(self, raw: bytes, classify: Classifier | None) -> tuple[ParsedMessage | ParseFailure, bool]:
         try:
-            [doc] = await self._run([raw])
+            [doc] = await self._run([raw], classify)
         except TimeoutError:
             self.reset()
-            return ParseFailure(f"parsing took longer than {_deadline([raw]):.0f}s")
+            return ParseFailure(f"parsing took longer than {self._deadline([raw]):.1f}s"), False
         except BrokenProcessPool as exc:
             self.reset()
-            return ParseFailure(f"the parser process died: {exc}")
-        return ParsedMessage.model_validate_json(doc)
+            return ParseFailure(f"the parser process died: {exc}"), False
+        return _decode(doc)
 
     def close(self) -> None:
         """Stop the worker processes."""

@@ -93,6 +93,7 @@ class SmtpError(Exception):
         super().__init__(message)
         self.code = code
         self.stage = stage
+        self.recipients: dict[str, RecipientResult] = {}  # each RCPT's answer, when every one was refused
 
 
 class TransientSmtpError(SmtpError):
@@ -257,7 +258,9 @@ async def send(
         if not any(r.state == "accepted" for r in results.values()):
             deferred = [r for r in results.values() if r.state == "deferred"]
             worst = deferred[0] if deferred else next(iter(results.values()))
-            raise _classify(worst.code, f"all recipients refused ({worst.message})", "rcpt")
+            refused = _classify(worst.code, f"all recipients refused ({worst.message})", "rcpt")
+            refused.recipients = results
+            raise refused
         stage = "data"
         await on_step(DeliveryStep.DATA)
         ended = False

@@ -148,6 +148,7 @@ function selectQueue(name) {
   ui.view = "queue";
   $("queue-view").hidden = false;
   $("dlq-view").hidden = true;
+  $("quarantine-view").hidden = true;
   $("accounts-view").hidden = true;
   $("outbox-view").hidden = true;
   refreshQueues().then(refreshJobs).then(refreshGroups).catch(report);
@@ -187,6 +188,7 @@ async function openJob(jobId) {
 function showDeadLetters() {
   ui.view = "dlq";
   $("queue-view").hidden = true;
+  $("quarantine-view").hidden = true;
   $("outbox-view").hidden = true;
   $("dlq-view").hidden = false;
   $("accounts-view").hidden = true;
@@ -201,6 +203,7 @@ function showAccounts() {
   ui.view = "accounts";
   $("queue-view").hidden = true;
   $("dlq-view").hidden = true;
+  $("quarantine-view").hidden = true;
   $("outbox-view").hidden = true;
   $("accounts-view").hidden = false;
   $("accounts-tenant").value = localStorage.getItem(TENANT_KEY) || "";
@@ -256,12 +259,46 @@ async function purgeDead(ids) {
   await refreshDead();
 }
 
+// -- quarantined messages (per tenant) ---------------------------------------------------------------
+
+function showQuarantine() {
+  ui.view = "quarantine";
+  for (const id of ["queue-view", "dlq-view", "outbox-view", "accounts-view"]) $(id).hidden = true;
+  $("quarantine-view").hidden = false;
+  refreshQuarantine().catch(report);
+}
+
+async function refreshQuarantine() {
+  const tenant = $("quarantine-tenant").value.trim();
+  if (ui.view !== "quarantine" || !tenant) return;
+  const items = await api(`/v1/tenants/${encodeURIComponent(tenant)}/quarantine`);
+  $("quarantined").replaceChildren(...items.map((q) => el("tr", { dataset: { quarantine: q.id } },
+    el("td", { class: "mono" }, q.account_id),
+    el("td", {}, q.mailbox),
+    el("td", {}, String(q.uid)),
+    el("td", {}, q.size == null ? "" : String(q.size)),
+    el("td", {}, String(q.attempts)),
+    el("td", { title: q.last_seen }, ago(q.last_seen)),
+    el("td", { class: "error" }, q.error),
+    el("td", { class: "actions" },
+      el("button", { dataset: { action: "retry" }, onclick: () => retryQuarantined(tenant, q.id).catch(report) }, "Retry")))));
+  $("quarantine-empty").hidden = items.length > 0;
+}
+
+async function retryQuarantined(tenant, id) {
+  const r = await api(`/v1/tenants/${encodeURIComponent(tenant)}/quarantine/${encodeURIComponent(id)}/retry`, {
+    method: "POST", headers: { "Idempotency-Key": `dashboard-quarantine-${id}-${Date.now()}` },
+  });
+  flash(`Retrying ${id} as job ${r.job_id}`);
+}
+
 // -- outbox: ambiguous sends -------------------------------------------------------------------------
 
 function showOutbox() {
   ui.view = "outbox";
   $("queue-view").hidden = true;
   $("dlq-view").hidden = true;
+  $("quarantine-view").hidden = true;
   $("accounts-view").hidden = true;
   $("outbox-view").hidden = false;
   refreshOutbox().catch(report);
@@ -355,8 +392,10 @@ let timer = null;
 async function tick() {
   try {
     await refreshQueues();
-    await (ui.view === "queue" ? refreshJobs().then(refreshGroups)
-      : ui.view === "dlq" ? refreshDead() : ui.view === "accounts" ? refreshAccounts() : Promise.resolve());
+    if (ui.view === "queue") await refreshJobs().then(refreshGroups);
+    else if (ui.view === "dlq") await refreshDead();
+    else if (ui.view === "quarantine") await refreshQuarantine();
+    else if (ui.view === "accounts") await refreshAccounts();
     await refreshOutbox();
     setStatus(`live · ${new Date().toLocaleTimeString()}`, true);
   } catch (err) {
@@ -388,6 +427,8 @@ document.addEventListener("DOMContentLoaded", () => {
   $("logout").addEventListener("click", () => { localStorage.removeItem(TOKEN_KEY); clearInterval(timer); showLogin(); });
   $("pause").addEventListener("click", () => togglePause().catch(report));
   $("dlq-link").addEventListener("click", (e) => { e.preventDefault(); showDeadLetters(); });
+  $("quarantine-link").addEventListener("click", (e) => { e.preventDefault(); showQuarantine(); });
+  $("quarantine-form").addEventListener("submit", (e) => { e.preventDefault(); refreshQuarantine().catch(report); });
   $("outbox-link").addEventListener("click", (e) => { e.preventDefault(); showOutbox(); });
   $("purge-all").addEventListener("click", () => purgeDead(null).catch(report));
   $("accounts-link").addEventListener("click", (e) => { e.preventDefault(); showAccounts(); });

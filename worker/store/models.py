@@ -208,6 +208,24 @@ class StoredMessage(BaseModel):
     removed_at: datetime | None = None
 
 
+class Quarantined(BaseModel):
+    """A message that could not be parsed or stored: enough to fetch it again, and why it failed."""
+
+    id: str
+    tenant_id: str
+    account_id: str
+    mailbox: str
+    uidvalidity: int
+    uid: int
+    size: int | None = None
+    error: str
+    attempts: int = 1
+    first_seen: datetime
+    last_seen: datetime
+    resolved: bool = False
+    resolved_at: datetime | None = None
+
+
 class SyncState(BaseModel):
     """Incremental sync position of one (account, mailbox)."""
 
@@ -233,21 +251,3 @@ class InsertResult:
     content_id: str
     new: bool
     stored: bool = True
-
-
-class Quarantined(BaseModel):
-    """A message that could not be parsed or stored: enough to fetch it again, and why it failed."""
-
-    id: str
-    tenant_id: str
-    account_id: str
-    mailbox: str
-    uidvalidity: int
-    uid: int
-    size: int | None = None
-    error: str
-    attempts: int = 1
-    first_seen: datetime
-    last_seen: datetime
-    resolved: bool = False
-    resolved_at: datetime | None = None
