@@ -23,7 +23,8 @@ from tests.support.imap import DovecotServer, dovecot_available
 from worker.mail.decode import is_clean
 from worker.mail.message import ParsedMessage, content_id
 from worker.runtime import Client, Worker
-from worker.store import SqlStore, mailbox_key
+from worker.store import SqlStore
+from worker.store.sql.messages import location_id
 
 WORKER_QUEUES = ["email-sync"]
 _CTRL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -75,12 +76,11 @@ def reference_subject_and_addresses(raw: bytes) -> tuple[str | None, dict[str, l
 
 
 async def stored_by_uid(store: SqlStore, account_id: str, mailbox: str, uidvalidity: int) -> dict[int, ParsedMessage]:
-    key = f"store:t1:uids:{account_id}:{mailbox_key(mailbox)}:{uidvalidity}"
     out: dict[int, ParsedMessage] = {}
-    for uid, message_id in (await store.redis.hgetall(key)).items():
-        record = await store.get_message("t1", message_id.decode())
+    for uid in await store.known_uids("t1", account_id, mailbox, uidvalidity):
+        record = await store.get_message("t1", location_id("t1", account_id, mailbox, uidvalidity, uid))
         assert record is not None
-        out[int(uid)] = record.parsed
+        out[uid] = record.parsed
     return out
 
 
