@@ -86,6 +86,16 @@ class Settings(BaseSettings):
     )
 
     idempotency_ttl: int = Field(86400, ge=1)
+    schedule_horizon_s: int = Field(
+        366 * 86400, ge=60, le=3 * 365 * 86400, description="the furthest ahead a job (or a send) may be scheduled"
+    )
+    job_max_payload_bytes: int = Field(
+        256 * 1024, ge=1024, description="largest job payload (packed); payloads carry ids, not data"
+    )
+    api_max_body_bytes: int = Field(2 * 1024 * 1024, ge=1024, description="larger API request bodies get a 413")
+    mail_max_recipients: int = Field(
+        100, ge=1, le=10_000, description="to + cc + bcc of one message (RFC 5321 asks servers for at least 100)"
+    )
     sync_interval_s: float = Field(300.0, gt=0, description="how often every active mailbox is synced")
     sync_batch_bytes: int = Field(
         16 * 1024 * 1024, ge=64 * 1024, description="mail bytes per FETCH; a sync holds at most two batches"

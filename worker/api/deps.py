@@ -221,7 +221,7 @@ async def _index_some(redis: Redis, last: str) -> str:
     if not res:
         return last
     entries = res[0][1]
-    ids = [f[b"job_id"].decode() for _, f in entries if f.get(b"type") == b"enqueued"]
+    ids = [f[b"job_id"].decode("utf-8", "replace") for _, f in entries if f.get(b"type") == b"enqueued"]
     if ids:
         records = await redis.mget([k for i in ids for k in (keys.job(i), keys.result(i))])  # fast jobs are done
         now = int(time.time() * 1000)

@@ -142,5 +142,5 @@ async def reschedule_job(job_id: str, when: When, svc: Svc, caller: Caller) -> d
 )
 async def tenant_jobs(tenant_id: Tenant, svc: Svc, limit: Annotated[int, Query(ge=1, le=500)] = 50) -> list[JobView]:
     ids = await svc.redis.zrevrange(tenant_jobs_key(tenant_id), 0, limit - 1)
-    views = [await job_view(svc.client, i.decode()) for i in ids]
+    views = [await job_view(svc.client, i.decode("utf-8", "replace")) for i in ids]
     return [v for v in views if v.state != "not_found"]

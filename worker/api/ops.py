@@ -30,8 +30,9 @@ from worker.api.deps import (
 )
 from worker.api.idempotency import IdempotencyKey, idempotent
 from worker.api.jobs import Accepted
-from worker.api.views import EVENT_SCAN, JobView, event_view, job_payload, job_view, redact
+from worker.api.views import EVENT_SCAN, JobView, decode_fields, event_view, job_payload, job_view, redact
 from worker.runtime import DeadLetter, keys
+from worker.runtime.bounded import clip, displayable
 from worker.runtime.client import GroupCounts, QueueGroups, group_key
 
 router = APIRouter(prefix="/v1")
@@ -62,7 +63,7 @@ async def _recent_ids(svc: Services, queue: str, kind: str, limit: int) -> list[
     ids: dict[str, None] = {}
     for _, fields in raw:
         if fields.get(b"type") == kind.encode() and fields.get(b"queue") == queue.encode():
-            ids[fields[b"job_id"].decode()] = None
+            ids[fields[b"job_id"].decode("utf-8", "replace")] = None
             if len(ids) >= limit:
                 break
     return list(ids)
@@ -106,7 +107,7 @@ async def queue_jobs(
         ids = [e.job_id for e in await svc.dead_letters.list(limit=limit, queue=queue)]
     else:
         ids = await _recent_ids(svc, queue, "completed" if state == "completed" else "retrying", limit)
-    job_ids = [i.decode() if isinstance(i, bytes) else i for i in ids][:limit]
+    job_ids = [i.decode("utf-8", "replace") if isinstance(i, bytes) else i for i in ids][:limit]
     return [await job_view(svc.client, i) for i in job_ids]
 
 
@@ -177,6 +178,9 @@ class DeadLetterView(DeadLetter):
     def of(cls, entry: DeadLetter) -> DeadLetterView:
         data = entry.model_dump()
         data["payload"] = redact(data["payload"]) if data["payload"] is not None else None
+        data["args"] = displayable(data["args"])
+        data["error"], data["traceback"] = clip(entry.error), clip(entry.traceback, 8000)
+        data["idempotency_key"] = clip(entry.idempotency_key) if entry.idempotency_key is not None else None
         return cls(**data)
 
 
@@ -303,7 +307,7 @@ async def events(
                 continue
             for raw_id, raw_fields in res[0][1]:
                 last = raw_id.decode()
-                fields = {k.decode(): v.decode() for k, v in raw_fields.items()}
+                fields = decode_fields(raw_fields)
                 jid = fields.get("job_id", "")
                 if (queue and fields.get("queue") != queue) or (job_id and jid != job_id):
                     continue

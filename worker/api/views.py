@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 
 from worker.api.deps import job_tenant
 from worker.runtime import Client, DeadLetters, JobStatus, keys
+from worker.runtime.bounded import clip, displayable
 from worker.runtime.serializer import PayloadError, unpack
 
 SECRET_FIELD = re.compile(r"pass|secret|token|api_?key|authorization|credential|cookie", re.IGNORECASE)
@@ -21,10 +22,14 @@ EVENT_SCAN = 5000  # newest events searched for one job's history
 
 def redact(value: Any) -> Any:
     """A copy of ``value`` with the values of secret-looking keys replaced (at any depth)."""
+    return _redact(displayable(value))
+
+
+def _redact(value: Any) -> Any:
     if isinstance(value, dict):
-        return {k: "***" if isinstance(k, str) and SECRET_FIELD.search(k) else redact(v) for k, v in value.items()}
+        return {k: "***" if isinstance(k, str) and SECRET_FIELD.search(k) else _redact(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [redact(v) for v in value]
+        return [_redact(v) for v in value]
     return value
 
 
@@ -36,6 +41,11 @@ class EventView(BaseModel):
     function: str | None = None
     queue: str | None = None
     fields: dict[str, Any] = {}
+
+
+def decode_fields(fields: dict[bytes, bytes]) -> dict[str, str]:
+    """A stream entry's fields as texts, whatever bytes a producer wrote (cut to a few KB each)."""
+    return {k.decode("utf-8", "replace"): clip(v.decode("utf-8", "replace")) for k, v in fields.items()}
 
 
 def event_view(event_id: str, fields: dict[str, str]) -> EventView:
@@ -96,7 +106,7 @@ async def job_events(redis: Redis, job_id: str) -> list[EventView]:
     raw = await redis.xrevrange(keys.EVENTS, count=EVENT_SCAN)
     out = []
     for eid, fields in reversed(raw):
-        decoded = {k.decode(): v.decode() for k, v in fields.items()}
+        decoded = decode_fields(fields)
         if decoded.get("job_id") == job_id:
             out.append(event_view(eid.decode(), decoded))
     return out
@@ -106,16 +116,19 @@ async def job_view(client: Client, job_id: str, *, detail: bool = False) -> JobV
     """Everything known about one job; ``detail`` adds the traceback and event history."""
     st = await client.status(job_id)
     kwargs = await job_payload(client.redis, job_id)
+    data = st.model_dump()
+    data["result"] = displayable(st.result)
+    data["error"] = clip(st.error) if st.error is not None else None
     view = JobView(
-        **st.model_dump(),
+        **data,
         tenant_id=await job_tenant(client.redis, job_id, kwargs),
         payload=redact(kwargs) if kwargs is not None else None,
     )
     if detail:
         entry = await DeadLetters(client.redis, client).get(job_id)
         if entry is not None:
-            view.traceback = entry.traceback or None
-            view.error = view.error or entry.error
+            view.traceback = clip(entry.traceback, 8000) or None
+            view.error = view.error or clip(entry.error)
             view.function, view.queue = view.function or entry.function, view.queue or entry.queue
         view.events = await job_events(client.redis, job_id)
     return view

@@ -21,7 +21,8 @@ from pydantic import BaseModel
 from redis.asyncio import Redis
 
 from settings import Settings, get_settings
-from worker.runtime import keys
+from worker.runtime import arguments, keys
+from worker.runtime.bounded import check_json
 from worker.runtime.connection import connection_pool
 from worker.runtime.errors import UnknownFunction
 from worker.runtime.pipe import Pipe
@@ -114,24 +115,18 @@ class JobStatus(BaseModel):
     group: str | None = None
 
 
-def _ms_to_dt(ms: int | float | None) -> dt.datetime | None:
-    return None if ms is None else dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC)
+def _ms_to_dt(ms: Any) -> dt.datetime | None:
+    """A stored epoch-ms time; None for a missing or unusable one (records may be written by any producer)."""
+    if isinstance(ms, bool) or not isinstance(ms, int | float):
+        return None
+    try:
+        return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC)
+    except (OverflowError, ValueError, OSError):
+        return None
 
 
-def _when(defer_by: float | dt.timedelta | None, defer_until: dt.datetime | None) -> tuple[int, int]:
-    """(absolute run-at ms or -1, delay ms): relative times are resolved on the Redis server's clock."""
-    if defer_by is not None and defer_until is not None:
-        raise ValueError("use either defer_by or defer_until, not both")
-    if defer_until is not None:
-        if defer_until.tzinfo is None:
-            raise ValueError("defer_until must be timezone-aware (UTC inside)")
-        return int(defer_until.timestamp() * 1000), 0
-    if defer_by is not None:
-        seconds = defer_by.total_seconds() if isinstance(defer_by, dt.timedelta) else float(defer_by)
-        if seconds < 0:
-            raise ValueError("defer_by must not be negative")
-        return -1, int(seconds * 1000)
-    return -1, 0
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 class Client:
@@ -155,23 +150,30 @@ class Client:
         self.scripts = Scripts(redis, pipe)
 
     def spec(self, function: str) -> JobSpec:
-        spec = self.registry.get(function)
+        spec = self.registry.get(arguments.function_name(function))
         if spec is None:
             raise UnknownFunction(f"no job named {function!r} is registered")
         return spec
 
     @staticmethod
     def _kwargs(spec: JobSpec, payload: dict[str, Any] | BaseModel | None) -> dict[str, Any]:
-        """The payload validated against the function's model, as JSON-compatible kwargs."""
+        """The payload validated against the function's model, as JSON-compatible kwargs (ValueError for
+        anything else: non-string keys, non-finite floats, ints beyond 64 bits, other types)."""
         if spec.payload is not None:
             if isinstance(payload, spec.payload):
-                return payload.model_dump(mode="json")
-            # pydantic-core's validator and serializer directly: half the cost of model_validate + model_dump
-            model = spec.payload.__pydantic_validator__.validate_python(payload or {})
-            return cast(dict[str, Any], spec.payload.__pydantic_serializer__.to_python(model, mode="json"))
-        if isinstance(payload, BaseModel):
-            return payload.model_dump(mode="json")
-        return dict(payload or {})
+                out = payload.model_dump(mode="json")
+            else:
+                # pydantic-core's validator and serializer directly: half the cost of model_validate + model_dump
+                model = spec.payload.__pydantic_validator__.validate_python(payload or {})
+                out = cast(dict[str, Any], spec.payload.__pydantic_serializer__.to_python(model, mode="json"))
+        elif isinstance(payload, BaseModel):
+            out = payload.model_dump(mode="json")
+        elif payload is None or isinstance(payload, dict):
+            out = dict(payload or {})
+        else:
+            raise ValueError(f"a payload is a dict or a pydantic model, not {type(payload).__name__}")
+        check_json(out)
+        return out
 
     async def enqueue(
         self,
@@ -280,11 +282,12 @@ class Client:
         groups: list[str] | None = None,
     ) -> list[Any]:
         """enqueue.lua's arguments for already validated payloads (and their groups on a grouped queue)."""
-        prio = spec.priority if priority is None else priority
-        if not 0 <= prio <= keys.MAX_PRIORITY:
-            raise ValueError(f"priority must be 0..{keys.MAX_PRIORITY}")
+        prio = spec.priority if priority is None else arguments.priority(priority)
+        idempotency_key = arguments.idempotency_key(idempotency_key)
+        job_ids = [arguments.job_id(j) for j in job_ids] if any(job_ids) else job_ids
         now = now_ms()
-        run_at, delay = _when(defer_by, defer_until)
+        run_at, delay = arguments.when(defer_by, defer_until, self.settings.schedule_horizon_s)
+        limit = self.settings.job_max_payload_bytes
         ik = keys.idempotency(spec.name, idempotency_key) if idempotency_key else ""
         extra = ({"p": prio} if prio else {}) | ({"ik": idempotency_key} if idempotency_key else {})
         # arq's job record; everything but the kwargs is the same for the whole call, so it is packed once
@@ -305,14 +308,14 @@ class Client:
         fresh = iter(new_job_ids(len(kwargs)))
         if groups is None:
             for k, jid in zip(kwargs, job_ids, strict=True):
-                argv += (jid or next(fresh), prefix + pack(k))
+                argv += (jid or next(fresh), prefix + _packed(k, limit))
             return argv
         prefixes: dict[str, bytes] = {}  # the record carries its group ('g'): reclaims and promotions read it
         for k, jid, g in zip(kwargs, job_ids, groups, strict=True):
             gp = prefixes.get(g)
             if gp is None:
                 gp = prefixes[g] = map_prefix({**head, "g": g}, "k")
-            argv += (jid or next(fresh), gp + pack(k), g)
+            argv += (jid or next(fresh), gp + _packed(k, limit), g)
         return argv
 
     async def _send(self, spec: JobSpec, argv: list[Any], grouped: bool = False) -> list[Enqueued]:
@@ -331,7 +334,8 @@ class Client:
             pipe.get(keys.dead_letter(job_id))
             raw_job, info, raw_result, active, dead = await pipe.execute()
         info = {_s(k): _s(v) for k, v in info.items()}
-        st = JobStatus(job_id=job_id, state="not_found", attempts=int(info.get("a", 0)))
+        tries = info.get("a", "0")
+        st = JobStatus(job_id=job_id, state="not_found", attempts=int(tries) if tries.isdigit() else 0)
         if "p" in info:
             st.progress = json.loads(info["p"])
         st.error = info.get("e")
@@ -342,17 +346,18 @@ class Client:
         if record:
             if isinstance(record.get("g"), str):
                 st.group = _group_name(record["g"])
-            st.function = record.get("f")
+            st.function = _text(record.get("f"))
             st.enqueued_at = _ms_to_dt(record.get("et"))
             spec = self.registry.get(st.function or "")
             st.queue = spec.queue if spec else None
         if raw_result:
             res = _safe_unpack(raw_result)
             if isinstance(res, dict):
-                st.function, st.queue = res.get("f"), res.get("q")
+                st.function, st.queue = _text(res.get("f")), _text(res.get("q"))
                 st.enqueued_at = _ms_to_dt(res.get("et"))
                 st.finished_at = _ms_to_dt(res.get("ft"))
-                st.attempts = max(st.attempts, int(res.get("t") or 0))
+                tries = res.get("t")
+                st.attempts = max(st.attempts, tries if type(tries) is int else 0)
                 if res.get("s"):
                     st.state, st.result = "complete", res.get("r")
                 else:
@@ -434,7 +439,7 @@ class Client:
         if found is None:
             return False
         spec, record = found
-        run_at, delay = _when(defer_by, defer_until)
+        run_at, delay = arguments.when(defer_by, defer_until, self.settings.schedule_horizon_s)
         grouped = isinstance(record.get("g"), str)
         ks = [_zset(spec.queue, record), keys.delayed(spec.queue), keys.EVENTS, keys.wake(spec.queue)]
         done = await self.scripts.reschedule(
@@ -516,7 +521,14 @@ def _zset(queue: str, record: dict[str, Any]) -> str:
 
 
 def _s(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
+    return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+
+
+def _packed(kwargs: dict[str, Any], limit: int) -> bytes:
+    data = pack(kwargs)
+    if len(data) > limit:
+        raise ValueError(f"payload is {len(data)} bytes packed, more than {limit} (JOB_MAX_PAYLOAD_BYTES)")
+    return data
 
 
 def _safe_unpack(raw: bytes) -> Any:

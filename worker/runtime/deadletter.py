@@ -7,12 +7,13 @@ import builtins
 import datetime as dt
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from redis.asyncio import Redis
 
 from worker.runtime import keys
+from worker.runtime.bounded import text_of
 from worker.runtime.client import Client, Enqueued
-from worker.runtime.serializer import unpack
+from worker.runtime.serializer import PayloadError, unpack
 
 
 class DeadLetter(BaseModel):
@@ -33,12 +34,25 @@ class DeadLetter(BaseModel):
     raw: str | None = None  # hex of an undeserializable payload (truncated)
 
 
-def _entry(raw: bytes) -> DeadLetter:
-    d = unpack(raw)
-    for f in ("enqueued_at", "failed_at"):
-        if d.get(f):
-            d[f] = dt.datetime.fromtimestamp(d[f] / 1000, tz=dt.UTC)
-    return DeadLetter.model_validate(d)
+def _entry(job_id: str, raw: bytes) -> DeadLetter:
+    """The entry as stored; one that cannot be read (hand-written, truncated) is shown as such, never raises."""
+    try:
+        d = unpack(raw)
+        if not isinstance(d, dict):
+            raise PayloadError("not a map")
+        for f in ("enqueued_at", "failed_at"):
+            if d.get(f):
+                d[f] = dt.datetime.fromtimestamp(d[f] / 1000, tz=dt.UTC)
+        return DeadLetter.model_validate(d)
+    except (PayloadError, ValidationError, TypeError, ValueError, OverflowError) as exc:
+        return DeadLetter(
+            job_id=job_id,
+            function="<unknown>",
+            queue="",
+            error=f"unreadable dead-letter entry: {text_of(exc, 500)}",
+            failed_at=dt.datetime.fromtimestamp(0, tz=dt.UTC),
+            raw=raw[:4096].hex(),
+        )
 
 
 class DeadLetters:
@@ -56,13 +70,14 @@ class DeadLetters:
         ids = await self.redis.zrevrange(keys.DEAD_LETTERS, offset, offset + limit - 1)
         if not ids:
             return []
-        raws = await self.redis.mget([keys.dead_letter(i.decode()) for i in ids])
-        entries = [_entry(r) for r in raws if r]
+        names = [i.decode("utf-8", "replace") for i in ids]
+        raws = await self.redis.mget([keys.dead_letter("").encode() + i for i in ids])  # ids as stored (bytes)
+        entries = [_entry(n, r) for n, r in zip(names, raws, strict=True) if r]
         return [e for e in entries if queue is None or e.queue == queue]
 
     async def get(self, job_id: str) -> DeadLetter | None:
         raw = await self.redis.get(keys.dead_letter(job_id))
-        return _entry(raw) if raw else None
+        return _entry(job_id, raw) if raw else None
 
     async def retry(self, job_id: str) -> Enqueued:
         """Re-enqueue a dead letter as a new job (same function, payload, priority, idempotency key).

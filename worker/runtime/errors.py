@@ -7,6 +7,11 @@ class PermanentError(Exception):
     """The job can never succeed: dead-letter it now, without retries."""
 
 
+class InvalidData(ValueError):
+    """The job's input is invalid (a malformed id, a value out of range): permanent, like a pydantic
+    ``ValidationError`` raised inside job code; the job is dead-lettered at once with this message."""
+
+
 class RetryLater(Exception):
     """Retry after ``delay`` seconds (counts as an attempt), e.g. to honour a server's retry-after."""
 

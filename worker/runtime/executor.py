@@ -19,9 +19,10 @@ from redis.asyncio import Redis
 
 from settings import Settings
 from worker.runtime import keys
+from worker.runtime.bounded import MAX_REPR, brief, clip
 from worker.runtime.client import Client, now_ms
 from worker.runtime.context import JobContext
-from worker.runtime.errors import Defer, PermanentError, RetryLater
+from worker.runtime.errors import Defer, InvalidData, PermanentError, RetryLater
 from worker.runtime.pipe import Pipe
 from worker.runtime.scripts import Scripts
 from worker.runtime.serializer import PayloadError, pack, pack_for_lua, unpack
@@ -146,9 +147,9 @@ class Executor:
         started = started or now_ms()
         name = record["f"]
         spec = self.registry.get(name)
-        out = Outcome("dead", function=name, queue=queue, record=record, started_ms=started)
+        out = Outcome("dead", function=clip(name, MAX_REPR), queue=queue, record=record, started_ms=started)
         if spec is None:
-            out.error = f"unknown function {name!r}: no job of that name is registered on this worker"
+            out.error = f"unknown function {brief(name)}: no job of that name is registered on this worker"
             return out
         policy = self.policy(name)
         out.result_ttl_ms = policy.result_ttl * 1000
@@ -235,6 +236,12 @@ class Executor:
         except PermanentError as exc:
             out.error, out.traceback = _describe(exc), _tb(exc)
             return out
+        except ValidationError as exc:  # invalid data found by job code: retrying cannot help
+            out.error, out.traceback = f"invalid data: {_validation_summary(exc)}", _tb(exc)
+            return out
+        except InvalidData as exc:
+            out.error, out.traceback = f"invalid data: {_describe(exc)}", _tb(exc)
+            return out
         except Defer as exc:
             out.kind, out.delay, out.error = "defer", exc.delay, _describe(exc)
             return out
@@ -274,21 +281,27 @@ class Executor:
         )
 
     def dead_letter_entry(self, job_id: str, out: Outcome, attempt: int) -> bytes:
+        payload, raw, error = out.record.get("k"), out.raw, out.error
+        if payload is not None and raw is None:
+            packed = pack(payload)
+            if len(packed) > self.settings.job_max_payload_bytes:  # kept in part, like an unreadable one
+                payload, raw = None, packed[:MAX_RAW]
+                error = f"{error} (payload of {len(packed)} bytes not kept)"
         return pack(
             {
                 "job_id": job_id,
                 "function": out.function,
                 "queue": out.queue,
-                "payload": out.record.get("k"),
+                "payload": payload,
                 "args": out.record.get("a"),
                 "priority": out.record.get("p", 0),
                 "idempotency_key": out.record.get("ik"),
-                "error": out.error,
+                "error": error,
                 "traceback": out.traceback,
                 "attempts": attempt,
                 "enqueued_at": out.record.get("et"),
                 "failed_at": now_ms(),
-                "raw": out.raw.hex() if out.raw is not None else None,
+                "raw": raw.hex() if raw is not None else None,
             }
         )
 
@@ -392,7 +405,8 @@ class _Deadline:
 
 
 def _describe(exc: BaseException) -> str:
-    text = str(exc)
+    """``Type: message``, the message cut to a few KB (it goes into logs, events and dead letters)."""
+    text = clip(str(exc))
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
@@ -404,5 +418,5 @@ def _validation_summary(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors()[:10]:
         loc = ".".join(str(x) for x in err["loc"]) or "(payload)"
-        parts.append(f"{loc}: {err['msg']}")
+        parts.append(f"{clip(loc, MAX_REPR)}: {clip(err['msg'], MAX_REPR)}")
     return "; ".join(parts)

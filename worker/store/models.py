@@ -15,6 +15,8 @@ from worker.mail.folders import DEFAULT_FOLDERS
 from worker.mail.message import ParsedMessage, check_header, validate_address, validate_addresses
 from worker.mail.smtp import DeliveryStep as DeliveryStep
 from worker.mail.smtp import TlsMode
+from worker.runtime.bounded import brief
+from worker.runtime.errors import InvalidData
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 STORED = {"stored": True}  # validation context: data read back from the store was validated when written
@@ -26,9 +28,10 @@ def _stored(info: ValidationInfo) -> bool:
 
 
 def check_id(kind: str, value: str) -> str:
-    """`value` when it is a safe identifier (no ':' or other key syntax); raises ValueError otherwise."""
+    """`value` when it is a safe identifier (no ':' or other key syntax); raises InvalidData (a ValueError: a
+    job that meets one is dead-lettered at once) otherwise."""
     if not isinstance(value, str) or not _ID.match(value):
-        raise ValueError(f"invalid {kind} {value!r}")
+        raise InvalidData(f"invalid {kind} {brief(value)}")
     return value
 
 

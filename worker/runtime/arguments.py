@@ -1,0 +1,77 @@
+"""Checks of the arguments of ``Client.enqueue`` and friends: each bad one raises ValueError before anything
+is written (never a msgpack ``TypeError``, an ``OverflowError`` or a Redis ``ResponseError`` later)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import time
+from typing import Any
+
+from worker.runtime import keys
+from worker.runtime.bounded import brief
+
+MAX_KEY = 1000  # characters of an idempotency key
+MAX_JOB_ID = 200  # characters of a caller-chosen job id
+MAX_FUNCTION = 200
+
+
+def function_name(function: Any) -> str:
+    if not isinstance(function, str) or not 0 < len(function) <= MAX_FUNCTION:
+        raise ValueError(f"function must be a job name (1..{MAX_FUNCTION} characters), not {brief(function)}")
+    return function
+
+
+def priority(value: Any) -> int:
+    """0..MAX_PRIORITY; a bool is not a priority."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= keys.MAX_PRIORITY:
+        raise ValueError(f"priority must be an integer 0..{keys.MAX_PRIORITY}, not {brief(value, 40)}")
+    return value
+
+
+def idempotency_key(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_KEY:
+        raise ValueError(f"idempotency_key must be a string of 1..{MAX_KEY} characters, not {brief(value, 40)}")
+    return value
+
+
+def job_id(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_JOB_ID or not value.isprintable():
+        raise ValueError(f"job_id must be a printable string of 1..{MAX_JOB_ID} characters, not {brief(value, 40)}")
+    return value
+
+
+def when(defer_by: Any, defer_until: Any, horizon_s: float) -> tuple[int, int]:
+    """(absolute run-at ms or -1, delay ms) for enqueue.lua; relative times are resolved on Redis's clock.
+
+    ``defer_by`` is finite seconds (or a timedelta) within ``horizon_s``; ``defer_until`` an aware datetime no
+    further ahead than that (an earlier one, down to the Unix epoch, runs now)."""
+    if defer_by is not None and defer_until is not None:
+        raise ValueError("use either defer_by or defer_until, not both")
+    if defer_until is not None:
+        if not isinstance(defer_until, dt.datetime):
+            raise ValueError(f"defer_until must be a datetime, not {type(defer_until).__name__}")
+        if defer_until.tzinfo is None:
+            raise ValueError("defer_until must be timezone-aware (UTC inside)")
+        try:
+            at = defer_until.timestamp()
+        except (OverflowError, ValueError, OSError) as exc:
+            raise ValueError(f"defer_until {brief(defer_until, 60)} is out of range") from exc
+        if at < 0 or at > time.time() + horizon_s:
+            raise ValueError(f"defer_until must be after 1970 and at most {horizon_s:g} s ahead (SCHEDULE_HORIZON_S)")
+        return int(at * 1000), 0
+    if defer_by is not None:
+        if isinstance(defer_by, dt.timedelta):
+            seconds = defer_by.total_seconds()
+        elif isinstance(defer_by, int | float) and not isinstance(defer_by, bool):
+            seconds = float(defer_by) if abs(defer_by) < 1e300 else math.inf
+        else:
+            raise ValueError(f"defer_by must be seconds (a number) or a timedelta, not {type(defer_by).__name__}")
+        if not 0 <= seconds <= horizon_s:  # NaN fails too
+            raise ValueError(f"defer_by must be 0..{horizon_s:g} s (SCHEDULE_HORIZON_S), not {brief(defer_by, 40)}")
+        return -1, int(seconds * 1000)
+    return -1, 0
