@@ -2,9 +2,12 @@
 
     git worktree add /tmp/base HEAD~1          # the tree to compare against
     python -m bench.ab /tmp/base . --bullmq --rounds 4 --n 20000 --concurrency 10,100 [--kind sleep]
+    python -m bench.ab /tmp/base . --kind enqueue --rounds 5 --n 20000   # producer side: Client.enqueue
 
 Each drain runs `python -m bench.project_runner drain` with the tree as working directory (so that tree's
 `worker` package is imported); prints jobs/s and worker CPU per job per round, then median [min-max] per tree.
+``--kind enqueue`` times producing instead (`python -m bench.project_runner enqueue`): ``n / 4`` serial
+enqueues, ``n`` enqueues 32 at a time, ``n`` in batches (``enqueue_many``), as jobs/s per round.
 On this noisy shared machine only interleaved comparisons like this one mean anything.
 """
 
@@ -25,8 +28,10 @@ from bench.run import _bullmq_system
 from worker.devstack import RedisServer
 
 
-def _drain(argv: list[str], cwd: str, env: dict[str, str], params: dict[str, Any]) -> dict[str, Any] | None:
-    out = subprocess.run([*argv, "drain", json.dumps(params)], cwd=cwd, env=env, capture_output=True, text=True)
+def _drain(
+    argv: list[str], cwd: str, env: dict[str, str], params: dict[str, Any], command: str = "drain"
+) -> dict[str, Any] | None:
+    out = subprocess.run([*argv, command, json.dumps(params)], cwd=cwd, env=env, capture_output=True, text=True)
     for line in out.stdout.splitlines():
         try:
             msg = json.loads(line)
@@ -45,7 +50,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--n", type=int, default=20_000, help="jobs per drain")
     ap.add_argument("--concurrency", default="10,100", help="comma-separated")
-    ap.add_argument("--kind", choices=("noop", "sleep"), default="noop")
+    ap.add_argument("--kind", choices=("noop", "sleep", "enqueue"), default="noop")
     args = ap.parse_args()
 
     systems: list[tuple[str, list[str], str, dict[str, str]]] = [
@@ -63,6 +68,9 @@ def main() -> None:
     results: dict[str, list[float]] = {}
     try:
         for rnd in range(args.rounds):
+            if args.kind == "enqueue":
+                _enqueue_round(rnd, systems, client, server.url, args.n, results)
+                continue
             for conc in (int(c) for c in args.concurrency.split(",")):
                 k = rnd % len(systems)
                 for name, argv, cwd, env in systems[k:] + systems[:k]:
@@ -81,6 +89,27 @@ def main() -> None:
         server.stop()
     for key, values in results.items():
         print(f"{key:40s} median {statistics.median(values):8.0f}  [{min(values):.0f}-{max(values):.0f}]")
+
+
+def _enqueue_round(
+    rnd: int, systems: list[tuple[str, list[str], str, dict[str, str]]], client: redis.Redis, url: str, n: int,
+    results: dict[str, list[float]],
+) -> None:  # fmt: skip
+    """One round of producer timings, the trees in rotated order."""
+    k = rnd % len(systems)
+    for name, argv, cwd, env in systems[k:] + systems[:k]:
+        client.flushall()
+        params = {"redis_url": url, "n_serial": max(1, n // 4), "n_c32": n, "n_batch": n}
+        res = _drain(argv, cwd, env, params, "enqueue")
+        if res is None:
+            continue
+        line = []
+        for mode in ("serial", "c32", "batch"):
+            rate = res.get(f"{mode}_jobs_s")
+            if rate:
+                results.setdefault(f"{name} enqueue {mode}", []).append(rate)
+                line.append(f"{mode} {rate:8.0f}")
+        print(f"round {rnd} {name}: {'  '.join(line)} jobs/s", flush=True)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from settings import Settings, get_settings
 from worker import metrics
 from worker.api import errors, jobs, mail, oauth, ops, outbox
 from worker.api.deps import Services, index_tenant_jobs
+from worker.api.limits import BodyLimit
 from worker.runtime import Client, DeadLetters, create_pool, registry
 from worker.runtime.connection import connect, redis_address
 from worker.runtime.outage import Outage
@@ -87,7 +88,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 async def _store_unavailable(request: Request, exc: Exception) -> Response:
     """The database is down or overloaded: 503 with a retry hint, never a traceback."""
     delay = max(1, round(exc.delay)) if isinstance(exc, StoreUnavailable) else 5
-    return JSONResponse({"message": "the database is unavailable; retry later"}, 503, {"Retry-After": str(delay)})
+    body = {"message": "the database is unavailable; retry later", "detail": []}
+    return JSONResponse(body, 503, {"Retry-After": str(delay)})
 
 
 def create_app(
@@ -111,6 +113,8 @@ def create_app(
     app.include_router(outbox.admin)
     app.include_router(ops.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.add_middleware(BodyLimit, limit=(settings or get_settings()).api_max_body_bytes)
+    errors.declare_errors(app)  # on every route, whichever router added it
 
     @app.get("/", include_in_schema=False)
     async def root() -> RedirectResponse:

@@ -164,13 +164,10 @@ async def admin_only(caller: Caller) -> Principal:
 Admin = Annotated[Principal, Depends(admin_only)]
 
 
-def _tenant_path(tenant_id: Annotated[str, Path(description="tenant id")]) -> str:
-    if not TENANT_RE.match(tenant_id):
-        raise HTTPException(422, f"invalid tenant id {tenant_id!r}")
-    return tenant_id
+TenantId = Annotated[str, Path(description="tenant id", pattern=TENANT_RE.pattern)]
 
 
-async def tenant_access(caller: Caller, tenant_id: Annotated[str, Depends(_tenant_path)]) -> str:
+async def tenant_access(caller: Caller, tenant_id: TenantId) -> str:
     """The tenant of the path, if the caller may act for it (admin, or that tenant's token)."""
     if not caller.may_act_for(tenant_id):
         raise HTTPException(status.HTTP_403_FORBIDDEN, "this token belongs to another tenant")

@@ -1,5 +1,7 @@
-"""One error shape for every 4xx: ``{"message": "...", "detail": [...]}``; inputs are never echoed back
-(a failed validation must not return the submitted secret)."""
+"""One error shape for every 4xx (and 503): ``{"message": "...", "detail": [{"loc", "msg", "type"}, ...]}``
+(``detail`` is empty for errors that are not about one input); inputs are never echoed back (a failed validation
+must not return the submitted secret). ``declare_errors`` puts that shape and the status codes each route can
+answer into the OpenAPI schema, for every route of the app (added by any router)."""
 
 from __future__ import annotations
 
@@ -9,8 +11,43 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
+from pydantic import BaseModel, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from worker.runtime.bounded import MAX_REPR, clip
+
+
+class ErrorItem(BaseModel):
+    """One invalid input: where (``loc``, e.g. ``["payload", "n"]``), what is wrong, the error type."""
+
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ErrorBody(BaseModel):
+    """The body of every error response."""
+
+    message: str = Field(description="what went wrong, in one line")
+    detail: list[ErrorItem] = Field(default_factory=list, description="one item per invalid input; may be empty")
+
+
+DESCRIPTIONS = {
+    400: "Bad request (e.g. an unknown or used OAuth state)",
+    401: "Missing, invalid or revoked bearer token",
+    403: "The token may not do this (admin only, or another tenant's)",
+    404: "No such resource (or not visible to this token)",
+    409: "The resource is in a state that does not allow this",
+    413: "Request body larger than API_MAX_BODY_BYTES",
+    422: "Invalid input; nothing was written",
+    503: "Redis or the database is unavailable; retry later",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries with the standard error body, for extra codes a route declares itself."""
+    ref = {"$ref": "#/components/schemas/ErrorBody"}
+    return {c: {"description": DESCRIPTIONS[c], "content": {"application/json": {"schema": ref}}} for c in codes}
 
 
 class InvalidInput(Exception):
@@ -35,7 +72,9 @@ def _clean(errors: Sequence[Any]) -> list[dict[str, Any]]:
         loc = list(e.get("loc", ()))
         if loc[:1] == ["body"]:
             loc = loc[1:]
-        out.append({"loc": loc, "msg": str(e.get("msg", "")), "type": str(e.get("type", "value_error"))})
+        msg, kind = clip(str(e.get("msg", "")), 500), clip(str(e.get("type", "value_error")), MAX_REPR)
+        where = [x if isinstance(x, int) else clip(str(x), MAX_REPR) for x in loc]
+        out.append({"loc": where, "msg": msg, "type": kind})
     return out
 
 
@@ -63,9 +102,52 @@ def install(app: FastAPI) -> None:
 
     async def on_http(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
-        msg = exc.detail if isinstance(exc.detail, str) else "error"
-        return JSONResponse({"message": msg, "detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+        msg = clip(exc.detail, 500) if isinstance(exc.detail, str) else "error"
+        return JSONResponse({"message": msg, "detail": []}, status_code=exc.status_code, headers=exc.headers)
 
     app.add_exception_handler(RequestValidationError, on_request_validation)
     app.add_exception_handler(InvalidInput, on_invalid)
     app.add_exception_handler(StarletteHTTPException, on_http)
+
+
+def standard_codes(path: str, method: str, operation: dict[str, Any]) -> set[int]:
+    """The error codes an operation can answer, from what it takes: every /v1 route 404, 422 and 503; 401/403
+    when it takes a token; 409 and 413 for the methods with a body; other routes 422 for their parameters
+    and 503 for the probes that ask Redis."""
+    codes = {422} if operation.get("parameters") or operation.get("requestBody") else set()
+    if path.startswith("/v1/"):
+        codes |= {404, 422, 503}
+        if operation.get("security"):
+            codes |= {401, 403}
+        if method.upper() not in ("GET", "HEAD", "OPTIONS"):
+            codes |= {409, 413}
+    elif path in ("/ready", "/metrics"):
+        codes.add(503)
+    return codes
+
+
+def declare_errors(app: FastAPI) -> None:
+    """Generate the OpenAPI schema with the standard error responses (``standard_codes``, the ``ErrorBody``
+    shape, FastAPI's own 422 shape replaced) on every operation of the app, whichever router added it.
+    A route may declare more codes itself (``responses=error_responses(400)``)."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        fresh = app.openapi_schema is None
+        schema = generate()
+        if fresh or "ErrorBody" not in schema.get("components", {}).get("schemas", {}):
+            for path, operations in schema.get("paths", {}).items():
+                for method, op in operations.items():
+                    responses = op.setdefault("responses", {})
+                    for code, spec in error_responses(*standard_codes(path, method, op)).items():
+                        if code == 422 or str(code) not in responses:
+                            responses[str(code)] = spec
+            body = ErrorBody.model_json_schema(ref_template="#/components/schemas/{model}")
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for unused in ("HTTPValidationError", "ValidationError"):
+                components.pop(unused, None)
+            components.update(body.pop("$defs", {}))
+            components["ErrorBody"] = body
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

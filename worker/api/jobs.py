@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, status
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
+from settings import Settings
 from worker.api.deps import Caller, Principal, Services, Svc, Tenant, record_owner, tenant_jobs_key
 from worker.api.errors import InvalidInput
 from worker.api.idempotency import IdempotencyKey, idempotent
@@ -18,11 +20,28 @@ from worker.runtime.keys import MAX_PRIORITY
 router = APIRouter(prefix="/v1", tags=["jobs"])
 
 
+ISO_DATE_TIME = re.compile(r"^\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d")
+MAX_PAST = dt.timedelta(days=1)  # an older run_at is refused (a stale request); a newer past one runs now
+
+
 class When(BaseModel):
     """When to run: ``run_at`` (timezone-aware) or ``delay`` seconds from now; neither = now."""
 
-    run_at: dt.datetime | None = None
-    delay: float | None = Field(None, ge=0, le=366 * 86400)
+    run_at: dt.datetime | None = Field(
+        None,
+        description="ISO 8601 date-time with a timezone (numbers are refused); at most SCHEDULE_HORIZON_S ahead, "
+        "at most a day in the past (a past time runs now)",
+    )
+    delay: float | None = Field(None, ge=0, le=3 * 365 * 86400, description="seconds, at most SCHEDULE_HORIZON_S")
+
+    @field_validator("run_at", mode="before")
+    @classmethod
+    def _iso(cls, value: Any) -> Any:
+        if value is None or isinstance(value, dt.datetime):
+            return value
+        if not isinstance(value, str) or not ISO_DATE_TIME.match(value):
+            raise ValueError("run_at must be an ISO 8601 date-time with a timezone, e.g. 2026-01-01T09:00:00Z")
+        return value
 
     @model_validator(mode="after")
     def _one(self) -> When:
@@ -30,6 +49,17 @@ class When(BaseModel):
             raise ValueError("give either run_at or delay, not both")
         if self.run_at is not None and self.run_at.tzinfo is None:
             raise ValueError("run_at needs a timezone (e.g. 2026-01-01T09:00:00Z)")
+        if self.run_at is not None and self.run_at < dt.datetime.now(dt.UTC) - MAX_PAST:
+            raise ValueError("run_at is more than a day in the past")
+        return self
+
+    def check(self, settings: Settings) -> When:
+        """Itself, or a 422 when it is further ahead than ``SCHEDULE_HORIZON_S`` (check before writing)."""
+        horizon = settings.schedule_horizon_s
+        if self.delay is not None and self.delay > horizon:
+            raise InvalidInput.message(["delay"], f"at most {horizon} seconds (SCHEDULE_HORIZON_S)")
+        if self.run_at is not None and self.run_at > dt.datetime.now(dt.UTC) + dt.timedelta(seconds=horizon):
+            raise InvalidInput.message(["run_at"], f"at most {horizon} seconds ahead (SCHEDULE_HORIZON_S)")
         return self
 
 
@@ -68,7 +98,7 @@ async def enqueue_as(
             raise HTTPException(status.HTTP_403_FORBIDDEN, "payload.tenant_id must be your own tenant")
         if priority is not None:  # one tenant must not jump ahead of all others
             raise HTTPException(status.HTTP_403_FORBIDDEN, "priority needs the admin token")
-    when = when or When()
+    when = (when or When()).check(svc.settings)
     try:
         enq = await svc.client.enqueue(
             function, payload, priority=priority, defer_by=when.delay, defer_until=when.run_at
@@ -128,6 +158,7 @@ async def reschedule_job(job_id: str, when: When, svc: Svc, caller: Caller) -> d
     await visible_job(svc, caller, job_id)
     if when.run_at is None and when.delay is None:
         raise InvalidInput.message(["run_at"], "give run_at or delay")
+    when.check(svc.settings)
     if not await svc.client.reschedule(job_id, defer_until=when.run_at, defer_by=when.delay):
         raise HTTPException(status.HTTP_409_CONFLICT, "the job has already started or finished")
     st = await svc.client.status(job_id)

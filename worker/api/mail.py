@@ -198,10 +198,14 @@ async def send(
     """Stores the message in the outbox, then enqueues its delivery now, or at ``run_at`` / after ``delay``."""
 
     async def produce() -> tuple[int, dict[str, Any]]:
+        body.check(svc.settings)
         await _account(svc, tenant_id, body.account_id)
         data = OutboxIn.model_validate(body.model_dump(include=set(OutboxIn.model_fields)))
         if not data.to and not data.cc and not data.bcc:
             raise InvalidInput.message(["to"], "at least one recipient is needed")
+        if len(data.to) + len(data.cc) + len(data.bcc) > svc.settings.mail_max_recipients:
+            limit = svc.settings.mail_max_recipients
+            raise InvalidInput.message(["to"], f"at most {limit} recipients (to + cc + bcc, MAIL_MAX_RECIPIENTS)")
         item = await svc.store.create_outbox(tenant_id, data)
         if body.run_at is None and body.delay is None:
             job_id = (await enqueue_send(svc.client, item)).job_id
@@ -239,6 +243,7 @@ async def cancel_send(tenant_id: Tenant, outbox_id: str, svc: Svc) -> OutboxOut:
 async def reschedule_send(tenant_id: Tenant, outbox_id: str, when: When, svc: Svc) -> OutboxOut:
     if when.run_at is None and when.delay is None:
         raise InvalidInput.message(["run_at"], "give run_at or delay")
+    when.check(svc.settings)
     item = await _outbox(svc, tenant_id, outbox_id)
     if not await reschedule_email(svc.client, svc.store, tenant_id, outbox_id, at=when.run_at, delay=when.delay):
         state = "not scheduled" if item.scheduled_job_id is None else item.status.value

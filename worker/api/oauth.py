@@ -21,7 +21,7 @@ from fastapi import APIRouter, HTTPException, status
 from pydantic import BaseModel, Field, SecretStr, ValidationError
 
 from worker.api.deps import Services, Svc, Tenant
-from worker.api.errors import InvalidInput
+from worker.api.errors import InvalidInput, error_responses
 from worker.api.mail import AccountOut
 from worker.mail import oauth_flow
 from worker.mail.oauth import TokenManager, TokenRevoked, TokenUnavailable
@@ -208,6 +208,7 @@ async def start(tenant_id: Tenant, body: OAuthStart, svc: Svc) -> OAuthStarted:
 @router.get(
     CALLBACK_PATH,
     response_model=OAuthLinked,
+    responses=error_responses(400),
     summary="The OAuth2 redirect URI: exchange the code, store the grant, create or update the account",
 )
 async def callback(svc: Svc, state: str = "", code: str | None = None, error: str | None = None) -> OAuthLinked:

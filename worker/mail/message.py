@@ -31,9 +31,14 @@ from pydantic import BaseModel, Field
 
 from worker.mail.decode import NOT_ESCAPE as _NOT_ESCAPE
 from worker.mail.decode import charset_codec, clean, decode_bytes, detect, is_clean
+from worker.runtime.bounded import brief
 
 TEXT_LIMIT = 200_000  # characters of text/html body kept per message
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# C0 and C1 controls (CR, LF, NEL U+0085, ...) and the Unicode line/paragraph separators U+2028/U+2029
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+HEADER_MAX_OCTETS = 998  # RFC 5322 2.1.1: a header line is at most 998 octets (we take no longer value)
+LOCAL_PART_MAX_OCTETS = 64  # RFC 5321 4.5.3.1.1
+ADDRESS_MAX_OCTETS = 254  # RFC 5321 4.5.3.1.3: a path of 256 octets, the angle brackets included
 
 
 class InvalidAddressError(ValueError):
@@ -45,15 +50,22 @@ class HeaderInjectionError(ValueError):
 
 
 def validate_address(address: str) -> str:
-    """The normalised form of one bare addr-spec (no display name, no list); raises InvalidAddressError."""
+    """The normalised form of one bare addr-spec (no display name, no list) within RFC 5321's limits (local part
+    64 octets, address 254); raises InvalidAddressError."""
     if not isinstance(address, str) or _CONTROL.search(address):
-        raise InvalidAddressError(f"invalid address {address!r}: control characters are not allowed")
+        raise InvalidAddressError(f"invalid address {brief(address)}: control characters are not allowed")
+    if len(address.encode()) > ADDRESS_MAX_OCTETS:
+        raise InvalidAddressError(f"invalid address {brief(address)}: longer than {ADDRESS_MAX_OCTETS} octets")
     if any(c in address for c in ",;<>\"'()") or address != address.strip():
-        raise InvalidAddressError(f"invalid address {address!r}: one bare address expected (user@domain)")
+        raise InvalidAddressError(f"invalid address {brief(address)}: one bare address expected (user@domain)")
     try:
         info = validate_email(address, check_deliverability=False, allow_smtputf8=True)
     except EmailNotValidError as exc:
-        raise InvalidAddressError(f"invalid address {address!r}: {exc}") from None
+        raise InvalidAddressError(f"invalid address {brief(address)}: {exc}") from None
+    if len(info.local_part.encode()) > LOCAL_PART_MAX_OCTETS:
+        raise InvalidAddressError(
+            f"invalid address {brief(address)}: local part longer than {LOCAL_PART_MAX_OCTETS} octets"
+        )
     return info.normalized
 
 
@@ -70,9 +82,14 @@ def validate_addresses(addresses: Iterable[str]) -> list[str]:
 
 
 def check_header(name: str, value: str) -> str:
-    """`value` unchanged when it is safe as a header value; raises HeaderInjectionError otherwise."""
+    """`value` unchanged when it is safe as a header value (no CR/LF, other controls or Unicode line separators,
+    at most 998 octets); raises HeaderInjectionError otherwise."""
     if _CONTROL.search(value.replace("\t", " ")):
-        raise HeaderInjectionError(f"header injection rejected: {name} contains CR/LF or control characters")
+        raise HeaderInjectionError(
+            f"header injection rejected: {name} contains CR/LF, control characters or line separators"
+        )
+    if len(value.encode("utf-8", "surrogatepass")) > HEADER_MAX_OCTETS:
+        raise HeaderInjectionError(f"{name} is longer than {HEADER_MAX_OCTETS} octets (RFC 5322)")
     return value
 
 

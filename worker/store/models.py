@@ -19,6 +19,7 @@ from worker.runtime.bounded import brief
 from worker.runtime.errors import InvalidData
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+MAX_RECIPIENTS = 10_000  # per list; the API's limit for to + cc + bcc is MAIL_MAX_RECIPIENTS (default 100)
 STORED = {"stored": True}  # validation context: data read back from the store was validated when written
 ADDRESS_FIELDS = {"sender", "sender_name", "to", "cc", "bcc", "subject"}
 
@@ -48,17 +49,18 @@ class AccountIn(BaseModel):
     """What is needed to create a mail account."""
 
     email: str
-    username: str
-    secret: SecretStr
-    imap_host: str
-    imap_port: int = 993
+    username: str = Field(max_length=1000)
+    secret: SecretStr = Field(max_length=100_000)
+    imap_host: str = Field(max_length=253)
+    imap_port: int = Field(993, ge=1, le=65535)
     imap_tls: TlsMode = TlsMode.IMPLICIT
-    smtp_host: str
-    smtp_port: int = 465
+    smtp_host: str = Field(max_length=253)
+    smtp_port: int = Field(465, ge=1, le=65535)
     smtp_tls: TlsMode = TlsMode.IMPLICIT
     mailboxes: list[str] = Field(
         default_factory=lambda: list(DEFAULT_FOLDERS),
         description="folders to sync: names and roles (\\Sent, \\Archive, ...), resolved by folder discovery",
+        max_length=1000,
     )
     active: bool = True
     timeout_s: float = Field(30.0, gt=0, le=600, description="per protocol call (IMAP and SMTP)")
@@ -122,9 +124,9 @@ class OutboxIn(BaseModel):
     account_id: str
     sender: str
     sender_name: str | None = None
-    to: list[str] = Field(default_factory=list)
-    cc: list[str] = Field(default_factory=list)
-    bcc: list[str] = Field(default_factory=list)
+    to: list[str] = Field(default_factory=list, max_length=MAX_RECIPIENTS)
+    cc: list[str] = Field(default_factory=list, max_length=MAX_RECIPIENTS)
+    bcc: list[str] = Field(default_factory=list, max_length=MAX_RECIPIENTS)
     subject: str = ""
     text: str | None = None
     html: str | None = None
@@ -137,7 +139,9 @@ class OutboxIn(BaseModel):
     @field_validator("subject", "sender_name")
     @classmethod
     def _header(cls, value: str | None, info: ValidationInfo) -> str | None:
-        return check_header(str(info.field_name), value) if value is not None else None
+        if value is None or _stored(info):  # stored values were checked when written
+            return value
+        return check_header(str(info.field_name), value)
 
     @field_validator("to", "cc", "bcc")
     @classmethod
