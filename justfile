@@ -33,6 +33,10 @@ api:
 chaos *ARGS:
     python -m tests.chaos {{ARGS}}
 
+# Schema-driven fuzz of the API (schemathesis, real Redis + SQLite): prints requests, 5xx, schema violations.
+fuzz *ARGS:
+    python -m tests.api.fuzz {{ARGS}}
+
 # Full side-by-side benchmark against arq, SAQ and BullMQ.
 bench:
     python -m bench.run --full

@@ -110,7 +110,7 @@ async def test_send_now_schedule_cancel_reschedule_and_bounce(
     await wait_state(acme, later["job"]["job_id"], "complete")
     await eventually(lambda: _count(smtp, 2))
 
-    cancel_me = (await acme.post("/v1/tenants/acme/outbox", json=mail | {"run_at": "2099-01-01T00:00:00Z"})).json()
+    cancel_me = (await acme.post("/v1/tenants/acme/outbox", json=mail | {"delay": 300 * 86400})).json()
     r = await acme.post(f"/v1/tenants/acme/outbox/{cancel_me['outbox_id']}/cancel")
     assert r.status_code == 200 and r.json()["status"] == "cancelled"
     assert (await acme.get(f"/v1/jobs/{cancel_me['job']['job_id']}")).json()["state"] == "cancelled"

@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from worker.runtime.bounded import MAX_REPR, clip
+from worker.runtime.errors import InvalidData
 
 
 class ErrorItem(BaseModel):
@@ -33,7 +34,7 @@ class ErrorBody(BaseModel):
 
 
 DESCRIPTIONS = {
-    400: "Bad request (e.g. an unknown or used OAuth state)",
+    400: "Bad request: a body that cannot be read (JSON that is not UTF-8), an unknown or used OAuth state",
     401: "Missing, invalid or revoked bearer token",
     403: "The token may not do this (admin only, or another tenant's)",
     404: "No such resource (or not visible to this token)",
@@ -105,6 +106,11 @@ def install(app: FastAPI) -> None:
         msg = clip(exc.detail, 500) if isinstance(exc.detail, str) else "error"
         return JSONResponse({"message": msg, "detail": []}, status_code=exc.status_code, headers=exc.headers)
 
+    async def on_invalid_data(_: Request, exc: Exception) -> JSONResponse:
+        """An id or value the store refuses (e.g. a malformed account id in a query): the caller's input."""
+        return JSONResponse({"message": clip(str(exc), 500), "detail": []}, status_code=422)
+
+    app.add_exception_handler(InvalidData, on_invalid_data)
     app.add_exception_handler(RequestValidationError, on_request_validation)
     app.add_exception_handler(InvalidInput, on_invalid)
     app.add_exception_handler(StarletteHTTPException, on_http)
@@ -112,9 +118,11 @@ def install(app: FastAPI) -> None:
 
 def standard_codes(path: str, method: str, operation: dict[str, Any]) -> set[int]:
     """The error codes an operation can answer, from what it takes: every /v1 route 404, 422 and 503; 401/403
-    when it takes a token; 409 and 413 for the methods with a body; other routes 422 for their parameters
-    and 503 for the probes that ask Redis."""
+    when it takes a token; 409 and 413 for the methods with a body, 400 when it reads one; other routes 422 for
+    their parameters and 503 for the probes that ask Redis."""
     codes = {422} if operation.get("parameters") or operation.get("requestBody") else set()
+    if operation.get("requestBody"):
+        codes.add(400)
     if path.startswith("/v1/"):
         codes |= {404, 422, 503}
         if operation.get("security"):

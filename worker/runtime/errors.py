@@ -28,5 +28,5 @@ class Defer(Exception):
         self.delay = max(0.0, delay)
 
 
-class UnknownFunction(LookupError):
-    """Enqueue of a function name that no job is registered under."""
+class UnknownFunction(LookupError, ValueError):
+    """Enqueue of a function name that no job is registered under (a ValueError too: a bad argument)."""
