@@ -286,13 +286,13 @@ async def _groups(args: argparse.Namespace, redis: Redis) -> int:
 
 
 async def _dlq_list(args: argparse.Namespace, redis: Redis) -> int:
-    from worker.api.views import redact
+    from worker.api.ops import DeadLetterView
     from worker.runtime import DeadLetters
 
     dlq = DeadLetters(redis)
-    items = await dlq.list(limit=args.limit, queue=args.queue)
+    items = [DeadLetterView.of(e) for e in await dlq.list(limit=args.limit, queue=args.queue)]  # JSON-safe, cut
     if args.json:
-        _dump([{**e.model_dump(mode="json"), "payload": redact(e.payload)} for e in items])
+        _dump([e.model_dump(mode="json") for e in items])
         return 0
     if not items:
         out.print("no dead letters")
@@ -308,14 +308,14 @@ async def _dlq_list(args: argparse.Namespace, redis: Redis) -> int:
 
 
 async def _dlq_show(args: argparse.Namespace, redis: Redis) -> int:
-    from worker.api.views import redact
+    from worker.api.ops import DeadLetterView
     from worker.runtime import DeadLetters
 
-    entry = await DeadLetters(redis).get(args.job_id)
-    if entry is None:
+    found = await DeadLetters(redis).get(args.job_id)
+    if found is None:
         raise CliError(f"no dead letter {args.job_id}")
+    entry = DeadLetterView.of(found)  # payload redacted, JSON-safe whatever bytes it held, texts cut
     data = entry.model_dump(mode="json")
-    data["payload"] = redact(data["payload"])
     if args.json:
         _dump(data)
         return 0

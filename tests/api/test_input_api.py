@@ -314,3 +314,27 @@ async def test_a_refused_send_writes_nothing_at_all(acme: httpx.AsyncClient, acc
     for _, over in RCPT_CASES[:3]:
         assert_error_body(await acme.post("/v1/tenants/acme/outbox", json=mail(account, **over)), 422)
     assert set(await redis.keys("*")) == keys
+
+
+def test_cli_shows_dead_letters_holding_raw_bytes(capsys: pytest.CaptureFixture[str], redis_url: str) -> None:
+    """`worker dlq list/show` (table and --json) print entries whose payload holds non-UTF-8 bytes or huge
+    values: escaped and cut, never a crash."""
+    import msgpack
+    import redis as sync_redis
+
+    from tests.test_cli import run
+
+    r = sync_redis.Redis.from_url(redis_url)
+    entry = {"job_id": "raw1", "function": "tenant_task", "queue": "api-test", "error": "e" * 100_000,
+             "payload": {"tenant_id": "acme", "n": b"\xff\xfe", "big": "b" * 100_000}, "failed_at": 1}  # fmt: skip
+    r.set("rt:dlq:raw1", msgpack.packb(entry, use_bin_type=True))
+    r.zadd("rt:dlq", {"raw1": 1})
+    r.close()
+    common = ("--redis-url", redis_url)
+    shows = (("dlq", "list"), ("dlq", "list", "--json"), ("dlq", "show", "raw1"), ("dlq", "show", "raw1", "--json"))
+    for argv in shows:
+        code, out, err = run(capsys, *argv, *common)
+        assert code == 0, (argv, err)
+        assert "raw1" in out and len(out) < 30_000, argv
+    code, out, _ = run(capsys, "dlq", "show", "raw1", "--json", *common)
+    assert json.loads(out)["payload"]["n"] == "\\xff\\xfe"

@@ -23,6 +23,7 @@ from redis.exceptions import RedisError
 
 from settings import Settings, get_settings
 from worker.runtime import keys
+from worker.runtime.bounded import brief
 from worker.runtime.client import new_job_id
 from worker.runtime.connection import connect, redis_address
 from worker.runtime.executor import Executor, Outcome
@@ -286,7 +287,7 @@ class QueueLoop:
             flags, claimed = await self._record(items)
             for (job_id, out, run), ok in zip(batch, flags, strict=True):
                 if not ok:
-                    log.warning("job %s: another attempt started meanwhile; outcome %s not recorded", job_id, out.kind)
+                    log.warning("job %s: another attempt started; outcome %s not recorded", brief(job_id), out.kind)
                 if self.running.get(job_id) is run:
                     del self.running[job_id]
             self._reserved -= self._start(claimed) if claimed else 0
@@ -346,10 +347,10 @@ class QueueLoop:
                 continue
             lost_run.lost = True
             if lost_run.task is None:  # still buffered: another worker has it now
-                log.warning("job %s: lease lost before it started; dropped from the local buffer", job_id)
+                log.warning("job %s: lease lost before it started; dropped from the local buffer", brief(job_id))
                 del self.running[job_id]
             elif not lost_run.task.done():
-                log.warning("job %s: lease lost (worker stalled?); cancelling the local execution", job_id)
+                log.warning("job %s: lease lost (worker stalled?); cancelling the local execution", brief(job_id))
                 lost_run.task.cancel()
 
     async def reap(self) -> int:
