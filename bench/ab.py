@@ -7,7 +7,8 @@
 Each drain runs `python -m bench.project_runner drain` with the tree as working directory (so that tree's
 `worker` package is imported); prints jobs/s and worker CPU per job per round, then median [min-max] per tree.
 ``--kind enqueue`` times producing instead (`python -m bench.project_runner enqueue`): ``n / 4`` serial
-enqueues, ``n`` enqueues 32 at a time, ``n`` in batches (``enqueue_many``), as jobs/s per round.
+enqueues, ``n`` enqueues 32 at a time, ``n`` in batches (``enqueue_many``), as jobs/s and the producer
+process's CPU time per job (steadier than wall time on a loaded machine) per round.
 On this noisy shared machine only interleaved comparisons like this one mean anything.
 """
 
@@ -88,7 +89,7 @@ def main() -> None:
         client.close()
         server.stop()
     for key, values in results.items():
-        print(f"{key:40s} median {statistics.median(values):8.0f}  [{min(values):.0f}-{max(values):.0f}]")
+        print(f"{key:48s} median {statistics.median(values):8.1f}  [{min(values):.1f}-{max(values):.1f}]")
 
 
 def _enqueue_round(
@@ -105,11 +106,14 @@ def _enqueue_round(
             continue
         line = []
         for mode in ("serial", "c32", "batch"):
-            rate = res.get(f"{mode}_jobs_s")
+            rate, cpu = res.get(f"{mode}_jobs_s"), res.get(f"{mode}_cpu_us")
             if rate:
-                results.setdefault(f"{name} enqueue {mode}", []).append(rate)
-                line.append(f"{mode} {rate:8.0f}")
-        print(f"round {rnd} {name}: {'  '.join(line)} jobs/s", flush=True)
+                results.setdefault(f"{name} enqueue {mode} jobs/s", []).append(rate)
+                line.append(f"{mode} {rate:8.0f} jobs/s")
+            if cpu:
+                results.setdefault(f"{name} enqueue {mode} producer us/job", []).append(cpu)
+                line[-1] += f" {cpu:5.1f} us/job"
+        print(f"round {rnd} {name}: {'  '.join(line)}", flush=True)
 
 
 if __name__ == "__main__":

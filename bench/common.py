@@ -225,15 +225,17 @@ async def cmd_enqueue(adapter: Adapter, p: dict[str, Any]) -> dict[str, Any]:
     await adapter.open()
     out: dict[str, Any] = {}
     n = int(p["n_serial"])
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for i in range(n):
         await adapter.enqueue("noop", {"ts": time.time(), "tag": "e", "i": i})
     out["serial_jobs_s"] = n / (time.perf_counter() - t0)
+    out["serial_cpu_us"] = (time.process_time() - c0) / n * 1e6  # producer CPU per job (this process only)
 
     n = int(p["n_c32"])
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     await _in_flight(n, 32, lambda i: adapter.enqueue("noop", {"ts": time.time(), "tag": "e", "i": i}))
     out["c32_jobs_s"] = n / (time.perf_counter() - t0)
+    out["c32_cpu_us"] = (time.process_time() - c0) / n * 1e6
 
     out["batch_jobs_s"] = None
     if adapter.has_batch:
@@ -242,10 +244,11 @@ async def cmd_enqueue(adapter: Adapter, p: dict[str, Any]) -> dict[str, Any]:
             [{"ts": 0.0, "tag": "e", "i": i} for i in range(lo, min(n, lo + BATCH_CHUNK))]
             for lo in range(0, n, BATCH_CHUNK)
         ]
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for chunk in chunks:
             await adapter.enqueue_batch("noop", chunk)
         out["batch_jobs_s"] = n / (time.perf_counter() - t0)
+        out["batch_cpu_us"] = (time.process_time() - c0) / n * 1e6
     return out
 
 

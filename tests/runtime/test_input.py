@@ -254,3 +254,13 @@ async def test_payload_size_limit_is_configurable(redis: Redis) -> None:
         await client.enqueue("validates_inside", {"key": "k" * 3000})
     with pytest.raises(ValidationError):
         await client.enqueue("validates_inside", {"key": 5})
+
+
+async def test_enqueue_many_checks_every_payload_before_the_first_chunk(redis: Redis) -> None:
+    client = Client(redis, rt_settings(job_max_payload_bytes=2048))
+    before = await _keys(redis)
+    payloads = [{"key": f"k{i}"} for i in range(30)] + [{"key": "k" * 3000}]
+    with pytest.raises(ValueError, match="JOB_MAX_PAYLOAD_BYTES"):
+        await client.enqueue_many("validates_inside", payloads, chunk=10)
+    assert await _keys(redis) == before
+    assert len(await client.enqueue_many("validates_inside", payloads[:30], chunk=10)) == 30

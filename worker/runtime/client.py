@@ -218,11 +218,12 @@ class Client:
         """
         spec = self.spec(function)
         kwargs, groups = self._prepare(spec, payloads)
+        packed = self._pack_all(kwargs)  # every payload checked before the first chunk is sent
         chunk = max(1, min(chunk, 1000))  # Lua's unpack() takes a few thousand values at most
         out: list[Enqueued] = []
         sending: asyncio.Task[list[Enqueued]] | None = None
-        for start in range(0, len(kwargs), chunk):
-            part = kwargs[start : start + chunk]
+        for start in range(0, len(packed), chunk):
+            part = packed[start : start + chunk]
             part_groups = groups[start : start + chunk] if groups is not None else None
             argv = self._argv(spec, part, None, priority, defer_by, None, [None] * len(part), part_groups)
             if sending is not None:
@@ -246,8 +247,19 @@ class Client:
     ) -> list[Enqueued]:
         spec = self.spec(function)
         kwargs, groups = self._prepare(spec, payloads)
-        argv = self._argv(spec, kwargs, idempotency_key, priority, defer_by, defer_until, job_ids, groups)
+        argv = self._argv(
+            spec, self._pack_all(kwargs), idempotency_key, priority, defer_by, defer_until, job_ids, groups
+        )
         return await self._send(spec, argv, groups is not None)
+
+    def _pack_all(self, kwargs: list[dict[str, Any]]) -> list[bytes]:
+        """msgpack of each payload; ValueError for one over ``JOB_MAX_PAYLOAD_BYTES``."""
+        limit = self.settings.job_max_payload_bytes
+        packed = [pack(k) for k in kwargs]
+        for data in packed:
+            if len(data) > limit:
+                raise ValueError(f"payload is {len(data)} bytes packed, more than {limit} (JOB_MAX_PAYLOAD_BYTES)")
+        return packed
 
     def _prepare(
         self, spec: JobSpec, payloads: Iterable[dict[str, Any] | BaseModel | None]
@@ -273,7 +285,7 @@ class Client:
     def _argv(
         self,
         spec: JobSpec,
-        kwargs: list[dict[str, Any]],
+        packed: list[bytes],
         idempotency_key: str | None,
         priority: int | None,
         defer_by: float | dt.timedelta | None,
@@ -281,13 +293,12 @@ class Client:
         job_ids: list[str | None],
         groups: list[str] | None = None,
     ) -> list[Any]:
-        """enqueue.lua's arguments for already validated payloads (and their groups on a grouped queue)."""
+        """enqueue.lua's arguments for already validated, packed payloads (and their groups on a grouped queue)."""
         prio = spec.priority if priority is None else arguments.priority(priority)
         idempotency_key = arguments.idempotency_key(idempotency_key)
         job_ids = [arguments.job_id(j) for j in job_ids] if any(job_ids) else job_ids
         now = now_ms()
         run_at, delay = arguments.when(defer_by, defer_until, self.settings.schedule_horizon_s)
-        limit = self.settings.job_max_payload_bytes
         ik = keys.idempotency(spec.name, idempotency_key) if idempotency_key else ""
         extra = ({"p": prio} if prio else {}) | ({"ik": idempotency_key} if idempotency_key else {})
         # arq's job record; everything but the kwargs is the same for the whole call, so it is packed once
@@ -305,17 +316,17 @@ class Client:
             ik,
             1 if any(job_ids) else 0,
         ]
-        fresh = iter(new_job_ids(len(kwargs)))
+        fresh = iter(new_job_ids(len(packed)))
         if groups is None:
-            for k, jid in zip(kwargs, job_ids, strict=True):
-                argv += (jid or next(fresh), prefix + _packed(k, limit))
+            for k, jid in zip(packed, job_ids, strict=True):
+                argv += (jid or next(fresh), prefix + k)
             return argv
         prefixes: dict[str, bytes] = {}  # the record carries its group ('g'): reclaims and promotions read it
-        for k, jid, g in zip(kwargs, job_ids, groups, strict=True):
+        for k, jid, g in zip(packed, job_ids, groups, strict=True):
             gp = prefixes.get(g)
             if gp is None:
                 gp = prefixes[g] = map_prefix({**head, "g": g}, "k")
-            argv += (jid or next(fresh), gp + _packed(k, limit), g)
+            argv += (jid or next(fresh), gp + k, g)
         return argv
 
     async def _send(self, spec: JobSpec, argv: list[Any], grouped: bool = False) -> list[Enqueued]:
@@ -522,13 +533,6 @@ def _zset(queue: str, record: dict[str, Any]) -> str:
 
 def _s(v: Any) -> str:
     return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
-
-
-def _packed(kwargs: dict[str, Any], limit: int) -> bytes:
-    data = pack(kwargs)
-    if len(data) > limit:
-        raise ValueError(f"payload is {len(data)} bytes packed, more than {limit} (JOB_MAX_PAYLOAD_BYTES)")
-    return data
 
 
 def _safe_unpack(raw: bytes) -> Any:

@@ -287,19 +287,21 @@ class Executor:
             if len(packed) > self.settings.job_max_payload_bytes:  # kept in part, like an unreadable one
                 payload, raw = None, packed[:MAX_RAW]
                 error = f"{error} (payload of {len(packed)} bytes not kept)"
+        rec = out.record  # written by any producer: only fields of the right type are kept
+        prio, ik, et = rec.get("p", 0), rec.get("ik"), rec.get("et")
         return pack(
             {
                 "job_id": job_id,
                 "function": out.function,
                 "queue": out.queue,
-                "payload": payload,
-                "args": out.record.get("a"),
-                "priority": out.record.get("p", 0),
-                "idempotency_key": out.record.get("ik"),
+                "payload": payload if isinstance(payload, dict) else None,
+                "args": rec.get("a") if isinstance(rec.get("a"), list) else None,
+                "priority": prio if type(prio) is int and 0 <= prio <= keys.MAX_PRIORITY else 0,
+                "idempotency_key": ik if isinstance(ik, str) else None,
                 "error": error,
                 "traceback": out.traceback,
                 "attempts": attempt,
-                "enqueued_at": out.record.get("et"),
+                "enqueued_at": et if _epoch_ms(et) else None,
                 "failed_at": now_ms(),
                 "raw": raw.hex() if raw is not None else None,
             }
@@ -402,6 +404,10 @@ class _Deadline:
 
     def cancel(self) -> None:
         self.members.discard(self)
+
+
+def _epoch_ms(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < 1e14
 
 
 def _describe(exc: BaseException) -> str:
