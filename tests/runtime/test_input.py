@@ -264,3 +264,13 @@ async def test_enqueue_many_checks_every_payload_before_the_first_chunk(redis: R
         await client.enqueue_many("validates_inside", payloads, chunk=10)
     assert await _keys(redis) == before
     assert len(await client.enqueue_many("validates_inside", payloads[:30], chunk=10)) == 30
+
+
+async def test_grouped_jobs_get_the_same_checks(redis: Redis, client: Client) -> None:
+    before = await _keys(redis)
+    for bad in ({"tenant": "t", "n": 2**64}, {"tenant": "t", "sleep": math.inf}):
+        with pytest.raises(ValueError):
+            await client.enqueue("tenant_work", bad)
+        with pytest.raises(ValueError):
+            await client.enqueue_many("tenant_work", [{"tenant": "t"}, bad])
+    assert await _keys(redis) == before
