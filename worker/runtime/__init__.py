@@ -3,7 +3,7 @@
 from worker.runtime.client import Client, Enqueued, JobStatus, create_pool
 from worker.runtime.context import JobContext
 from worker.runtime.deadletter import DeadLetter, DeadLetters
-from worker.runtime.errors import Defer, PermanentError, RetryLater, UnknownFunction
+from worker.runtime.errors import Defer, InvalidData, PermanentError, RetryLater, UnknownFunction
 from worker.runtime.events import Events
 from worker.runtime.loop import Worker
 from worker.runtime.pipe import Pipe
@@ -16,6 +16,7 @@ __all__ = [
     "Defer",
     "Enqueued",
     "Events",
+    "InvalidData",
     "JobContext",
     "JobSpec",
     "JobStatus",

@@ -4,12 +4,15 @@ is written (never a msgpack ``TypeError``, an ``OverflowError`` or a Redis ``Res
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import math
 import time
 from typing import Any
 
+from pydantic import BaseModel
+
 from worker.runtime import keys
-from worker.runtime.bounded import brief
+from worker.runtime.bounded import INT_MAX, INT_MIN, brief, check_json
 
 MAX_KEY = 1000  # characters of an idempotency key
 MAX_JOB_ID = 200  # characters of a caller-chosen job id
@@ -75,3 +78,45 @@ def when(defer_by: Any, defer_until: Any, horizon_s: float) -> tuple[int, int]:
             raise ValueError(f"defer_by must be 0..{horizon_s:g} s (SCHEDULE_HORIZON_S), not {brief(defer_by, 40)}")
         return -1, int(seconds * 1000)
     return -1, 0
+
+
+_TEXTS: frozenset[Any] = frozenset({str, bool, str | None, bool | None})
+_INTS: frozenset[Any] = frozenset({int, int | None})
+_FLOATS: frozenset[Any] = frozenset({float, float | None})
+
+
+@functools.cache
+def _scalar_fields(model: type[BaseModel]) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+    """(int fields, float fields) of a model whose fields are all plain scalars and that takes no extra
+    fields, else None: its JSON dump then needs only those fields checked."""
+    if model.model_config.get("extra") == "allow":
+        return None
+    ints, floats = [], []
+    for name, f in model.model_fields.items():
+        if f.alias or f.serialization_alias:  # dumped under another key: take the general walk
+            return None
+        if f.annotation in _INTS:
+            ints.append(name)
+        elif f.annotation in _FLOATS:
+            floats.append(name)
+        elif f.annotation not in _TEXTS:
+            return None
+    return tuple(ints), tuple(floats)
+
+
+def check_dump(model: type[BaseModel], dumped: dict[str, Any]) -> None:
+    """ValueError unless a model's JSON dump is plain JSON data (64-bit ints, finite floats, ...); cheap for
+    flat models (ids-only payloads check nothing), ``check_json`` for the others."""
+    plan = _scalar_fields(model)
+    if plan is None:
+        check_json(dumped)
+        return
+    ints, floats = plan
+    for name in ints:
+        v = dumped.get(name)
+        if v is not None and not INT_MIN <= v <= INT_MAX:
+            raise ValueError(f"{name}: integer {brief(v, 40)} is out of the 64-bit range a payload may hold")
+    for name in floats:
+        v = dumped.get(name)
+        if v is not None and v - v != 0.0:  # inf - inf and nan - nan are nan
+            raise ValueError(f"{name}: {v} is not a JSON number")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
-import functools
 import json
 import os
 import time
@@ -167,8 +166,8 @@ class Client:
                 # pydantic-core's validator and serializer directly: half the cost of model_validate + model_dump
                 model = spec.payload.__pydantic_validator__.validate_python(payload or {})
                 out = cast(dict[str, Any], spec.payload.__pydantic_serializer__.to_python(model, mode="json"))
-            if _texts_only(spec.payload):  # ids-only payloads, the common case: nothing more to check
-                return out
+            arguments.check_dump(spec.payload, out)
+            return out
         elif isinstance(payload, BaseModel):
             out = payload.model_dump(mode="json")
         elif payload is None or isinstance(payload, dict):
@@ -281,8 +280,7 @@ class Client:
             if model_cls is not None:
                 model = p if isinstance(p, model_cls) else model_cls.__pydantic_validator__.validate_python(p or {})
                 kwargs.append(cast(dict[str, Any], model_cls.__pydantic_serializer__.to_python(model, mode="json")))
-                if not _texts_only(model_cls):
-                    check_json(kwargs[-1])
+                arguments.check_dump(model_cls, kwargs[-1])
             else:
                 model = self._kwargs(spec, p)
                 kwargs.append(model)
@@ -536,17 +534,6 @@ def _zset(queue: str, record: dict[str, Any]) -> str:
     """The zset that holds a waiting job: its group's on a grouped queue, else the queue's."""
     g = record.get("g")
     return keys.group(queue, g) if isinstance(g, str) else keys.queue(queue)
-
-
-_TEXT_TYPES: frozenset[Any] = frozenset({str, bool, str | None, bool | None})
-
-
-@functools.cache
-def _texts_only(model: type[BaseModel]) -> bool:
-    """Whether every field of ``model`` is a str or bool (optional or not) and it takes no extra fields: its
-    JSON dump is then plain JSON data by construction."""
-    extra = model.model_config.get("extra")
-    return extra != "allow" and all(f.annotation in _TEXT_TYPES for f in model.model_fields.values())
 
 
 def _s(v: Any) -> str:
