@@ -338,3 +338,17 @@ def test_cli_shows_dead_letters_holding_raw_bytes(capsys: pytest.CaptureFixture[
         assert "raw1" in out and len(out) < 30_000, argv
     code, out, _ = run(capsys, "dlq", "show", "raw1", "--json", *common)
     assert json.loads(out)["payload"]["n"] == "\\xff\\xfe"
+
+
+async def test_routes_answer_503_with_the_error_body_while_redis_is_down(settings: Settings) -> None:
+    from worker.devstack import RedisServer
+
+    down = RedisServer()  # never started: nothing listens on its port
+    async with (
+        serve(create_app(settings, redis_url=down.url)) as url,
+        httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {ADMIN}"}) as admin,
+    ):
+        for path in ("/v1/queues", "/v1/dead-letters", "/v1/jobs/x"):
+            r = await admin.get(path)
+            assert_error_body(r, 503)
+            assert r.headers["Retry-After"] == "2"

@@ -12,6 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 import worker.jobs  # noqa: F401  (registers the product's jobs)
 from settings import Settings, get_settings
@@ -86,9 +87,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 async def _store_unavailable(request: Request, exc: Exception) -> Response:
-    """The database is down or overloaded: 503 with a retry hint, never a traceback."""
-    delay = max(1, round(exc.delay)) if isinstance(exc, StoreUnavailable) else 5
-    body = {"message": "the database is unavailable; retry later", "detail": []}
+    """The database (or Redis) is down or overloaded: 503 with a retry hint, never a traceback."""
+    delay = max(1, round(exc.delay)) if isinstance(exc, StoreUnavailable) else 2
+    what = "the database" if isinstance(exc, StoreUnavailable) else "Redis"
+    body = {"message": f"{what} is unavailable; retry later", "detail": []}
     return JSONResponse(body, 503, {"Retry-After": str(delay)})
 
 
@@ -105,6 +107,7 @@ def create_app(
     app.state.worker_config = ApiConfig(settings, redis_url, registry)
     errors.install(app)
     app.add_exception_handler(StoreUnavailable, _store_unavailable)
+    app.add_exception_handler(RedisError, _store_unavailable)  # an outage: 503 like the store's, no traceback
     app.include_router(ops.probes)
     app.include_router(jobs.router)
     app.include_router(mail.router)
