@@ -675,10 +675,11 @@ def build_parser() -> argparse.ArgumentParser:
     purge.add_argument("--older-than", type=duration, metavar="AGE", help="delete those older than AGE (e.g. 7d)")
     purge.set_defaults(func=with_redis(_dlq_purge))
 
-    from worker import cli_outbox, cli_quarantine
+    from worker import cli_messages, cli_outbox, cli_quarantine
 
     cli_outbox.register(sub, common)
     cli_quarantine.register(sub, common)
+    cli_messages.register(sub, common)
 
     enq = sub.add_parser(
         "enqueue",
