@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
 
-import pytest
 from redis.asyncio import Redis
 
 from tests.helpers import eventually
+from tests.jobs.test_email_sync import dovecot  # noqa: F401  (the Dovecot fixture)
 from tests.support import mail_account
-from tests.support.imap import DovecotServer, dovecot_available
+from tests.support.imap import DovecotServer
 from worker.runtime import Client, Worker
 from worker.store import MessageQuery, SqlStore
 
@@ -74,14 +73,6 @@ def _mail(i: int) -> bytes:
     ).encode()
 
 
-@pytest.fixture
-def dovecot() -> Iterator[DovecotServer]:
-    if not dovecot_available():
-        pytest.skip("dovecot-imapd is not installed")
-    with DovecotServer().start() as server:
-        yield server  # type: ignore[misc]
-
-
 async def redis_dump(redis: Redis) -> dict[bytes, bytes]:
     """Every key of every type with everything it holds (members, fields, scores' members, stream entries)."""
     out: dict[bytes, bytes] = {}
@@ -106,7 +97,11 @@ async def redis_dump(redis: Redis) -> dict[bytes, bytes]:
 
 
 async def test_no_mail_content_in_redis_after_sync_and_analysis(
-    worker: Worker, client: Client, store: SqlStore, dovecot: DovecotServer, redis: Redis
+    worker: Worker,
+    client: Client,
+    store: SqlStore,
+    dovecot: DovecotServer,  # noqa: F811
+    redis: Redis,
 ) -> None:
     dovecot.append([_mail(i) for i in range(12)])
     account = await mail_account(store, imap_port=dovecot.port)
