@@ -126,7 +126,8 @@ def _table(tenant: str, items: list[Any]) -> Any:
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
     """Add `worker messages ...` to the CLI."""
-    p = sub.add_parser("messages", parents=[common], help="list and search a tenant's synced messages")
+    del common  # no Redis option: this command reads the store only
+    p = sub.add_parser("messages", help="list and search a tenant's synced messages")
     p.add_argument("tenant")
     p.add_argument("--account", help="only this account")
     p.add_argument("--mailbox", help="only this mailbox (folder name)")
@@ -134,8 +135,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     p.add_argument("--until", type=_aware, metavar="ISO", help="dated before")
     p.add_argument("--category", help="the analysis' category")
     reply = p.add_mutually_exclusive_group()
-    reply.add_argument("--needs-reply", dest="needs_reply", action="store_const", const=True)
-    reply.add_argument("--no-reply-needed", dest="needs_reply", action="store_const", const=False)
+    reply.add_argument("--needs-reply", dest="needs_reply", action="store_const", const=True, help="analysed: reply")
+    reply.add_argument(
+        "--no-reply-needed", dest="needs_reply", action="store_const", const=False, help="analysed: no reply needed"
+    )
     p.add_argument("--q", metavar="TEXT", help="every word of TEXT in the subject or text")
     p.add_argument("--removed", action="store_true", help="include messages the server expunged")
     p.add_argument("--limit", type=int, default=50, help="per page (default 50, at most 200)")
