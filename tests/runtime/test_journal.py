@@ -60,3 +60,5 @@ def test_journal_directory_is_per_redis_address_and_never_names_credentials() ->
     assert a == redis_identity("redis://other:pw@10.0.0.1:6379/0")
     assert a != redis_identity("redis://10.0.0.1:6380/0") and a != redis_identity("redis://10.0.0.1:6379/1")
     assert "s3cret" not in a
+    sentinel = "redis+sentinel://:pw@127.0.0.1:26379,127.0.0.1:26380/mymaster/0"
+    assert redis_identity(sentinel) == redis_identity("redis+sentinel://127.0.0.1:26379,127.0.0.1:26380/mymaster/0")

@@ -53,8 +53,8 @@ class Held:
 def redis_identity(url: str) -> str:
     """A directory name for a Redis address: scheme, host, port, db and path, never credentials."""
     parts = urlsplit(url)
-    host = parts.hostname or ""
-    where = f"{parts.scheme}://{host}:{parts.port or ''}{parts.path}?{parts.query}"
+    hosts = parts.netloc.rpartition("@")[2]  # a Sentinel URL lists several host:port pairs
+    where = f"{parts.scheme}://{hosts}{parts.path}?{parts.query}"
     return hashlib.sha256(where.encode()).hexdigest()[:16]
 
 
