@@ -90,6 +90,9 @@ class Settings(BaseSettings):
     sync_batch_bytes: int = Field(
         16 * 1024 * 1024, ge=64 * 1024, description="mail bytes per FETCH; a sync holds at most two batches"
     )
+    sync_spool_bytes: int = Field(
+        1024 * 1024, ge=1024, description="larger messages stream to a temp file, never held in memory"
+    )
     sync_max_message_bytes: int = Field(
         64 * 1024 * 1024, ge=1024, description="larger messages are quarantined unfetched (retry after raising it)"
     )

@@ -1,0 +1,119 @@
+"""Bounded memory for mail in flight: big literals stream to a temp file, and a gauge counts what is held.
+
+A FETCH literal larger than the spool threshold is written to a private temp file (mode 0600) as it
+arrives, chunk by chunk, and handed to the parse workers by path: the event loop never builds a Python
+copy of it. Smaller literals are kept in memory. `BUFFERED` counts, for this process, the mail bytes held
+in memory by fetched messages (from the first byte received until `release`) and the bytes spooled to
+disk, each with its peak: the instrumented counter the memory bounds are tested against.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable
+from contextlib import suppress
+from dataclasses import dataclass
+
+SPOOL_BYTES = 1024 * 1024  # literals above this go to a temp file
+
+
+@dataclass(frozen=True)
+class Spooled:
+    """A message body in a temp file (removed by `release`)."""
+
+    path: str
+    size: int
+
+    def read(self, limit: int = -1) -> bytes:
+        """The body's bytes (at most `limit` of them when limit >= 0)."""
+        with open(self.path, "rb") as f:
+            return f.read(limit)
+
+
+Body = bytes | Spooled
+
+
+def size_of(body: Body) -> int:
+    """Bytes of a body, wherever it is."""
+    return body.size if isinstance(body, Spooled) else len(body)
+
+
+class Gauge:
+    """Mail bytes this process holds for syncs: in memory and spooled to disk, now and at the peak."""
+
+    def __init__(self) -> None:
+        self.memory = self.memory_peak = 0
+        self.spooled = self.spooled_peak = 0
+
+    def hold(self, memory: int = 0, spooled: int = 0) -> None:
+        """Count bytes taken (negative: given back)."""
+        self.memory += memory
+        self.spooled += spooled
+        self.memory_peak = max(self.memory_peak, self.memory)
+        self.spooled_peak = max(self.spooled_peak, self.spooled)
+
+    def reset_peaks(self) -> None:
+        """Start measuring peaks from now."""
+        self.memory_peak, self.spooled_peak = self.memory, self.spooled
+
+
+BUFFERED = Gauge()
+
+
+def release(bodies: Iterable[Body]) -> None:
+    """Give fetched bodies back: memory leaves the gauge, spool files are removed."""
+    for body in bodies:
+        if isinstance(body, Spooled):
+            with suppress(FileNotFoundError):
+                os.unlink(body.path)
+            BUFFERED.hold(spooled=-body.size)
+        else:
+            BUFFERED.hold(memory=-len(body))
+
+
+class LiteralSink:
+    """Where one literal's bytes go while it arrives: memory, or a temp file when it is over `spool_over`."""
+
+    def __init__(self, size: int, spool_over: int | None, spool_dir: str | None = None) -> None:
+        self.size = size
+        self.written = 0
+        self._parts: list[bytes] = []
+        self._fd: int | None = None
+        self._path = ""
+        if spool_over is not None and size > spool_over:
+            self._fd, self._path = tempfile.mkstemp(prefix="worker-mail-", suffix=".eml", dir=spool_dir)
+
+    def write(self, data: bytes) -> None:
+        """Append the next bytes of the literal."""
+        if self._fd is None:
+            self._parts.append(data)
+            BUFFERED.hold(memory=len(data))
+        else:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view) :]
+            BUFFERED.hold(spooled=len(data))
+        self.written += len(data)
+
+    def finish(self) -> Body:
+        """The complete body (the caller owns it: `release` it when done)."""
+        if self._fd is None:
+            parts, self._parts = self._parts, []
+            return parts[0] if len(parts) == 1 else b"".join(parts)
+        os.close(self._fd)
+        self._fd = None
+        return Spooled(self._path, self.written)
+
+    def abort(self) -> None:
+        """Drop what was received so far."""
+        if self._fd is None:
+            self._parts = []
+            BUFFERED.hold(memory=-self.written)
+        else:
+            os.close(self._fd)
+            self._fd = None
+            with suppress(FileNotFoundError):
+                os.unlink(self._path)
+            BUFFERED.hold(spooled=-self.written)
+        self.written = 0
