@@ -35,7 +35,7 @@ from worker.mail.imap import (
     ImapSession,
     plan_batches,
 )
-from worker.mail.parsepool import ParsePool
+from worker.mail.parsepool import NICE, ParsePool
 from worker.mail.spool import SPOOL_BYTES, release
 from worker.runtime import Defer, JobContext, PermanentError, job
 from worker.store import InsertResult, Store, SyncState, mailbox_key, utcnow
@@ -83,11 +83,11 @@ class SyncReport:
 _POOL: ParsePool | None = None
 
 
-def parse_pool(workers: int = 0) -> ParsePool:
+def parse_pool(workers: int = 0, nice: int = NICE) -> ParsePool:
     """This process's parse pool (started on first use; `workers` 0 = one per core)."""
     global _POOL
     if _POOL is None:
-        _POOL = ParsePool(workers or None)
+        _POOL = ParsePool(workers or None, nice=nice)
     return _POOL
 
 
@@ -319,7 +319,7 @@ async def sync_mailbox(ctx: JobContext, payload: SyncMailbox) -> dict[str, Any]:
                 max_batch_bytes=ctx.settings.sync_batch_bytes,
                 max_message_bytes=ctx.settings.sync_max_message_bytes,
                 spool_over=ctx.settings.sync_spool_bytes,
-                pool=parse_pool(ctx.settings.parse_workers),
+                pool=parse_pool(ctx.settings.parse_workers, ctx.settings.parse_nice),
             )
             report = await sync.run()
     except ImapAuthError as exc:

@@ -68,7 +68,7 @@ async def retry_quarantined(ctx: JobContext, payload: RetryQuarantined) -> dict[
     if not fetched:
         return await resolve("no longer on the server")
     try:
-        done = await ingest(store, parse_pool(ctx.settings.parse_workers), where, fetched)
+        done = await ingest(store, parse_pool(ctx.settings.parse_workers, ctx.settings.parse_nice), where, fetched)
     finally:
         release(m.body for m in fetched)
     if done.quarantined:
