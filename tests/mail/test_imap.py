@@ -85,6 +85,7 @@ async def test_batched_fetch_with_peek_keeps_mail_unread(imap_server: ImapServer
             got += await s.fetch_messages(batch, sum(sizes[u] for u in batch))
         assert [m.uid for m in got] == uids
         assert got[7].body == make_mail(7).replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        release(m.body for m in got)
         flags = await s.fetch_flags(uids)
         assert not any("\\Seen" in f for f in flags.values())
         # UID n:* always answers with the highest UID, even when n is above it
