@@ -14,7 +14,7 @@ from pydantic import SecretStr
 
 from tests.helpers import eventually
 from tests.mail.conftest import imap_config
-from tests.support.imap import PASSWORD, USER, DovecotServer, ImapServer, make_mail
+from tests.support.imap import PASSWORD, USER, DovecotServer, ImapServer, make_mail, spooled_files
 from tests.support.smtp import Certificate
 from worker.devstack import free_port
 from worker.mail.imap import (
@@ -157,18 +157,18 @@ async def test_a_big_literal_streams_to_disk_and_a_lost_connection_leaves_nothin
         assert BUFFERED.spooled - before[1] == len(served)  # on disk, not in memory
         assert BUFFERED.memory - before[0] == len(small) + len(other)
         release([small, spooled, other])
-        assert not os.listdir(tmp_path) and (BUFFERED.memory, BUFFERED.spooled) == before
+        assert not spooled_files(tmp_path) and (BUFFERED.memory, BUFFERED.spooled) == before
         # the connection dies while a spooled literal arrives: its file is removed, nothing stays counted
         dovecot.append([make_mail(3, body="z" * 30_000_000)])
         await s.noop()
         fetch = asyncio.create_task(s.fetch_messages([4], spool_over=100_000, spool_dir=str(tmp_path)))
-        await eventually(arrived(lambda: bool(os.listdir(tmp_path))), 30, every=0.001)
+        await eventually(arrived(lambda: bool(spooled_files(tmp_path))), 30, every=0.001)
         os.killpg(dovecot.proc.pid, signal.SIGSTOP)  # type: ignore[union-attr]
         assert not fetch.done()
         dovecot.kill()
         with pytest.raises(ImapConnectionError):
             await asyncio.wait_for(fetch, 30)
-    assert not os.listdir(tmp_path) and (BUFFERED.memory, BUFFERED.spooled) == before
+    assert not spooled_files(tmp_path) and (BUFFERED.memory, BUFFERED.spooled) == before
 
 
 async def test_condstore_and_qresync_on_dovecot(dovecot: DovecotServer) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,7 @@ from pydantic import SecretStr
 
 from settings import Settings
 from tests.mail.conftest import imap_config
-from tests.support.imap import DovecotServer, ImapServer, make_mail
+from tests.support.imap import DovecotServer, ImapServer, make_mail, spooled_files
 from worker.jobs.email_sync import MailboxSync, SyncReport
 from worker.mail.imap import open_imap
 from worker.mail.message import content_id
@@ -89,7 +88,7 @@ async def test_messages_larger_than_the_memory_budget_sync_with_bounded_buffers(
     assert {r.content_id for r in records if r} == {content_id(m) for m in small + big}  # every byte, each one
     assert 0 < BUFFERED.memory_peak - held[0] <= 2 * budget
     assert BUFFERED.spooled_peak - held[1] >= 300_000  # the big ones went to disk...
-    assert (BUFFERED.memory, BUFFERED.spooled) == held and not os.listdir(tmp_path)  # ...and are gone
+    assert (BUFFERED.memory, BUFFERED.spooled) == held and not spooled_files(tmp_path)  # ...and are gone
 
     # the same mailbox without spooling holds a big message in memory: the counter sees it
     BUFFERED.reset_peaks()

@@ -5,17 +5,24 @@ arrives, chunk by chunk, and handed to the parse workers by path: the event loop
 copy of it. Smaller literals are kept in memory. `BUFFERED` counts, for this process, the mail bytes held
 in memory by fetched messages (from the first byte received until `release`) and the bytes spooled to
 disk, each with its peak: the instrumented counter the memory bounds are tested against.
+
+Spool files live in a directory of the process (`worker-mail-<pid>` under the spool base, the system's
+temp directory by default); the first spool of a process removes the directories of processes that are
+gone, so a worker killed mid-FETCH leaves nothing behind for long.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable
 from contextlib import suppress
 from dataclasses import dataclass
 
 SPOOL_BYTES = 1024 * 1024  # literals above this go to a temp file
+_PREFIX = "worker-mail-"
+_DIRS: dict[tuple[int, str], str] = {}  # (pid, base) -> this process's spool directory
 
 
 @dataclass(frozen=True)
@@ -72,17 +79,45 @@ def release(bodies: Iterable[Body]) -> None:
             BUFFERED.hold(memory=-len(body))
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def process_spool_dir(base: str | None = None) -> str:
+    """This process's spool directory under `base` (default: the temp directory), made when missing; the
+    first call of a process also removes the spool directories of processes that are gone."""
+    root = base or tempfile.gettempdir()
+    key = (os.getpid(), root)
+    path = _DIRS.get(key)
+    if path is None:
+        for entry in os.listdir(root):
+            pid = entry.removeprefix(_PREFIX)
+            if entry.startswith(_PREFIX) and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+                shutil.rmtree(os.path.join(root, entry), ignore_errors=True)
+        path = _DIRS[key] = os.path.join(root, f"{_PREFIX}{os.getpid()}")
+    if not os.path.isdir(path):
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    return path
+
+
 class LiteralSink:
     """Where one literal's bytes go while it arrives: memory, or a temp file when it is over `spool_over`."""
 
     def __init__(self, size: int, spool_over: int | None, spool_dir: str | None = None) -> None:
+        """`spool_dir` is the spool base (None: the system's temp directory)."""
         self.size = size
         self.written = 0
         self._parts: list[bytes] = []
         self._fd: int | None = None
         self._path = ""
         if spool_over is not None and size > spool_over:
-            self._fd, self._path = tempfile.mkstemp(prefix="worker-mail-", suffix=".eml", dir=spool_dir)
+            self._fd, self._path = tempfile.mkstemp(suffix=".eml", dir=process_spool_dir(spool_dir))
 
     def write(self, data: bytes) -> None:
         """Append the next bytes of the literal."""
