@@ -715,11 +715,10 @@ class ImapSession:
             spool_dir=spool_dir,
         )
         try:
-            lines = await self._ok("UID FETCH", protocol.execute(command), limit)
+            return _fetch_items(await self._ok("UID FETCH", protocol.execute(command), limit)), command.bodies
         except BaseException:
             command.discard()
             raise
-        return _fetch_items(lines), command.bodies
 
     async def fetch_sizes(self, uids: Sequence[int]) -> dict[int, int]:
         """RFC822.SIZE of each UID that still exists (fetched <= MAX_BATCH at a time)."""
