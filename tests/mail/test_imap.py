@@ -171,6 +171,30 @@ async def test_a_big_literal_streams_to_disk_and_a_lost_connection_leaves_nothin
     assert not spooled_files(tmp_path) and (BUFFERED.memory, BUFFERED.spooled) == before
 
 
+async def test_a_fetch_cancelled_mid_literal_is_read_on_and_dropped(dovecot: DovecotServer, tmp_path: Path) -> None:
+    dovecot.append([make_mail(1, body="q" * 20_000_000), make_mail(2)])
+    before = (BUFFERED.memory, BUFFERED.spooled)
+    async with open_imap(imap_config(dovecot, timeout=60)) as s:
+        await s.select("INBOX")
+        fetch = asyncio.create_task(s.fetch_messages([1, 2], spool_over=100_000, spool_dir=str(tmp_path)))
+        await eventually(arrived(lambda: BUFFERED.spooled - before[1] > 1_000_000), 30, every=0.001)
+        os.killpg(dovecot.proc.pid, signal.SIGSTOP)  # type: ignore[union-attr]
+        try:
+            await asyncio.sleep(0.2)
+            assert not fetch.done()  # mid-literal: the rest of the reply is still on the server
+            fetch.cancel()  # e.g. the batch fetched ahead of a sync that failed
+            with pytest.raises(asyncio.CancelledError):
+                await fetch
+        finally:
+            os.killpg(dovecot.proc.pid, signal.SIGCONT)  # type: ignore[union-attr]
+        assert not spooled_files(tmp_path) and (BUFFERED.memory, BUFFERED.spooled) == before
+        await s.noop()  # the rest of the reply was read in step, nothing kept: the session still works
+        [again] = await s.fetch_messages([2])
+        assert again.body == make_mail(2)
+        release([again.body])
+    assert not spooled_files(tmp_path) and (BUFFERED.memory, BUFFERED.spooled) == before
+
+
 async def test_condstore_and_qresync_on_dovecot(dovecot: DovecotServer) -> None:
     dovecot.append([make_mail(i) for i in range(10)])
     async with open_imap(imap_config(dovecot)) as s:

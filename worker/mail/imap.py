@@ -387,7 +387,7 @@ class _LinearFetch(aioimaplib.FetchCommand):  # type: ignore[misc]
 
     def begin_literal_data(self, expected_size: int, literal_data: bytes = b"") -> bytes:
         self._expected_size = expected_size
-        self._sink = LiteralSink(expected_size, None if self._discarded else self._spool_over, self._spool_dir)
+        self._sink = LiteralSink(expected_size, self._spool_over, self._spool_dir, keep=not self._discarded)
         return self.append_literal_data(literal_data)
 
     def wait_literal_data(self) -> bool:
@@ -398,14 +398,12 @@ class _LinearFetch(aioimaplib.FetchCommand):  # type: ignore[misc]
         assert sink is not None
         need = sink.size - sink.written
         piece, rest = (data, b"") if len(data) <= need else (data[:need], data[need:])
-        if self._discarded:
-            sink.written += len(piece)  # keep the protocol in step, keep nothing
-        elif piece:
-            sink.write(piece)
+        if piece:
+            sink.write(piece)  # a discarded reply's sink keeps nothing, only the protocol's position
         if sink.written == sink.size:
             self._sink = None
             self._expected_size = 0
-            if not self._discarded:
+            if sink.keep:
                 body = sink.finish()
                 self.bodies.append(body)
                 self.append_to_resp(_Literal(body))

@@ -107,20 +107,26 @@ def process_spool_dir(base: str | None = None) -> str:
 
 
 class LiteralSink:
-    """Where one literal's bytes go while it arrives: memory, or a temp file when it is over `spool_over`."""
+    """Where one literal's bytes go while it arrives: memory, or a temp file when it is over `spool_over`.
 
-    def __init__(self, size: int, spool_over: int | None, spool_dir: str | None = None) -> None:
+    `written` is the position in the literal; a sink that does not `keep` (or was aborted) only tracks it."""
+
+    def __init__(self, size: int, spool_over: int | None, spool_dir: str | None = None, keep: bool = True) -> None:
         """`spool_dir` is the spool base (None: the system's temp directory)."""
         self.size = size
         self.written = 0
+        self.keep = keep
         self._parts: list[bytes] = []
         self._fd: int | None = None
         self._path = ""
-        if spool_over is not None and size > spool_over:
+        if keep and spool_over is not None and size > spool_over:
             self._fd, self._path = tempfile.mkstemp(suffix=".eml", dir=process_spool_dir(spool_dir))
 
     def write(self, data: bytes) -> None:
         """Append the next bytes of the literal."""
+        if not self.keep:
+            self.written += len(data)
+            return
         if self._fd is None:
             self._parts.append(data)
             BUFFERED.hold(memory=len(data))
@@ -141,7 +147,10 @@ class LiteralSink:
         return Spooled(self._path, self.written)
 
     def abort(self) -> None:
-        """Drop what was received so far."""
+        """Drop what was received so far and keep nothing more (the position goes on)."""
+        if not self.keep:
+            return
+        self.keep = False
         if self._fd is None:
             self._parts = []
             BUFFERED.hold(memory=-self.written)
@@ -151,4 +160,3 @@ class LiteralSink:
             with suppress(FileNotFoundError):
                 os.unlink(self._path)
             BUFFERED.hold(spooled=-self.written)
-        self.written = 0
