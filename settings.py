@@ -115,6 +115,12 @@ class Settings(BaseSettings):
         description="postgresql://... (asyncpg) or sqlite:///path (aiosqlite); unset = SQLite file in data_dir",
     )
     data_dir: str = Field("data", description="where the embedded SQLite database lives when DATABASE_URL is unset")
+    outcome_journal_dir: str = Field(
+        "", description="local journal of outcomes held while Redis is unreachable; empty = data_dir/journal"
+    )
+    outcome_journal_max_age_s: float = Field(
+        86_400.0, gt=0, description="journalled outcomes older than this are dropped instead of replayed"
+    )
     database_pool_size: int = Field(10, ge=1, le=1000, description="connections kept open per process")
     database_max_overflow: int = Field(10, ge=0, le=1000, description="extra connections under load")
     database_pool_timeout_s: float = Field(10.0, gt=0, description="longest wait for a pooled connection")
