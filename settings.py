@@ -90,10 +90,14 @@ class Settings(BaseSettings):
     sync_batch_bytes: int = Field(
         16 * 1024 * 1024, ge=64 * 1024, description="mail bytes per FETCH; a sync holds at most two batches"
     )
+    sync_spool_bytes: int = Field(
+        1024 * 1024, ge=1024, description="larger messages stream to a temp file, never held in memory"
+    )
     sync_max_message_bytes: int = Field(
         64 * 1024 * 1024, ge=1024, description="larger messages are quarantined unfetched (retry after raising it)"
     )
     parse_workers: int = Field(0, ge=0, description="parser processes per worker process; 0 = one per core")
+    parse_nice: int = Field(10, ge=0, le=19, description="parser processes' CPU priority below the event loop's")
     maintenance_interval_s: float = Field(300.0, gt=0, description="how often the cleanup job runs")
     send_ambiguous_grace_s: float = Field(
         120.0, ge=0, description="wait before looking an ambiguous send up in the account's Sent folder"
