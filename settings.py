@@ -100,10 +100,14 @@ class Settings(BaseSettings):
     sync_batch_bytes: int = Field(
         16 * 1024 * 1024, ge=64 * 1024, description="mail bytes per FETCH; a sync holds at most two batches"
     )
+    sync_spool_bytes: int = Field(
+        1024 * 1024, ge=1024, description="larger messages stream to a temp file, never held in memory"
+    )
     sync_max_message_bytes: int = Field(
         64 * 1024 * 1024, ge=1024, description="larger messages are quarantined unfetched (retry after raising it)"
     )
     parse_workers: int = Field(0, ge=0, description="parser processes per worker process; 0 = one per core")
+    parse_nice: int = Field(10, ge=0, le=19, description="parser processes' CPU priority below the event loop's")
     maintenance_interval_s: float = Field(300.0, gt=0, description="how often the cleanup job runs")
     send_ambiguous_grace_s: float = Field(
         120.0, ge=0, description="wait before looking an ambiguous send up in the account's Sent folder"
@@ -121,6 +125,12 @@ class Settings(BaseSettings):
         description="postgresql://... (asyncpg) or sqlite:///path (aiosqlite); unset = SQLite file in data_dir",
     )
     data_dir: str = Field("data", description="where the embedded SQLite database lives when DATABASE_URL is unset")
+    outcome_journal_dir: str = Field(
+        "", description="local journal of outcomes held while Redis is unreachable; empty = data_dir/journal"
+    )
+    outcome_journal_max_age_s: float = Field(
+        86_400.0, gt=0, description="journalled outcomes older than this are dropped instead of replayed"
+    )
     database_pool_size: int = Field(10, ge=1, le=1000, description="connections kept open per process")
     database_max_overflow: int = Field(10, ge=0, le=1000, description="extra connections under load")
     database_pool_timeout_s: float = Field(10.0, gt=0, description="longest wait for a pooled connection")
@@ -128,6 +138,9 @@ class Settings(BaseSettings):
     secret_key: SecretStr = Field(
         SecretStr(DEV_SECRET_KEY),
         description="encrypts stored credentials; several comma-separated keys: the first encrypts, all decrypt",
+    )
+    allow_dev_secret: bool = Field(
+        False, description="ALLOW_DEV_SECRET=1: accept the development default SECRET_KEY (local dev, demo, tests)"
     )
     api_admin_token: SecretStr = Field(SecretStr("dev-admin-token"))
 
@@ -173,6 +186,19 @@ class Settings(BaseSettings):
     def queue(self, name: str) -> QueuePolicy:
         """Policy of one queue (defaults for unknown names)."""
         return self.queues.get(name) or QueuePolicy()
+
+
+def dev_secret_refusal(settings: Settings) -> str | None:
+    """Why the worker and the API must not start: SECRET_KEY's encrypting (first) key is the development
+    default and ALLOW_DEV_SECRET is not set; None when they may. (A later, decrypt-only dev key is fine: that
+    is how a deployment rotates away from it.)"""
+    keys = [k.strip() for k in settings.secret_key.get_secret_value().split(",") if k.strip()]  # as SecretBox
+    if keys[:1] != [DEV_SECRET_KEY] or settings.allow_dev_secret:
+        return None
+    return (
+        "SECRET_KEY is the development default: set SECRET_KEY to a random secret (e.g. `openssl rand -hex 32`), "
+        "or ALLOW_DEV_SECRET=1 for local development and demos"
+    )
 
 
 @lru_cache(maxsize=1)

@@ -2,8 +2,9 @@
 
 A batch is parsed in the parse pool and stored in one call. A message the parser cannot get through is
 quarantined; when storing the batch fails, each message is stored on its own and the ones that still fail
-are quarantined (location, size and error: enough to fetch it again with the retry job). If recording the
-quarantine fails too, the store itself is down: that error propagates and the job retries.
+are quarantined (location, size and error: enough to fetch it again with the retry job). A database outage
+(StoreUnavailable) is never blamed on a message: it propagates at once and the job runs again after it; so
+does a failure to record the quarantine.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ from dataclasses import dataclass, field
 from worker.mail.imap import FetchedMessage
 from worker.mail.message import ParsedMessage
 from worker.mail.parsepool import Classifier, ParseFailure, ParsePool
-from worker.store import InsertResult, Store
+from worker.mail.spool import Spooled, size_of
+from worker.store import InsertResult, Store, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
 RequestAnalysis = Callable[[InsertResult], Awaitable[None]]
+FLAGGED_READ_BYTES = 1024 * 1024  # of a spooled message the classifier picked: enough for a bounce's report
 
 
 @dataclass
@@ -29,7 +32,7 @@ class Ingested:
 
     results: list[InsertResult] = field(default_factory=list)
     quarantined: list[int] = field(default_factory=list)
-    flagged: list[bytes] = field(default_factory=list)  # raw messages the classifier picked
+    flagged: list[bytes] = field(default_factory=list)  # raw messages the classifier picked (spooled: the start)
 
 
 @dataclass(frozen=True)
@@ -63,16 +66,20 @@ async def ingest(
     """Parse and store `fetched`; what cannot be parsed or stored is quarantined, the rest is stored.
 
     `classify` (e.g. "might be a bounce") runs in the parse workers too; the raw messages it picks are
-    returned in `flagged`, so no per-message check runs on the event loop.
+    returned in `flagged`, so no per-message check runs on the event loop (of a spooled message, its first
+    FLAGGED_READ_BYTES: a bounce's report comes before the returned message).
     """
     out = Ingested()
-    parsed = await pool.parse_flagged([m.raw for m in fetched], classify)
+    parsed = await pool.parse_flagged([m.body for m in fetched], classify)
     items: list[tuple[int, tuple[str, ...], ParsedMessage]] = []
     for msg, (result, flagged) in zip(fetched, parsed, strict=True):
         if flagged:
-            out.flagged.append(msg.raw)
+            body = msg.body
+            out.flagged.append(
+                await asyncio.to_thread(body.read, FLAGGED_READ_BYTES) if isinstance(body, Spooled) else body
+            )
         if isinstance(result, ParseFailure):
-            await where.quarantine(store, msg.uid, len(msg.raw), f"parse: {result.error}")
+            await where.quarantine(store, msg.uid, size_of(msg.body), f"parse: {result.error}")
             out.quarantined.append(msg.uid)
         else:
             items.append((msg.uid, msg.flags, result))
@@ -81,11 +88,15 @@ async def ingest(
     try:
         out.results = await _insert(store, where, items)
         return out
+    except StoreUnavailable:  # the database is down, not this batch: the job runs again after the outage
+        raise
     except Exception as exc:
         log.warning("storing a batch of %d messages failed (%s); storing them one by one", len(items), _error(exc))
     for item in items:
         try:
             out.results += await _insert(store, where, [item])
+        except StoreUnavailable:
+            raise
         except Exception as exc:
             log.exception("storing uid %d of account %s failed", item[0], where.account_id)
             await where.quarantine(store, item[0], item[2].size, f"store: {_error(exc)}")
