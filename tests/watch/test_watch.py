@@ -18,7 +18,7 @@ from tests.watch.conftest import Services, connected, watches
 from worker.mail.oauth import AUTH_ERROR_EVENT
 from worker.runtime import Client, Events, Worker
 from worker.store import SqlStore
-from worker.watch.service import notify_accounts_changed
+from worker.watch.notify import notify_accounts_changed
 
 
 async def sync_jobs(redis: Redis) -> list[str]:

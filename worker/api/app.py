@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 import worker.jobs  # noqa: F401  (registers the product's jobs)
 from settings import Settings, get_settings
 from worker import metrics
-from worker.api import errors, jobs, mail, oauth, ops, outbox
+from worker.api import errors, jobs, mail, oauth, ops, outbox, watches
 from worker.api.deps import Services, index_tenant_jobs
 from worker.runtime import Client, DeadLetters, create_pool, registry
 from worker.runtime.connection import connect, redis_address
@@ -110,6 +110,7 @@ def create_app(
     app.include_router(outbox.router)
     app.include_router(outbox.admin)
     app.include_router(ops.router)
+    app.include_router(watches.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/", include_in_schema=False)

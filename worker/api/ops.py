@@ -33,6 +33,7 @@ from worker.api.jobs import Accepted
 from worker.api.views import EVENT_SCAN, JobView, event_view, job_payload, job_view, redact
 from worker.runtime import DeadLetter, keys
 from worker.runtime.client import GroupCounts, QueueGroups, group_key
+from worker.watch.view import summary as watch_summary
 
 router = APIRouter(prefix="/v1")
 probes = APIRouter(tags=["health"])
@@ -386,6 +387,8 @@ async def ready(svc: Svc, response: Response) -> dict[str, Any]:
 async def prometheus(svc: Svc) -> Response:
     try:
         ov = await metrics.overview(svc.redis, svc.queues)
+        watching = (await watch_summary(svc.redis)).model_dump()
     except RedisError as exc:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"redis unavailable: {exc}") from exc
-    return Response(metrics.render(ov, svc.metrics), media_type="text/plain; version=0.0.4; charset=utf-8")
+    body = metrics.render(ov, svc.metrics, watching)
+    return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")

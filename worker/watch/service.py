@@ -32,12 +32,6 @@ log = logging.getLogger(__name__)
 STATE_TTL_FACTOR = 12  # a state record outlives its lease by this much (then the view forgets a dead watch)
 
 
-async def notify_accounts_changed(redis: Redis) -> None:
-    """Tell every watch process that accounts were added, enabled, disabled, removed or given new credentials."""
-    with contextlib.suppress(RedisError, OSError):
-        await redis.publish(keys.NOTIFY, b"accounts")
-
-
 class WatchService:
     """Runs this process's share of the fleet's watches until stopped."""
 
