@@ -5,10 +5,12 @@ to `wt:folders:<tenant>:<account>`), at most `watch_max_per_account` per account
 from the store (on a notification, else every `watch_reconcile_s`) and, every `watch_scan_s`:
 
 1. heartbeats in `wt:procs` (a process missing for one lease TTL no longer counts);
-2. renews its leases in one script call per 2,000; a lease found lost stops its watcher at once;
+2. renews its leases (every third of their TTL) in one script call per 2,000; a lease found lost stops its
+   watcher at once;
 3. releases watches that no longer exist, and any above its fair share `ceil(watches / live processes)`
    (capped by `watch_max_per_process`), so a process that joins gets work within a scan or two;
-4. takes free watches (random order, so processes do not collide) up to its share.
+4. takes free watches (random order, so processes do not collide) up to its share, at most ACQUIRE_PER_SCAN
+   per scan.
 
 If renewals fail for longer than 60 % of the TTL (Redis unreachable), the process stops all its watchers itself:
 by the time another process may take them over, this one no longer watches them (no mailbox watched twice).
@@ -33,6 +35,8 @@ from worker.watch.watcher import WatchContext, Watcher, WatchSpec
 
 log = logging.getLogger(__name__)
 ACQUIRE_CONCURRENCY = 50
+ACQUIRE_PER_SCAN = 250  # a scan stays short, so renewals keep up while thousands of watches are taken
+RENEWALS_PER_TTL = 3  # leases are renewed every third of their TTL (the scan itself runs more often)
 
 
 @dataclass
@@ -63,7 +67,7 @@ class Fleet:
         self.desired: dict[str, WatchSpec] = {}
         self.held: dict[str, Held] = {}
         self.live = 1
-        self._renewed = time.monotonic()
+        self._renewed = 0.0  # monotonic time of the last successful renewal
         self.ready = asyncio.Event()  # the first reconcile is done
 
     # -- what exists -----------------------------------------------------------------------------
@@ -106,13 +110,15 @@ class Fleet:
             await redis.zadd(keys.PROCS, {self.ctx.owner: now_ms + ttl})
             await redis.zremrangebyscore(keys.PROCS, "-inf", now_ms)
             self.live = int(await redis.zcard(keys.PROCS))
-            lost = await self.ctx.leases.renew({wid: h.lease for wid, h in self.held.items()})
+            lost: list[str] = []
+            if time.monotonic() - self._renewed >= ttl / 1000 / RENEWALS_PER_TTL:
+                lost = await self.ctx.leases.renew({wid: h.lease for wid, h in self.held.items()})
+                self._renewed = time.monotonic()
         except (RedisError, OSError) as exc:
             if self.held and time.monotonic() - self._renewed > ttl / 1000 * 0.6:
                 log.warning("watch leases cannot be renewed (%s): stopping %d watchers", exc, len(self.held))
                 await self._stop([*self.held], release=False)
             raise
-        self._renewed = time.monotonic()
         if lost:
             log.warning("lost the lease of %d watch(es): stopped", len(lost))
             await self._stop(lost, release=False)
@@ -133,16 +139,19 @@ class Fleet:
         candidates = [wid for wid in free if owners.get(wid) is None]
         random.shuffle(candidates)
         sem = asyncio.Semaphore(ACQUIRE_CONCURRENCY)
+        taken = 0
 
         async def one(wid: str) -> None:
             async with sem:
-                if len(self.held) >= self.target():
+                nonlocal taken
+                if len(self.held) >= self.target() or taken >= ACQUIRE_PER_SCAN:
                     return
                 value = await self.ctx.leases.acquire(wid)
                 if value is not None:
+                    taken += 1
                     self._start(self.desired[wid], value)
 
-        await asyncio.gather(*(one(w) for w in candidates[: n * 2]))
+        await asyncio.gather(*(one(w) for w in candidates[: min(n, ACQUIRE_PER_SCAN) * 2]))
 
     def _start(self, spec: WatchSpec, lease: str) -> None:
         watcher = Watcher(self.ctx, spec, lease)

@@ -23,18 +23,22 @@ class HostRate:
         self.rate = rate
         self.burst = burst
         self._script = redis.register_script(source("ratelimit"))
+        self._turns: dict[str, asyncio.Lock] = {}  # one waiter per host per process asks Redis; the rest queue
 
     async def wait_ms(self, host: str) -> int:
         """Take a token for `host`: 0 when taken, else the milliseconds until one is free (nothing taken)."""
         return int(await self._script(keys=[keys.host_rate(host)], args=[self.rate, 1000, self.burst]))
 
     async def take(self, host: str) -> None:
-        """Wait until a connection attempt to `host` is allowed."""
-        while True:
-            ms = await self.wait_ms(host)
-            if ms <= 0:
-                return
-            await asyncio.sleep(ms / 1000 * (1 + random.random() * 0.1))
+        """Wait until a connection attempt to `host` is allowed (FIFO among this process's watchers: with
+        thousands waiting, Redis sees one request per free token, not one per waiter)."""
+        turn = self._turns.setdefault(host.lower(), asyncio.Lock())
+        async with turn:
+            while True:
+                ms = await self.wait_ms(host)
+                if ms <= 0:
+                    return
+                await asyncio.sleep(ms / 1000 * (1 + random.random() * 0.1))
 
 
 class Backoff:

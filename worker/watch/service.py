@@ -15,12 +15,12 @@ import secrets
 import signal
 import socket
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
 
 from settings import Settings
 from worker.runtime import Client, Worker
-from worker.runtime.connection import connect
+from worker.runtime.connection import CONNECT_TIMEOUT_S, connect, is_sentinel
 from worker.store import SqlStore, open_store
 from worker.watch import keys
 from worker.watch.fleet import Fleet
@@ -29,7 +29,18 @@ from worker.watch.limits import HostRate
 from worker.watch.watcher import WatchContext
 
 log = logging.getLogger(__name__)
+MAX_REDIS_CONNECTIONS = 16
 STATE_TTL_FACTOR = 12  # a state record outlives its lease by this much (then the view forgets a dead watch)
+
+
+def _connect(url: str) -> Redis:
+    """A client whose pool blocks at MAX_REDIS_CONNECTIONS: thousands of watchers share a few connections."""
+    if is_sentinel(url):
+        return connect(url, max_connections=MAX_REDIS_CONNECTIONS)
+    pool = BlockingConnectionPool.from_url(
+        url, max_connections=MAX_REDIS_CONNECTIONS, timeout=None, socket_connect_timeout=CONNECT_TIMEOUT_S
+    )
+    return Redis.from_pool(pool)
 
 
 class WatchService:
@@ -37,7 +48,7 @@ class WatchService:
 
     def __init__(self, redis_url: str, settings: Settings, *, store: SqlStore | None = None) -> None:
         self.settings = settings
-        self.redis: Redis = connect(redis_url)
+        self.redis: Redis = _connect(redis_url)
         self._own_store = store is None
         self.store = store or open_store(settings)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
