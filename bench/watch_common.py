@@ -23,6 +23,7 @@ PASSWORD = "bench-pass"
 # Many connections: process/client limits raised; idle sessions moved to imap-hibernate after 2 s.
 MANY = """
 imap_hibernate_timeout = {hibernate}
+mailbox_idle_check_interval = {idle_check}
 mail_max_userip_connections = 1000
 default_process_limit = 20000
 default_client_limit = 20000
@@ -47,10 +48,14 @@ def user(i: int) -> str:
 
 
 class ManyUsers(DovecotServer):
-    """Dovecot with `n` users u0..u{n-1} (password PASSWORD), hibernating idle IMAP sessions."""
+    """Dovecot with `n` users u0..u{n-1} (password PASSWORD), hibernating idle IMAP sessions.
 
-    def __init__(self, n: int, hibernate: str = "2s", imap_clients: int = 1) -> None:
-        conf = MANY.format(hibernate=hibernate or "0", imap_clients=imap_clients)
+    Dovecot's IDLE learns of new mail through inotify, one instance per imap process: past the kernel's
+    fs.inotify.max_user_instances (128 here) per UID, sessions neither hibernate nor get pushes and fall back to
+    checking every `mailbox_idle_check_interval` (`idle_check`)."""
+
+    def __init__(self, n: int, hibernate: str = "2s", imap_clients: int = 1, idle_check: str = "30s") -> None:
+        conf = MANY.format(hibernate=hibernate or "0", imap_clients=imap_clients, idle_check=idle_check)
         super().__init__(extra_conf=conf)
         self.n = n
 

@@ -44,11 +44,11 @@ async def content_of(store: SqlStore, tenant: str, account_id: str) -> str | Non
     return message.content_id if message is not None else None
 
 
-async def run(n: int, rate: float, duration: float, connect_rate: float) -> dict[str, object]:
+async def run(n: int, rate: float, duration: float, connect_rate: float, idle_check: str) -> dict[str, object]:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, n * 3 + 1000)), hard))
     redis_server = RedisServer().start()
-    dovecot = ManyUsers(n).start()
+    dovecot = ManyUsers(n, idle_check=idle_check).start()
     base = job_settings().model_copy(
         update={
             "watch_connect_rate": connect_rate,
@@ -124,6 +124,7 @@ async def run(n: int, rate: float, duration: float, connect_rate: float) -> dict
             "analysed": len(to_analysed),
             "analysed_p50_s": _r(pct(to_analysed, 50)),
             "analysed_p99_s": _r(pct(to_analysed, 99)),
+            "dovecot_idle_check": idle_check,
             "load": load(),
         }
     finally:
@@ -142,10 +143,11 @@ def main() -> None:
     p.add_argument("--rate", type=float, default=5.0, help="APPENDs per second")
     p.add_argument("--duration", type=float, default=60.0)
     p.add_argument("--connect-rate", type=float, default=40.0)
+    p.add_argument("--idle-check", default="30s", help="Dovecot's mailbox_idle_check_interval (see ManyUsers)")
     a = p.parse_args()
     exit_on_sigterm()
     print(load(), "(before)")
-    result = asyncio.run(run(a.mailboxes, a.rate, a.duration, a.connect_rate))
+    result = asyncio.run(run(a.mailboxes, a.rate, a.duration, a.connect_rate, a.idle_check))
     for k, v in result.items():
         print(f"{k:>20}: {v}")
     print(json.dumps(result))
