@@ -135,20 +135,29 @@ class Watcher:
         """Watch until cancelled."""
         try:
             while True:
-                account = await self.ctx.store.get_account(self.spec.tenant_id, self.spec.account_id)
-                if account is None or not account.active:
-                    await self._set("inactive")
-                    await self._wait_for_change()
-                    continue
-                if account.auth_state != "ok":
-                    await self._set("auth_error", last_error=(account.auth_error or "credentials refused")[:300])
-                    await self._wait_for_change()
-                    continue
-                await self._connect_and_watch(account)
+                try:
+                    await self._round()
+                except Exception as exc:  # the store away, a bug: never let the watch die with its lease held
+                    log.warning("watch %s: %s: %s", self.spec.wid, type(exc).__name__, exc)
+                    delay = self.backoff.next_delay()
+                    await self._set("backing_off", last_error=f"{type(exc).__name__}"[:300], retry_in=f"{delay:.1f}")
+                    await asyncio.sleep(delay)
         finally:
             self.debounce.cancel()
             if self._conn is not None:
                 self._conn.close()
+
+    async def _round(self) -> None:
+        """Read the account, then wait (inactive, auth_error) or connect and watch until the connection ends."""
+        account = await self.ctx.store.get_account(self.spec.tenant_id, self.spec.account_id)
+        if account is None or not account.active:
+            await self._set("inactive")
+            await self._wait_for_change()
+        elif account.auth_state != "ok":
+            await self._set("auth_error", last_error=(account.auth_error or "credentials refused")[:300])
+            await self._wait_for_change()
+        else:
+            await self._connect_and_watch(account)
 
     async def _wait_for_change(self) -> None:
         self.wake.clear()
