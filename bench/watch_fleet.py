@@ -3,7 +3,7 @@
     python -m bench.watch_fleet [--watches 1000] [--processes 3] [--connect-rate 40]
 
 Starts redis-server, a Dovecot with one user per watch (imap_hibernate on) and a scratch SQLite store with one
-account per user, then `--processes` real `python -m worker watch` processes (default lease 5 s, scan 1 s, the
+account per user, then `--processes` real `python -m worker watch` processes (lease `--lease-ms`, scan 1 s, the
 given per-host connect rate). Measures:
 
 1. time until every watch is connected, and how they are spread;
@@ -37,7 +37,7 @@ from worker.devstack import RedisServer
 from worker.watch.view import list_watches, summary
 
 
-def spawn(redis_url: str, database_url: str, rate: float) -> subprocess.Popen[bytes]:
+def spawn(redis_url: str, database_url: str, rate: float, lease_ms: int) -> subprocess.Popen[bytes]:
     env = os.environ | {
         "REDIS_URL": redis_url,
         "DATABASE_URL": database_url,
@@ -45,6 +45,7 @@ def spawn(redis_url: str, database_url: str, rate: float) -> subprocess.Popen[by
         "SECRET_KEY": SECRET_KEY,
         "WATCH_CONNECT_RATE": str(rate),
         "WATCH_CONNECT_BURST": str(max(1, int(rate // 4))),
+        "WATCH_LEASE_MS": str(lease_ms),
     }
     return subprocess.Popen(
         [sys.executable, "-m", "worker", "watch"],
@@ -69,7 +70,7 @@ async def until(check: object, within: float, every: float = 0.1) -> float:
     return time.monotonic() - start
 
 
-async def run(n: int, procs: int, rate: float) -> dict[str, object]:
+async def run(n: int, procs: int, rate: float, lease_ms: int) -> dict[str, object]:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, n * 3 + 1000)), hard))
     redis_server = RedisServer().start()
@@ -89,7 +90,7 @@ async def run(n: int, procs: int, rate: float) -> dict[str, object]:
             await make_accounts(store, dovecot.port, n)
             redis: Redis = Redis.from_url(redis_server.url)
             sampler = asyncio.create_task(sample())
-            children += [spawn(redis_server.url, str(settings.database_url), rate) for _ in range(procs)]
+            children += [spawn(redis_server.url, str(settings.database_url), rate, lease_ms) for _ in range(procs)]
 
             async def all_connected() -> bool:
                 return sum((await owners(redis, n)).values()) == n
@@ -127,6 +128,7 @@ async def run(n: int, procs: int, rate: float) -> dict[str, object]:
             "watches": n,
             "processes": procs,
             "connect_rate_per_s": rate,
+            "lease_ms": lease_ms,
             "all_connected_s": round(first_s, 1),
             "spread": spread,
             "sigkilled_process_watches": victim_count,
@@ -154,10 +156,11 @@ def main() -> None:
     p.add_argument("--watches", type=int, default=1000)
     p.add_argument("--processes", type=int, default=3)
     p.add_argument("--connect-rate", type=float, default=40.0)
+    p.add_argument("--lease-ms", type=int, default=5000, help="WATCH_LEASE_MS of the processes")
     a = p.parse_args()
     exit_on_sigterm()
     print(load(), "(before)")
-    result = asyncio.run(run(a.watches, a.processes, a.connect_rate))
+    result = asyncio.run(run(a.watches, a.processes, a.connect_rate, a.lease_ms))
     for k, v in result.items():
         print(f"{k:>32}: {v}")
     print(json.dumps(result))

@@ -6,8 +6,9 @@ Starts redis-server and a Dovecot with one user per mailbox (imap_hibernate on),
 scratch SQLite store, then in this process: workers for email-sync and ai-analysis (offline analyzer, no
 periodic sync at all) and the watch service. Once every mailbox is watched, it APPENDs `--rate` messages/s
 for `--duration` s (at most one message per mailbox, in turn), and times each from the server's APPEND OK to
-(a) its row in the store and (b) its analysis stored (both polled every 20 ms). Prints p50/p99/max, the load
-average, and a JSON line.
+(a) its row in the store and (b) its analysis stored (both polled every 20 ms). `seen_to_stored` is the part
+after the watcher saw the change (the `watch_stored` events: the server's push delay left out). Prints
+p50/p99/max, the load average, and a JSON line.
 """
 
 from __future__ import annotations
@@ -21,14 +22,15 @@ import time
 from redis.asyncio import Redis
 
 from bench.watch_common import Appender, ManyUsers, exit_on_sigterm, load, make_accounts, pct
-from tests.support import job_registry, job_settings
+from tests.support import QUEUES, job_registry, job_settings
 from tests.support.db import scratch_store
 from tests.support.imap import make_mail
 from worker.devstack import RedisServer
-from worker.runtime import Worker
+from worker.runtime import Events, Worker
 from worker.store import SqlStore
 from worker.store.sql.messages import location_id
 from worker.watch.service import WatchService
+from worker.watch.trigger import STORED_EVENT
 from worker.watch.view import summary
 
 
@@ -44,7 +46,9 @@ async def content_of(store: SqlStore, tenant: str, account_id: str) -> str | Non
     return message.content_id if message is not None else None
 
 
-async def run(n: int, rate: float, duration: float, connect_rate: float, idle_check: str) -> dict[str, object]:
+async def run(
+    n: int, rate: float, duration: float, connect_rate: float, idle_check: str, sync_concurrency: int
+) -> dict[str, object]:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, n * 3 + 1000)), hard))
     redis_server = RedisServer().start()
@@ -55,6 +59,7 @@ async def run(n: int, rate: float, duration: float, connect_rate: float, idle_ch
             "watch_connect_burst": max(1, int(connect_rate // 4)),
             "watch_reconcile_s": 600.0,
             "watch_debounce_s": 0.5,
+            "queues": {**QUEUES, "email-sync": {**QUEUES["email-sync"], "concurrency": sync_concurrency}},
         }
     )
     appender = Appender(dovecot.port)
@@ -109,8 +114,10 @@ async def run(n: int, rate: float, duration: float, connect_rate: float, idle_ch
                 stop.set()
                 await asyncio.wait_for(poller, 5)
                 await service.stop()
+            watch_events = [e for _, e in await Events(redis).read(count=1_000_000) if e["type"] == STORED_EVENT]
             await redis.aclose()
         to_stored = [stored[i] - arrived[i] for i in stored]
+        seen_to_stored = [float(e["latency_s"]) for e in watch_events]
         to_analysed = [analysed[i] - arrived[i] for i in analysed if i in arrived]
         return {
             "mailboxes": n,
@@ -121,6 +128,8 @@ async def run(n: int, rate: float, duration: float, connect_rate: float, idle_ch
             "stored_p50_s": _r(pct(to_stored, 50)),
             "stored_p99_s": _r(pct(to_stored, 99)),
             "stored_max_s": _r(max(to_stored, default=None)),
+            "seen_to_stored_p50_s": _r(pct(seen_to_stored, 50)),
+            "seen_to_stored_p99_s": _r(pct(seen_to_stored, 99)),
             "analysed": len(to_analysed),
             "analysed_p50_s": _r(pct(to_analysed, 50)),
             "analysed_p99_s": _r(pct(to_analysed, 99)),
@@ -144,10 +153,11 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=60.0)
     p.add_argument("--connect-rate", type=float, default=40.0)
     p.add_argument("--idle-check", default="30s", help="Dovecot's mailbox_idle_check_interval (see ManyUsers)")
+    p.add_argument("--sync-concurrency", type=int, default=10, help="email-sync jobs at once in the worker")
     a = p.parse_args()
     exit_on_sigterm()
     print(load(), "(before)")
-    result = asyncio.run(run(a.mailboxes, a.rate, a.duration, a.connect_rate, a.idle_check))
+    result = asyncio.run(run(a.mailboxes, a.rate, a.duration, a.connect_rate, a.idle_check, a.sync_concurrency))
     for k, v in result.items():
         print(f"{k:>20}: {v}")
     print(json.dumps(result))

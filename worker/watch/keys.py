@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from worker.store import mailbox_key
 
-PREFIX = "wt:"
 PROCS = "wt:procs"  # zset: process id -> lease deadline (ms); live processes share the watches
 ALL = "wt:all"  # set of every watch id with a state record
 NOTIFY = "wt:notify"  # pub/sub channel: accounts were added, changed or removed

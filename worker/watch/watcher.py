@@ -40,7 +40,6 @@ from worker.watch.trigger import Debouncer, SyncTrigger
 
 log = logging.getLogger(__name__)
 BACKOFF_RESET_S = 30.0
-STATES = ("starting", "connecting", "connected", "backing_off", "auth_error", "inactive", "released")
 
 
 @dataclass
