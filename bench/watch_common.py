@@ -106,17 +106,20 @@ def _owner(path: Path) -> tuple[int, int]:
     return st.st_uid, st.st_gid
 
 
-async def make_accounts(store: Store, port: int, n: int, tenants: int = 10) -> list[tuple[str, str]]:
-    """(tenant, account id) of n accounts, user i on tenant t{i % tenants}."""
+async def make_accounts(
+    store: Store, port: int, n: int, tenants: int = 10, login: tuple[str, str] | None = None
+) -> list[tuple[str, str]]:
+    """(tenant, account id) of n accounts, user i on tenant t{i % tenants} (or all as `login` (user, password))."""
     out: list[tuple[str, str]] = []
     for i in range(n):
         tenant = f"t{i % tenants}"
+        name, password = login or (user(i), PASSWORD)
         account = await store.create_account(
             tenant,
             AccountIn(
                 email=f"{user(i)}@example.com",
-                username=user(i),
-                secret=SecretStr(PASSWORD),
+                username=name,
+                secret=SecretStr(password),
                 imap_host="127.0.0.1",
                 imap_port=port,
                 imap_tls=TlsMode.PLAIN,
