@@ -18,6 +18,7 @@ import asyncio
 import json
 import resource
 import time
+from collections import Counter
 
 from redis.asyncio import Redis
 
@@ -26,6 +27,7 @@ from tests.support import job_registry, job_settings
 from tests.support.db import scratch_store
 from tests.support.imap import make_mail
 from worker.devstack import RedisServer
+from worker.jobs.email_sync import parse_pool
 from worker.metrics import overview
 from worker.runtime import Events, Worker
 from worker.store import SqlStore
@@ -87,6 +89,8 @@ async def run(
                         break
                     await asyncio.sleep(0.5)
                 drain_s = time.monotonic() - t1
+                pool = parse_pool(settings.parse_workers)  # a long-running worker's parse processes are up
+                await asyncio.gather(*(pool.parse([make_mail(-i)]) for i in range(4)))
                 await asyncio.sleep(3.0)  # sessions hibernate
                 arrived: dict[int, float] = {}
                 stored: dict[int, float] = {}
@@ -124,7 +128,9 @@ async def run(
                 stop.set()
                 await asyncio.wait_for(poller, 5)
                 await service.stop()
-            watch_events = [e for _, e in await Events(redis).read(count=1_000_000) if e["type"] == STORED_EVENT]
+            events = [e for _, e in await Events(redis).read(count=1_000_000)]
+            watch_events = [e for e in events if e["type"] == STORED_EVENT]
+            kinds = Counter(e["type"] for e in events if e.get("queue") == "email-sync")
             await redis.aclose()
         to_stored = [stored[i] - arrived[i] for i in stored]
         seen_to_stored = [float(e["latency_s"]) for e in watch_events]
@@ -141,6 +147,7 @@ async def run(
             "stored_max_s": _r(max(to_stored, default=None)),
             "seen_to_stored_p50_s": _r(pct(seen_to_stored, 50)),
             "seen_to_stored_p99_s": _r(pct(seen_to_stored, 99)),
+            "sync_events": {k: kinds[k] for k in ("enqueued", "deferred", "stalled", "retrying", "completed")},
             "analysed": len(to_analysed),
             "analysed_p50_s": _r(pct(to_analysed, 50)),
             "analysed_p99_s": _r(pct(to_analysed, 99)),
