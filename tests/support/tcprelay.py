@@ -1,8 +1,8 @@
 """A TCP relay in front of a real server that counts what clients do and can cut every connection.
 
 For the watch tests: how many connections were opened (and when), which commands clients sent (counted by
-their name, e.g. IDLE, LOGIN), how many connections are open now, and `drop_all()` to kill every connection
-at once as a network failure would.
+their name, e.g. IDLE, LOGIN), how many connections are open now, `drop_all()` to kill every connection at
+once as a network failure would, and `freeze()` to make the open ones go silent without closing.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ class TcpRelay:
         self.commands: Counter[str] = Counter()
         self.opened: list[float] = []  # monotonic time of every accepted connection
         self._open: set[socket.socket] = set()
+        self._frozen: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._listener = socket.create_server(("127.0.0.1", self.port))
         self._stop = threading.Event()
@@ -63,6 +64,12 @@ class TcpRelay:
                 s.shutdown(socket.SHUT_RDWR)
             s.close()
 
+    def freeze(self) -> None:
+        """Stop relaying on the connections open now, without closing them: a peer that hangs (its TCP stack
+        still answers, so keepalive cannot tell). New connections are relayed as usual."""
+        with self._lock:
+            self._frozen.update(self._open)
+
     def _accept(self) -> None:
         while not self._stop.is_set():
             try:
@@ -83,6 +90,8 @@ class TcpRelay:
     def _pump(self, src: socket.socket, dst: socket.socket, from_client: bool) -> None:
         try:
             while chunk := src.recv(65536):
+                if src in self._frozen:
+                    continue  # swallowed: the other side hears nothing
                 if from_client:
                     names = [m.group(1).upper().decode() for m in _COMMAND.finditer(chunk)]
                     with self._lock:

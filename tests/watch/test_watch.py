@@ -130,6 +130,22 @@ async def _logged_in_again(relay: TcpRelay, before: int) -> bool:
     return relay.commands["LOGIN"] > before
 
 
+async def test_a_silent_connection_is_detected_at_the_idle_refresh(
+    worker: Worker, services: Services, store: SqlStore, redis: Redis, dovecot: DovecotServer, relay: TcpRelay
+) -> None:
+    """The server hangs without closing (TCP still answers, keepalive cannot tell): the DONE of the next IDLE
+    refresh gets no answer within the account's timeout, and the watch reconnects."""
+    account = await mail_account(store, imap_port=relay.port, timeout_s=1.0)
+    await services.start(watch_idle_refresh_s=0.5)
+    await eventually(lambda: connected(redis, 1), within=15)
+    logins = relay.commands["LOGIN"]
+    relay.freeze()
+    await eventually(lambda: _logged_in_again(relay, logins), within=10)
+    await eventually(lambda: connected(redis, 1), within=10)
+    dovecot.append([make_mail(4)])
+    await eventually(lambda: _count(store, account.id, 1), within=20)
+
+
 NO_IDLE = "protocol imap {\n  imap_capability = IMAP4rev1 LITERAL+ SASL-IR ID ENABLE UIDPLUS\n}\n"
 
 
