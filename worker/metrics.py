@@ -169,7 +169,7 @@ class EventObserver:
         )
         self.watch_latency = Histogram(
             "worker_watch_arrival_to_stored_seconds",
-            "From a watcher seeing new mail (IMAP IDLE push or poll) to the sync that stored it finishing",
+            "From a watcher seeing a change (IMAP IDLE push or poll) to the end of the first sync started after it",
             buckets=WATCH_BUCKETS,
             registry=registry,
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import pytest
 from pydantic import SecretStr
@@ -60,9 +61,14 @@ async def test_appended_mail_is_stored_and_analysed_without_periodic_sync(
     await eventually(lambda: _analysed(redis, store, 1), within=20)
     [w] = await watches(redis, "t1")
     assert w.last_event is not None
+    # the first sync that started after the push reports the latency (a sync already running may store the
+    # message first: the report then comes from the one after it)
+    await eventually(lambda: _latency_reported(redis), within=15)
+
+
+async def _latency_reported(redis: Redis) -> bool:
     events = await Events(redis).read(count=100_000)
-    stored = [e for _, e in events if e["type"] == "watch_stored"]
-    assert stored and float(stored[-1]["latency_s"]) >= 0
+    return any(e["type"] == "watch_stored" and float(e["latency_s"]) >= 0 for _, e in events)
 
 
 async def _synced_once(store: SqlStore, account_id: str) -> bool:
@@ -85,11 +91,16 @@ async def test_a_burst_of_50_arrivals_becomes_one_or_two_syncs(
     await eventually(lambda: connected(redis, 1), within=15)
     await eventually(lambda: _synced_once(store, account.id), within=15)
     before = len(await sync_jobs(redis))
+    started = time.monotonic()
     for i in range(50):  # 50 separate APPENDs: 50 separate pushes
         dovecot.append([make_mail(100 + i)])
+    spread = time.monotonic() - started
     await eventually(lambda: _count(store, account.id, 50), within=30)
-    after = len(await sync_jobs(redis))
-    assert 1 <= after - before <= 3, after - before
+    await asyncio.sleep(2.5)  # a trailing sync, if any, is enqueued by now
+    syncs = len(await sync_jobs(redis)) - before
+    # one at the first push, then at most one per 2 s window while the pushes go on (one or two when the 50
+    # APPENDs take under 2 s; more only on a machine so loaded that they spread over several windows)
+    assert 1 <= syncs <= 2 + int(spread / 2.0), (syncs, spread)
 
 
 async def test_idle_is_refreshed_and_still_reports_mail(
