@@ -90,10 +90,14 @@ class Settings(BaseSettings):
     sync_batch_bytes: int = Field(
         16 * 1024 * 1024, ge=64 * 1024, description="mail bytes per FETCH; a sync holds at most two batches"
     )
+    sync_spool_bytes: int = Field(
+        1024 * 1024, ge=1024, description="larger messages stream to a temp file, never held in memory"
+    )
     sync_max_message_bytes: int = Field(
         64 * 1024 * 1024, ge=1024, description="larger messages are quarantined unfetched (retry after raising it)"
     )
     parse_workers: int = Field(0, ge=0, description="parser processes per worker process; 0 = one per core")
+    parse_nice: int = Field(10, ge=0, le=19, description="parser processes' CPU priority below the event loop's")
     maintenance_interval_s: float = Field(300.0, gt=0, description="how often the cleanup job runs")
     send_ambiguous_grace_s: float = Field(
         120.0, ge=0, description="wait before looking an ambiguous send up in the account's Sent folder"
@@ -111,6 +115,12 @@ class Settings(BaseSettings):
         description="postgresql://... (asyncpg) or sqlite:///path (aiosqlite); unset = SQLite file in data_dir",
     )
     data_dir: str = Field("data", description="where the embedded SQLite database lives when DATABASE_URL is unset")
+    outcome_journal_dir: str = Field(
+        "", description="local journal of outcomes held while Redis is unreachable; empty = data_dir/journal"
+    )
+    outcome_journal_max_age_s: float = Field(
+        86_400.0, gt=0, description="journalled outcomes older than this are dropped instead of replayed"
+    )
     database_pool_size: int = Field(10, ge=1, le=1000, description="connections kept open per process")
     database_max_overflow: int = Field(10, ge=0, le=1000, description="extra connections under load")
     database_pool_timeout_s: float = Field(10.0, gt=0, description="longest wait for a pooled connection")

@@ -8,7 +8,8 @@ each). For each mailbox it times, best of `--runs`:
 
 - the full job: a worker in this process runs sync_mailbox (SELECT, NOOP, UID SEARCH, sizes, batched
   BODY.PEEK[] fetches, parsing in the parse pool, store inserts, analysis enqueues, state commits) from a
-  clean store, while a probe task measures the worker loop's lag (a 5 ms sleep's overshoot, p50/p99/max);
+  clean store, while a probe task measures the worker loop's lag (a 5 ms sleep's overshoot, p50/p99/max),
+  and the peak mail bytes the sync held in memory and spooled to disk (worker.mail.spool.BUFFERED);
 - a bare stdlib `imaplib` loop (its own thread) and a bare aioimaplib loop (same loop, with the lag probe)
   that only fetch the same bodies in the same batch size.
 
@@ -39,6 +40,7 @@ from tests.support.db import scratch_store
 from tests.support.imap import PASSWORD, USER, DovecotServer, make_mail
 from worker.devstack import RedisServer
 from worker.mail.imap import MAX_BATCH
+from worker.mail.spool import BUFFERED
 from worker.runtime import Client, Worker
 from worker.store import SqlStore
 
@@ -50,6 +52,7 @@ class Lag:
     """Event-loop lag samples (overshoot of a short sleep), in ms."""
 
     samples: list[float] = field(default_factory=list)
+    buffered: dict[str, int] = field(default_factory=dict)  # the job's peak mail bytes in memory / spooled
 
     def summary(self) -> dict[str, float]:
         if not self.samples:
@@ -102,6 +105,7 @@ async def _job_run(
     async with Worker(redis_url, queues=["email-sync"], settings=settings, registry=job_registry()):
 
         async def work() -> int:
+            BUFFERED.reset_peaks()
             job = await client.enqueue(
                 "sync_mailbox", {"tenant_id": "t1", "account_id": account.id, "mailbox": mailbox}
             )
@@ -110,7 +114,9 @@ async def _job_run(
                 raise RuntimeError(f"sync failed: {status.error}")
             return int(status.result["fetched"])
 
-        return await with_lag_probe(work)
+        result = await with_lag_probe(work)
+        result[2].buffered = {"memory": BUFFERED.memory_peak, "spooled": BUFFERED.spooled_peak}
+        return result
 
 
 async def aioimaplib_run(port: int, mailbox: str) -> tuple[float, int, Lag]:
@@ -180,7 +186,7 @@ async def main(messages: int, big: int, big_mb: float, runs: int) -> dict[str, o
         dovecot.command('CREATE "big"')
         dovecot.append([make_mail(i) for i in range(messages)])
         dovecot.append([big_mail(i, big_mb) for i in range(big)], mailbox="big")
-        rows: list[tuple[str, str, float, int, dict[str, float]]] = []
+        rows: list[tuple[str, str, float, int, Lag]] = []
         for mailbox, expected in (("INBOX", messages), ("big", big)):
             best: dict[str, tuple[float, int, Lag]] = {}
             for _ in range(runs):
@@ -194,15 +200,24 @@ async def main(messages: int, big: int, big_mb: float, runs: int) -> dict[str, o
                     if name not in best or result[0] < best[name][0]:
                         best[name] = result
             for name, (elapsed, count, lag) in best.items():
-                rows.append((mailbox, name, elapsed, count, lag.summary()))
+                rows.append((mailbox, name, elapsed, count, lag))
     load_after = os.getloadavg()
     print(f"Dovecot, {messages} typical messages in INBOX, {big} x {big_mb:g} MB in 'big'; best of {runs} run(s)")
     print(f"{'mailbox':8} {'what':24} {'msg/s':>9} {'seconds':>8} {'lag p50':>8} {'lag p99':>8} {'lag max':>8}")
-    for box, name, seconds, n, lag_ms in rows:
+    for box, name, seconds, n, lag in rows:
+        lag_ms = lag.summary()
         cells = " ".join(f"{v:6.1f}ms" for v in (lag_ms["p50"], lag_ms["p99"], lag_ms["max"]))
         lags = cells if name != "bare imaplib fetch" else "  (blocking, in a thread)"
-        print(f"{box:8} {name:24} {n / seconds:9.0f} {seconds:8.3f} {lags}")
-        out[f"{box}:{name}"] = {"msg_s": n / seconds, "seconds": seconds, "lag_ms": lag_ms}
+        peaks = lag.buffered
+        held = (
+            f"  peak {peaks['memory'] / 2**20:.1f} MiB held, {peaks['spooled'] / 2**20:.1f} MiB spooled"
+            if peaks
+            else ""
+        )
+        print(f"{box:8} {name:24} {n / seconds:9.0f} {seconds:8.3f} {lags}{held}")
+        out[f"{box}:{name}"] = {"msg_s": n / seconds, "seconds": seconds, "lag_ms": lag_ms} | (
+            {"peak_bytes": peaks} if peaks else {}
+        )
     print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} (2 cores shared with other work)")
     out["load"] = {"before": load_before[0], "after": load_after[0], "cpus": os.cpu_count()}
     print(json.dumps(out))

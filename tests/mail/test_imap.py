@@ -6,12 +6,15 @@ import asyncio
 import logging
 import os
 import signal
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
 
+from tests.helpers import eventually
 from tests.mail.conftest import imap_config
-from tests.support.imap import PASSWORD, USER, DovecotServer, ImapServer, make_mail
+from tests.support.imap import PASSWORD, USER, DovecotServer, ImapServer, make_mail, spooled_files
 from tests.support.smtp import Certificate
 from worker.devstack import free_port
 from worker.mail.imap import (
@@ -28,6 +31,14 @@ from worker.mail.imap import (
     uid_set,
 )
 from worker.mail.smtp import TlsMode
+from worker.mail.spool import BUFFERED, Spooled, release
+
+
+def arrived(check: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
+    async def predicate() -> bool:
+        return check()
+
+    return predicate
 
 
 def test_modified_utf7_and_uid_sets() -> None:
@@ -46,6 +57,12 @@ def test_plan_batches_bounds_count_and_bytes() -> None:
     batches = plan_batches(sizes, max_count=200, max_bytes=1_000_000)
     assert [len(b) for b in batches] == [200, 200, 50, 1, 1]
     assert [u for b in batches for u in b] == sorted(sizes)
+
+
+def test_plan_batches_puts_spooled_messages_apart_in_uid_order() -> None:
+    sizes = {1: 10, 2: 10, 3: 5000, 4: 6000, 5: 7000, 6: 10, 7: 10, 8: 9000}
+    batches = plan_batches(sizes, max_count=200, max_bytes=100, spool_over=1000, spool_count=2)
+    assert batches == [[1, 2], [3, 4], [5], [6, 7], [8]]  # spooled ones take no memory: not counted in bytes
 
 
 def test_fetch_parsing_merges_literals_and_ignores_strays() -> None:
@@ -67,7 +84,8 @@ async def test_batched_fetch_with_peek_keeps_mail_unread(imap_server: ImapServer
         for batch in plan_batches(sizes):
             got += await s.fetch_messages(batch, sum(sizes[u] for u in batch))
         assert [m.uid for m in got] == uids
-        assert got[7].raw == make_mail(7).replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        assert got[7].body == make_mail(7).replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        release(m.body for m in got)
         flags = await s.fetch_flags(uids)
         assert not any("\\Seen" in f for f in flags.values())
         # UID n:* always answers with the highest UID, even when n is above it
@@ -110,8 +128,9 @@ async def test_server_killed_mid_fetch_fails_fast(dovecot: DovecotServer) -> Non
     async with open_imap(imap_config(dovecot, timeout=60)) as s:
         await s.select("INBOX")
         uids = await s.uid_search("ALL")
+        before = BUFFERED.memory
         fetch = asyncio.create_task(s.fetch_messages(uids))
-        await asyncio.sleep(0.05)
+        await eventually(arrived(lambda: BUFFERED.memory > before), 30, every=0.001)  # the reply is arriving
         os.killpg(dovecot.proc.pid, signal.SIGSTOP)  # type: ignore[union-attr]
         await asyncio.sleep(0.3)
         assert not fetch.done()  # stalled mid-reply
@@ -120,6 +139,60 @@ async def test_server_killed_mid_fetch_fails_fast(dovecot: DovecotServer) -> Non
             await asyncio.wait_for(fetch, 30)
         with pytest.raises(ImapConnectionError):
             await s.noop()  # the session is finished
+
+
+async def test_a_big_literal_streams_to_disk_and_a_lost_connection_leaves_nothing_behind(
+    dovecot: DovecotServer, tmp_path: Path
+) -> None:
+    big = make_mail(1, body="y" * 3_000_000)
+    dovecot.append([make_mail(0), big, make_mail(2)])
+    served = big.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    before = (BUFFERED.memory, BUFFERED.spooled)
+    async with open_imap(imap_config(dovecot, timeout=60)) as s:
+        await s.select("INBOX")
+        got = await s.fetch_messages([1, 2, 3], spool_over=100_000, spool_dir=str(tmp_path))
+        small, spooled, other = (m.body for m in got)
+        assert isinstance(spooled, Spooled) and spooled.size == len(served) and spooled.read() == served
+        assert isinstance(small, bytes) and isinstance(other, bytes)
+        assert BUFFERED.spooled - before[1] == len(served)  # on disk, not in memory
+        assert BUFFERED.memory - before[0] == len(small) + len(other)
+        release([small, spooled, other])
+        assert not spooled_files(tmp_path) and (BUFFERED.memory, BUFFERED.spooled) == before
+        # the connection dies while a spooled literal arrives: its file is removed, nothing stays counted
+        dovecot.append([make_mail(3, body="z" * 30_000_000)])
+        await s.noop()
+        fetch = asyncio.create_task(s.fetch_messages([4], spool_over=100_000, spool_dir=str(tmp_path)))
+        await eventually(arrived(lambda: bool(spooled_files(tmp_path))), 30, every=0.001)
+        os.killpg(dovecot.proc.pid, signal.SIGSTOP)  # type: ignore[union-attr]
+        assert not fetch.done()
+        dovecot.kill()
+        with pytest.raises(ImapConnectionError):
+            await asyncio.wait_for(fetch, 30)
+    assert not spooled_files(tmp_path) and (BUFFERED.memory, BUFFERED.spooled) == before
+
+
+async def test_a_fetch_cancelled_mid_literal_is_read_on_and_dropped(dovecot: DovecotServer, tmp_path: Path) -> None:
+    dovecot.append([make_mail(1, body="q" * 20_000_000), make_mail(2)])
+    before = (BUFFERED.memory, BUFFERED.spooled)
+    async with open_imap(imap_config(dovecot, timeout=60)) as s:
+        await s.select("INBOX")
+        fetch = asyncio.create_task(s.fetch_messages([1, 2], spool_over=100_000, spool_dir=str(tmp_path)))
+        await eventually(arrived(lambda: BUFFERED.spooled - before[1] > 1_000_000), 30, every=0.001)
+        os.killpg(dovecot.proc.pid, signal.SIGSTOP)  # type: ignore[union-attr]
+        try:
+            await asyncio.sleep(0.2)
+            assert not fetch.done()  # mid-literal: the rest of the reply is still on the server
+            fetch.cancel()  # e.g. the batch fetched ahead of a sync that failed
+            with pytest.raises(asyncio.CancelledError):
+                await fetch
+        finally:
+            os.killpg(dovecot.proc.pid, signal.SIGCONT)  # type: ignore[union-attr]
+        assert not spooled_files(tmp_path) and (BUFFERED.memory, BUFFERED.spooled) == before
+        await s.noop()  # the rest of the reply was read in step, nothing kept: the session still works
+        [again] = await s.fetch_messages([2])
+        assert again.body == make_mail(2)
+        release([again.body])
+    assert not spooled_files(tmp_path) and (BUFFERED.memory, BUFFERED.spooled) == before
 
 
 async def test_condstore_and_qresync_on_dovecot(dovecot: DovecotServer) -> None:

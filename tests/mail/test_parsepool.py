@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+
 from tests.support.imap import make_mail
 from worker.mail.message import ParsedMessage, parse_message
 from worker.mail.parsepool import ParseFailure, ParsePool, chunks
@@ -35,3 +38,14 @@ async def test_a_message_that_overruns_its_deadline_is_isolated_and_the_pool_rec
         assert isinstance(again, ParsedMessage) and again.subject == "message 3"
     finally:
         pool.close()
+
+
+async def test_parser_processes_run_below_the_event_loops_cpu_priority() -> None:
+    pool = ParsePool(1, nice=7)
+    try:
+        await pool.parse([make_mail(1)])  # starts the pool
+        executor = await pool._executor()
+        niceness = await asyncio.get_running_loop().run_in_executor(executor, os.nice, 0)
+    finally:
+        pool.close()
+    assert niceness == min(19, os.nice(0) + 7)

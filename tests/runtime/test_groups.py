@@ -120,8 +120,10 @@ async def test_group_rate_limit_holds_across_two_worker_processes(redis_url: str
     starts = {t: sorted(float(x) for x in await redis.lrange(f"t:{t}:starts", 0, -1)) for t in ("A", "B")}
     for t, times in starts.items():
         assert len(times) == 6
-        # 5 jobs/s per group, burst 1: the sixth starts no earlier than 1 s after the first
-        assert times[-1] - times[0] >= 0.9, (t, times)
+        # 5 jobs/s per group, burst 1: the sixth is claimed no earlier than 1 s after the first (without the limit
+        # all six start within a few ms); the jobs stamp their own start, which a loaded machine can delay by a few
+        # hundred ms after the claim, hence the margin
+        assert times[-1] - times[0] >= 0.6, (t, times)
         # no 1-second window holds more than burst + rate jobs of one group
         assert max(sum(1 for x in times if s <= x < s + 1.0) for s in times) <= 6
     # the limit is per group: B's jobs did not wait for A's

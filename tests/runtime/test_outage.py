@@ -11,6 +11,7 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import msgpack
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -20,6 +21,7 @@ from tests.runtime.conftest import env_for
 from tests.runtime.conftest import test_settings as make_settings
 from worker.devstack import RedisServer
 from worker.runtime import Client, Events, Worker
+from worker.runtime.journal import read
 
 
 @pytest.fixture
@@ -67,11 +69,11 @@ async def test_jobs_finishing_during_an_outage_longer_than_the_lease_are_recorde
     await redis.aclose()
 
 
-def _spawn_worker(redis_url: str, log: Path) -> subprocess.Popen[bytes]:
+def _spawn_worker(redis_url: str, log: Path, extra: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     with log.open("wb") as err:
         return subprocess.Popen(
             [sys.executable, "-m", "worker", "run", "--import", "tests.runtime.jobs", "--queues", "rt-test"],
-            env={**os.environ, **env_for(redis_url)},
+            env={**os.environ, **env_for(redis_url), **(extra or {})},
             stdout=subprocess.DEVNULL,
             stderr=err,
         )
@@ -118,3 +120,50 @@ async def test_worker_started_while_redis_is_down_waits_and_logs_outages_quietly
     assert sum("Redis unreachable" in line for line in lines) == 2, err  # one warning per outage
     assert sum("Redis reachable again" in line for line in lines) == 2, err  # one line per recovery
     assert len([line for line in lines if "WARNING" in line or "ERROR" in line]) <= 8, err
+
+
+async def test_outcomes_of_a_worker_killed_during_an_outage_are_replayed_from_its_journal(
+    aof_redis: RedisServer, tmp_path: Path
+) -> None:
+    """Jobs finish while Redis is away, then their worker is SIGKILLed before Redis returns: the outcomes survive in
+    the worker's local journal, and the next worker on the host records them instead of running the jobs again."""
+    journal = tmp_path / "journal"
+    env = {"OUTCOME_JOURNAL_DIR": str(journal)}
+    redis: Redis = Redis.from_url(aof_redis.url)
+    client = Client(redis, make_settings())
+    plain = await client.enqueue("outlives_redis", {"key": "p", "sleep": 1.0})
+    once = await client.enqueue("outlives_redis_once", {"key": "i", "sleep": 1.0})
+    first = _spawn_worker(aof_redis.url, tmp_path / "first.log", env)
+    second: subprocess.Popen[bytes] | None = None
+    try:
+
+        async def both_started() -> bool:
+            return int(await redis.llen("t:p:starts")) + int(await redis.llen("t:i:starts")) == 2
+
+        await eventually(both_started, within=60)
+        aof_redis.kill()
+
+        async def journalled() -> bool:  # both jobs finished; their outcomes could not reach Redis
+            held = [h for path in journal.rglob("*.jnl") for h in read(path)]
+            return sum(len(msgpack.unpackb(h.packed, raw=True)) for h in held) == 2
+
+        await eventually(journalled, within=20)
+        first.kill()
+        first.wait()
+        await asyncio.sleep(1.5)  # their leases (1 s) expire
+        aof_redis.start()
+        second = _spawn_worker(aof_redis.url, tmp_path / "second.log", env)
+        for job in (plain, once):
+            st = await client.wait(job.job_id, timeout=30)
+            assert (st.state, st.attempts) == ("complete", 1), st
+        await asyncio.sleep(3.0)  # past the reaping grace: nothing is reclaimed later either
+        assert await redis.llen("t:p:starts") == 1 and await redis.llen("t:i:starts") == 1
+        assert not list(journal.rglob("*.jnl")) or all(p.stat().st_size == 0 for p in journal.rglob("*.jnl"))
+        replayed = (tmp_path / "second.log").read_text()
+        assert replayed.count("of a dead worker") >= 1 and "recorded 0 of" not in replayed, replayed
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        await redis.aclose()

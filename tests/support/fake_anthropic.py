@@ -17,9 +17,10 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
-from typing import Any, Self
+from http.server import BaseHTTPRequestHandler
+from typing import Any
+
+from tests.support.http import LocalHTTPServer
 
 DEFAULT_OUTPUT: dict[str, Any] = {
     "category": "work",
@@ -142,22 +143,14 @@ class Reply:
         return cls.success(delay=seconds)
 
 
-class FakeAnthropic:
+class FakeAnthropic(LocalHTTPServer):
     """The server; start/stop it or use it as a context manager. Thread-safe."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.requests: list[RecordedRequest] = []
         self._script: deque[Reply] = deque()
         self._lock = threading.Lock()
-        self._stopping = threading.Event()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-
-    @property
-    def base_url(self) -> str:
-        assert self._server is not None, "server not started"
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
 
     def script(self, *replies: Reply) -> None:
         """Queue responses for the next requests, in order; afterwards the default success applies."""
@@ -170,34 +163,15 @@ class FakeAnthropic:
         with self._lock:
             return len(self._script)
 
-    def start(self) -> Self:
+    thread_name = "fake-anthropic"
+
+    def handler(self) -> type[BaseHTTPRequestHandler]:
         fake = self
 
         class Handler(_Handler):
             server_fake = fake
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._server.block_on_close = False
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, name="fake-anthropic", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stopping.set()  # wakes handlers sleeping in a delay
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
-        self.stop()
+        return Handler
 
     def _next(self, request: RecordedRequest) -> tuple[Reply, str]:
         with self._lock:

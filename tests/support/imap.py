@@ -42,6 +42,11 @@ def make_mail(i: int, *, subject: str | None = None, body: str | None = None, do
     ).encode()
 
 
+def spooled_files(base: str | Path) -> list[str]:
+    """The files under a spool base (every process's spool directory), e.g. to check none is left."""
+    return [os.path.join(d, f) for d, _, files in os.walk(base) for f in files]
+
+
 def _read_until(sock: socket.socket, buf: bytearray, needle: bytes, timeout: float = 30.0) -> bytes:
     deadline = time.monotonic() + timeout
     while needle not in buf:

@@ -24,10 +24,11 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
-from typing import Any, Literal, Self
+from http.server import BaseHTTPRequestHandler
+from typing import Any, Literal
 from urllib.parse import parse_qs, unquote_plus, urlencode, urlsplit
+
+from tests.support.http import LocalHTTPServer
 
 FailKind = Literal["429", "500", "503", "invalid_grant", "stall"]
 
@@ -87,10 +88,11 @@ class _Failure:
     seconds: float = 0.0
 
 
-class OAuthServer:
+class OAuthServer(LocalHTTPServer):
     """The authorization server; thread-safe; start/stop or use as a context manager."""
 
     def __init__(self, *, user: str = "alice", access_ttl: float = 3600.0, rotate: bool = False) -> None:
+        super().__init__()
         self.user = user
         self.email_domain = ""  # introspection returns user + this as `email` (Dovecot's username_attribute)
         self.access_ttl = access_ttl
@@ -106,17 +108,8 @@ class OAuthServer:
         self._refresh: dict[str, _Refresh] = {}
         self._failures: deque[_Failure] = deque()
         self._lock = threading.Lock()
-        self._stopping = threading.Event()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
     # -- setup and switches ---------------------------------------------------------------------
-
-    @property
-    def base_url(self) -> str:
-        assert self._server is not None, "server not started"
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
 
     @property
     def token_url(self) -> str:
@@ -185,34 +178,15 @@ class OAuthServer:
 
     # -- lifecycle ------------------------------------------------------------------------------
 
-    def start(self) -> Self:
+    thread_name = "oauth-server"
+
+    def handler(self) -> type[BaseHTTPRequestHandler]:
         srv = self
 
         class Handler(_Handler):
             oauth = srv
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._server.block_on_close = False
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, name="oauth-server", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stopping.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
-        self.stop()
+        return Handler
 
     # -- protocol (called with the lock held where noted) ----------------------------------------
 

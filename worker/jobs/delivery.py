@@ -80,17 +80,31 @@ async def schedule_lookup(client: Client, item: OutboxItem, delay: float) -> Non
     )
 
 
+async def _move(
+    store: Store,
+    item: OutboxItem,
+    source: OutboxStatus,
+    target: OutboxStatus,
+    note: str,
+    *,
+    at_step: bool = False,
+    same_step: bool = False,
+    **fields: Any,
+) -> OutboxItem | None:
+    """``source`` -> ``target`` only if the item's send attempt (and, with ``same_step``, its delivery step) is still
+    the one read, else None; the history entry names the delivery step with ``at_step``."""
+    match: dict[str, Any] = {"send_attempt": item.send_attempt}
+    if same_step:
+        match["delivery_step"] = item.delivery_step
+    history = item.noted(target, note, item.delivery_step) if at_step else item.noted(target, note)
+    return await store.transition_outbox(
+        item.tenant_id, item.id, [source], target, match=match, history=history, **fields
+    )
+
+
 async def mark_ambiguous(ctx: JobContext, store: Store, item: OutboxItem, note: str) -> OutboxItem | None:
     """SENDING -> AMBIGUOUS for the attempt that owns the item; schedules the Sent-folder lookup."""
-    done = await store.transition_outbox(
-        item.tenant_id,
-        item.id,
-        [OutboxStatus.SENDING],
-        OutboxStatus.AMBIGUOUS,
-        match={"send_attempt": item.send_attempt},
-        last_error=note,
-        history=item.noted(OutboxStatus.AMBIGUOUS, note, item.delivery_step),
-    )
+    done = await _move(store, item, OutboxStatus.SENDING, OutboxStatus.AMBIGUOUS, note, at_step=True, last_error=note)
     if done is not None:
         await _emit(ctx, done, note)
         await schedule_lookup(ctx.client, done, ctx.settings.send_ambiguous_grace_s)
@@ -143,17 +157,16 @@ async def settle_sent(
     outcomes = dict(item.recipients)
     for rcpt in item.envelope():
         outcomes.setdefault(rcpt, RecipientOutcome(state="accepted", message=note))
-    done = await store.transition_outbox(
-        item.tenant_id,
-        item.id,
-        [item.status],
+    done = await _move(
+        store,
+        item,
+        item.status,
         OutboxStatus.SENT,
-        match={"send_attempt": item.send_attempt},
+        note,
         resolution=how,
         recipients=outcomes,
         sent_at=item.sent_at or utcnow(),
         last_error=None,
-        history=item.noted(OutboxStatus.SENT, note),
     )
     if done is not None:
         await emit(redis, maxlen, done, note)
@@ -165,17 +178,16 @@ async def requeue(
 ) -> OutboxItem | None:
     """AMBIGUOUS/FAILED -> QUEUED and a new delivery job (keyed apart from the earlier ones)."""
     resends = item.auto_resends + automatic
-    done = await store.transition_outbox(
-        item.tenant_id,
-        item.id,
-        [item.status],
+    done = await _move(
+        store,
+        item,
+        item.status,
         OutboxStatus.QUEUED,
-        match={"send_attempt": item.send_attempt},
+        note,
         auto_resends=resends,
         delivery_step=None,
         send_attempt=None,
         resolution=None,
-        history=item.noted(OutboxStatus.QUEUED, note),
     )
     if done is None:
         return None
@@ -260,16 +272,10 @@ async def reap_outbox(ctx: JobContext, payload: ReapOutbox) -> dict[str, int]:
             ambiguous += await mark_ambiguous(ctx, store, item, note) is not None
             continue
         note = f"the delivery job ended ({state}) at step {item.delivery_step or 'start'}: never handed over"
-        done = await store.transition_outbox(
-            item.tenant_id,
-            item.id,
-            [OutboxStatus.SENDING],
-            OutboxStatus.FAILED,
-            match={"send_attempt": item.send_attempt, "delivery_step": item.delivery_step},
-            last_error=note,
-            resolution="reaper",
-            history=item.noted(OutboxStatus.FAILED, note, item.delivery_step),
-        )
+        done = await _move(
+            store, item, OutboxStatus.SENDING, OutboxStatus.FAILED, note, at_step=True, same_step=True,
+            last_error=note, resolution="reaper",
+        )  # fmt: skip
         if done is not None:
             failed += 1
             await _emit(ctx, done, note)
@@ -297,15 +303,8 @@ async def decide(
     elif action == "resend":
         done = await requeue(redis, maxlen, client, store, item, text, automatic=False)
     else:
-        done = await store.transition_outbox(
-            item.tenant_id,
-            item.id,
-            [OutboxStatus.AMBIGUOUS],
-            OutboxStatus.FAILED,
-            match={"send_attempt": item.send_attempt},
-            resolution="operator",
-            last_error=text,
-            history=item.noted(OutboxStatus.FAILED, text),
+        done = await _move(
+            store, item, OutboxStatus.AMBIGUOUS, OutboxStatus.FAILED, text, resolution="operator", last_error=text
         )
         if done is not None:
             await emit(redis, maxlen, done, text)

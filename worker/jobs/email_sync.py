@@ -2,11 +2,12 @@
 
 Position per mailbox: UIDVALIDITY, UIDNEXT, highest stored UID, HIGHESTMODSEQ. New mail is fetched in
 bounded batches with BODY.PEEK[] (the next batch is fetched while the current one is parsed in the parse
-pool and stored, so at most two batches are held); each batch is stored (idempotently) and analysis is
-requested before the position is committed, so a crash resumes without gaps or duplicates. A UIDVALIDITY
-change drops the UID maps and refetches; messages already known by content are re-mapped, not
-re-stored or re-analysed. Flag changes and expunges use CONDSTORE/QRESYNC when the server has them,
-a bounded comparison otherwise.
+pool and stored, so at most two batches are held); a message over the spool threshold is not held at
+all: it streams to a temp file that the parse workers read (worker.mail.spool). Each batch is stored
+(idempotently) and analysis is requested before the position is committed, so a crash resumes without
+gaps or duplicates. A UIDVALIDITY change drops the UID maps and refetches; messages already known by
+content are re-mapped, not re-stored or re-analysed. Flag changes and expunges use CONDSTORE/QRESYNC
+when the server has them, a bounded comparison otherwise.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ from worker.mail.imap import (
     ImapSession,
     plan_batches,
 )
-from worker.mail.parsepool import ParsePool
+from worker.mail.parsepool import NICE, ParsePool
+from worker.mail.spool import SPOOL_BYTES, release
 from worker.runtime import Defer, JobContext, PermanentError, job
 from worker.store import InsertResult, Store, SyncState, mailbox_key, utcnow
 from worker.watch.trigger import remember_folders, report_stored, take_arrival
@@ -82,11 +84,11 @@ class SyncReport:
 _POOL: ParsePool | None = None
 
 
-def parse_pool(workers: int = 0) -> ParsePool:
+def parse_pool(workers: int = 0, nice: int = NICE) -> ParsePool:
     """This process's parse pool (started on first use; `workers` 0 = one per core)."""
     global _POOL
     if _POOL is None:
-        _POOL = ParsePool(workers or None)
+        _POOL = ParsePool(workers or None, nice=nice)
     return _POOL
 
 
@@ -109,6 +111,8 @@ class MailboxSync:
         flag_window: int = FLAG_WINDOW,
         pool: ParsePool | None = None,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
+        spool_over: int = SPOOL_BYTES,
+        spool_dir: str | None = None,
     ) -> None:
         self.s = session
         self.store = store
@@ -123,6 +127,8 @@ class MailboxSync:
         self.flag_window = flag_window
         self.pool = pool or parse_pool()
         self.max_message_bytes = max_message_bytes
+        self.spool_over = min(spool_over, max_batch_bytes)  # what is held in memory fits a batch
+        self.spool_dir = spool_dir
         self.report = SyncReport()
 
     async def run(self) -> SyncReport:
@@ -165,25 +171,34 @@ class MailboxSync:
                 await where.quarantine(self.store, uid, size, f"too large: {size} bytes > {self.max_message_bytes}")
                 self.report.quarantined += 1
                 del sizes[uid]
-        batches = plan_batches(sizes, self.max_batch, self.max_batch_bytes)
+        batches = plan_batches(sizes, self.max_batch, self.max_batch_bytes, self.spool_over, self.pool.workers)
         if not batches:
             state.highest_uid = max(new)
             return
 
         def fetch(batch: list[int]) -> asyncio.Task[list[FetchedMessage]]:
-            return asyncio.ensure_future(self.s.fetch_messages(batch, sum(sizes[u] for u in batch)))
+            expected = sum(sizes[u] for u in batch)
+            return asyncio.ensure_future(self.s.fetch_messages(batch, expected, self.spool_over, self.spool_dir))
 
-        ahead = fetch(batches[0])
+        ahead: asyncio.Task[list[FetchedMessage]] | None = fetch(batches[0])
         try:
             for number, batch in enumerate(batches, 1):
-                fetched = await ahead
-                if number < len(batches):
-                    ahead = fetch(batches[number])  # the next batch arrives while this one is parsed and stored
-                await self._store_batch(where, fetched)
+                assert ahead is not None
+                current, ahead = ahead, None
+                fetched = await current
+                try:
+                    if number < len(batches):
+                        ahead = fetch(batches[number])  # the next batch arrives while this one is parsed and stored
+                    await self._store_batch(where, fetched)
+                finally:
+                    release(m.body for m in fetched)
                 await self._after_batch(state, batch, fetched, number, len(batches), len(sizes))
         finally:
-            if not ahead.done():
+            if ahead is not None:  # the sync failed: drop the batch fetched ahead, whatever its state
                 ahead.cancel()
+                await asyncio.wait([ahead])
+                if not ahead.cancelled() and ahead.exception() is None:
+                    release(m.body for m in ahead.result())
         state.highest_uid = max(new)  # every new UID is stored, quarantined or gone from the server
 
     async def _store_batch(self, where: Location, fetched: list[FetchedMessage]) -> None:
@@ -305,7 +320,8 @@ async def sync_mailbox(ctx: JobContext, payload: SyncMailbox) -> dict[str, Any]:
                 ),
                 max_batch_bytes=ctx.settings.sync_batch_bytes,
                 max_message_bytes=ctx.settings.sync_max_message_bytes,
-                pool=parse_pool(ctx.settings.parse_workers),
+                spool_over=ctx.settings.sync_spool_bytes,
+                pool=parse_pool(ctx.settings.parse_workers, ctx.settings.parse_nice),
             )
             report = await sync.run()
     except ImapAuthError as exc:

@@ -16,11 +16,13 @@ from dataclasses import dataclass, field
 from worker.mail.imap import FetchedMessage
 from worker.mail.message import ParsedMessage
 from worker.mail.parsepool import Classifier, ParseFailure, ParsePool
+from worker.mail.spool import Spooled, size_of
 from worker.store import InsertResult, Store
 
 log = logging.getLogger(__name__)
 
 RequestAnalysis = Callable[[InsertResult], Awaitable[None]]
+FLAGGED_READ_BYTES = 1024 * 1024  # of a spooled message the classifier picked: enough for a bounce's report
 
 
 @dataclass
@@ -29,7 +31,7 @@ class Ingested:
 
     results: list[InsertResult] = field(default_factory=list)
     quarantined: list[int] = field(default_factory=list)
-    flagged: list[bytes] = field(default_factory=list)  # raw messages the classifier picked
+    flagged: list[bytes] = field(default_factory=list)  # raw messages the classifier picked (spooled: the start)
 
 
 @dataclass(frozen=True)
@@ -63,16 +65,20 @@ async def ingest(
     """Parse and store `fetched`; what cannot be parsed or stored is quarantined, the rest is stored.
 
     `classify` (e.g. "might be a bounce") runs in the parse workers too; the raw messages it picks are
-    returned in `flagged`, so no per-message check runs on the event loop.
+    returned in `flagged`, so no per-message check runs on the event loop (of a spooled message, its first
+    FLAGGED_READ_BYTES: a bounce's report comes before the returned message).
     """
     out = Ingested()
-    parsed = await pool.parse_flagged([m.raw for m in fetched], classify)
+    parsed = await pool.parse_flagged([m.body for m in fetched], classify)
     items: list[tuple[int, tuple[str, ...], ParsedMessage]] = []
     for msg, (result, flagged) in zip(fetched, parsed, strict=True):
         if flagged:
-            out.flagged.append(msg.raw)
+            body = msg.body
+            out.flagged.append(
+                await asyncio.to_thread(body.read, FLAGGED_READ_BYTES) if isinstance(body, Spooled) else body
+            )
         if isinstance(result, ParseFailure):
-            await where.quarantine(store, msg.uid, len(msg.raw), f"parse: {result.error}")
+            await where.quarantine(store, msg.uid, size_of(msg.body), f"parse: {result.error}")
             out.quarantined.append(msg.uid)
         else:
             items.append((msg.uid, msg.flags, result))

@@ -16,6 +16,7 @@ from worker.jobs.deps import get_store
 from worker.jobs.email_sync import ANALYSIS_JOB, parse_pool
 from worker.jobs.ingest import Location, ingest, request_analyses
 from worker.jobs.mail_auth import account_imap
+from worker.mail.spool import release
 from worker.runtime import JobContext, PermanentError, job
 from worker.store import InsertResult
 
@@ -63,10 +64,13 @@ async def retry_quarantined(ctx: JobContext, payload: RetryQuarantined) -> dict[
         if size > limit:
             await where.quarantine(store, q.uid, size, f"too large: {size} bytes > {limit}")
             return {"resolved": False, "error": f"too large: {size} bytes > {limit}"}
-        fetched = await session.fetch_messages([q.uid], size)
+        fetched = await session.fetch_messages([q.uid], size, ctx.settings.sync_spool_bytes)
     if not fetched:
         return await resolve("no longer on the server")
-    done = await ingest(store, parse_pool(ctx.settings.parse_workers), where, fetched)
+    try:
+        done = await ingest(store, parse_pool(ctx.settings.parse_workers, ctx.settings.parse_nice), where, fetched)
+    finally:
+        release(m.body for m in fetched)
     if done.quarantined:
         again = await store.get_quarantined(payload.tenant_id, payload.quarantine_id)
         return {"resolved": False, "error": again.error if again else "quarantined again"}

@@ -28,13 +28,14 @@ from pydantic import SecretStr
 
 from worker.mail import sasl
 from worker.mail.smtp import TlsMode, is_loopback
+from worker.mail.spool import Body, LiteralSink, Spooled, release
 
 MAX_BATCH = 200
 MAX_BATCH_BYTES = 16 * 1024 * 1024
 MIN_RATE = 1024 * 1024  # bytes/s a FETCH is given on top of the base timeout
 
 T = TypeVar("T")
-FetchValue = bytes | str | list[Any]
+FetchValue = bytes | str | Spooled | list[Any]
 
 _FETCH_LINE = re.compile(rb"^\d+ FETCH ")
 _LITERAL_END = re.compile(rb"\{\d+\+?\}$")
@@ -118,11 +119,13 @@ class MailboxStatus:
 
 @dataclass(frozen=True)
 class FetchedMessage:
-    """One message as fetched with BODY.PEEK[]."""
+    """One message as fetched with BODY.PEEK[]: its bytes, or a temp file for a big one (see worker.mail.spool).
+
+    The receiver owns `body`: `worker.mail.spool.release` it when done."""
 
     uid: int
     flags: tuple[str, ...]
-    raw: bytes
+    body: Body
 
 
 def encode_mailbox(name: str) -> str:
@@ -248,19 +251,30 @@ def parse_uid_set(text: str) -> list[int]:
 
 
 def plan_batches(
-    sizes: dict[int, int], max_count: int = MAX_BATCH, max_bytes: int = MAX_BATCH_BYTES
+    sizes: dict[int, int],
+    max_count: int = MAX_BATCH,
+    max_bytes: int = MAX_BATCH_BYTES,
+    spool_over: int | None = None,
+    spool_count: int = 1,
 ) -> list[list[int]]:
-    """UIDs (ascending) cut into FETCH batches of <= max_count messages and <= max_bytes (or one message)."""
+    """UIDs (ascending) cut into FETCH batches of <= max_count messages and <= max_bytes (or one message).
+
+    Messages over `spool_over` (spooled to disk as they arrive) go in batches of their own, <= spool_count
+    each (one per parse worker keeps the workers busy), so a batch's bytes in memory stay <= max_bytes."""
     batches: list[list[int]] = []
     current: list[int] = []
     total = 0
+    spooling = False
     for uid in sorted(sizes):
         size = sizes[uid]
-        if current and (len(current) >= max_count or total + size > max_bytes):
+        big = spool_over is not None and size > spool_over
+        full = len(current) >= (spool_count if spooling else max_count) or (not big and total + size > max_bytes)
+        if current and (big != spooling or full):
             batches.append(current)
             current, total = [], 0
+        spooling = big
         current.append(uid)
-        total += size
+        total += 0 if big else size
     if current:
         batches.append(current)
     return batches
@@ -291,10 +305,20 @@ def _tokens(text: bytes) -> list[FetchValue | None]:
     return out
 
 
-def _parse_fetch(parts: list[bytes | bytearray]) -> dict[str, FetchValue]:
-    """The items of one `n FETCH (...)` response whose literals arrive as separate bytearray parts."""
+@dataclass(frozen=True)
+class _Literal:
+    """A literal as `_LinearFetch` stores it in the reply lines (kept apart from the text lines)."""
+
+    body: Body
+
+
+def _parse_fetch(parts: list[bytes | bytearray | _Literal]) -> dict[str, FetchValue]:
+    """The items of one `n FETCH (...)` response whose literals arrive as separate parts."""
     tokens: list[FetchValue | None] = []
     for part in parts:
+        if isinstance(part, _Literal):
+            tokens.append(part.body)
+            continue
         if isinstance(part, bytearray):
             tokens.append(bytes(part))
             continue
@@ -318,7 +342,7 @@ def _parse_fetch(parts: list[bytes | bytearray]) -> dict[str, FetchValue]:
 
 def _fetch_items(lines: list[Any]) -> list[dict[str, FetchValue]]:
     """Every FETCH response in a command's reply lines (the last line is the tagged status text)."""
-    groups: list[list[bytes | bytearray]] = []
+    groups: list[list[bytes | bytearray | _Literal]] = []
     for line in lines[:-1]:
         if isinstance(line, bytes) and _FETCH_LINE.match(line):
             groups.append([line])
@@ -340,24 +364,64 @@ def _flags_of(item: dict[str, FetchValue]) -> tuple[str, ...] | None:
 
 
 class _LinearFetch(aioimaplib.FetchCommand):  # type: ignore[misc]
-    """aioimaplib's FETCH command, minus its quadratic cost.
+    """aioimaplib's FETCH command, minus its quadratic cost, with literals streamed where they belong.
 
     Its `wait_data` (called for every line received) rescans and joins every line of the reply so far to
     see whether the last FETCH item's parentheses are balanced: O(n^2) in the batch, most of a sync's CPU.
     This one keeps a running balance from where it stopped. The deadline is ours (`ImapSession._call`).
+    Each literal goes to a `LiteralSink` (memory, or a temp file when over `spool_over`) instead of one
+    growing bytearray; `bodies` lists those received, and `discard` drops them (and any later ones).
     """
 
     _FETCH = re.compile(rb"[0-9]+ FETCH \(")
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, spool_over: int | None = None, spool_dir: str | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._seen = 0
         self._balance = 0
+        self._spool_over = spool_over
+        self._spool_dir = spool_dir
+        self._sink: LiteralSink | None = None
+        self._discarded = False
+        self.bodies: list[Body] = []
+
+    def begin_literal_data(self, expected_size: int, literal_data: bytes = b"") -> bytes:
+        self._expected_size = expected_size
+        self._sink = LiteralSink(expected_size, self._spool_over, self._spool_dir, keep=not self._discarded)
+        return self.append_literal_data(literal_data)
+
+    def wait_literal_data(self) -> bool:
+        return self._sink is not None
+
+    def append_literal_data(self, data: bytes) -> bytes:
+        sink = self._sink
+        assert sink is not None
+        need = sink.size - sink.written
+        piece, rest = (data, b"") if len(data) <= need else (data[:need], data[need:])
+        if piece:
+            sink.write(piece)  # a discarded reply's sink keeps nothing, only the protocol's position
+        if sink.written == sink.size:
+            self._sink = None
+            self._expected_size = 0
+            if sink.keep:
+                body = sink.finish()
+                self.bodies.append(body)
+                self.append_to_resp(_Literal(body))
+        self._reset_timer()
+        return rest
+
+    def discard(self) -> None:
+        """Drop every literal received (the reply is not wanted); the rest of the reply is read and dropped."""
+        self._discarded = True
+        if self._sink is not None:
+            self._sink.abort()
+        release(self.bodies)
+        self.bodies = []
 
     def wait_data(self) -> bool:
         lines = self._resp_lines
         for line in lines[self._seen :]:
-            if isinstance(line, bytes):  # literals arrive as bytearray and do not count
+            if isinstance(line, bytes):  # literals (_Literal parts) do not count
                 if self._FETCH.match(line):
                     self._balance = 0
                 self._balance += line.count(b"(") - line.count(b")")
@@ -368,11 +432,25 @@ class _LinearFetch(aioimaplib.FetchCommand):  # type: ignore[misc]
 class _Protocol(aioimaplib.IMAP4ClientProtocol):
     """aioimaplib's protocol, answering SASL continuations of AUTHENTICATE (which it would ignore and hang)."""
 
+    incomplete_line: bytes
+    current_command: aioimaplib.Command | None
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.sasl_pending: str | None = None  # the initial response, when the server has no SASL-IR
         self.sasl_abort = b""
         self.sasl_challenge: bytes | None = None
+
+    def data_received(self, d: bytes) -> None:
+        """aioimaplib's, minus `log.debug("Received : %s" % d)`: that formats every chunk received even with
+        DEBUG off (about 1 ms per 256 KB on the loop: most of the loop's time while a big message arrives)."""
+        try:
+            self._handle_responses(self.incomplete_line + d, self._handle_line, self.current_command)
+            self.incomplete_line = b""
+            self.current_command = None
+        except aioimaplib.aioimaplib.IncompleteRead as incomplete:
+            self.current_command = incomplete.cmd
+            self.incomplete_line = incomplete.data
 
     def _continuation(self, line: bytes) -> None:
         command = self.pending_sync_command
@@ -612,21 +690,40 @@ class ImapSession:
                 uids.update(int(tok) for tok in text.split() if tok.isdigit())
         return sorted(uids)
 
-    async def _fetch(self, uids: Sequence[int], items: str, expected_bytes: int = 0) -> list[dict[str, FetchValue]]:
+    async def _fetch(
+        self,
+        uids: Sequence[int],
+        items: str,
+        expected_bytes: int = 0,
+        spool_over: int | None = None,
+        spool_dir: str | None = None,
+    ) -> tuple[list[dict[str, FetchValue]], list[Body]]:
+        """The FETCH items, and every literal received (the caller owns them; dropped here on failure)."""
         limit = self.config.timeout + expected_bytes / MIN_RATE
         protocol = self.client.protocol
         if protocol.state != aioimaplib.SELECTED:
             raise ImapCommandError("UID FETCH: no mailbox selected")
-        command = _LinearFetch(protocol.new_tag(), uid_set(uids), items, prefix="UID", loop=protocol.loop)
-        lines = await self._ok("UID FETCH", protocol.execute(command), limit)
-        return _fetch_items(lines)
+        command = _LinearFetch(
+            protocol.new_tag(),
+            uid_set(uids),
+            items,
+            prefix="UID",
+            loop=protocol.loop,
+            spool_over=spool_over,
+            spool_dir=spool_dir,
+        )
+        try:
+            return _fetch_items(await self._ok("UID FETCH", protocol.execute(command), limit)), command.bodies
+        except BaseException:
+            command.discard()
+            raise
 
     async def fetch_sizes(self, uids: Sequence[int]) -> dict[int, int]:
         """RFC822.SIZE of each UID that still exists (fetched <= MAX_BATCH at a time)."""
         sizes: dict[int, int] = {}
         for chunk in _chunks(uids, MAX_BATCH):
             wanted = set(chunk)
-            for item in await self._fetch(chunk, "(UID RFC822.SIZE)"):
+            for item in (await self._fetch(chunk, "(UID RFC822.SIZE)"))[0]:
                 uid, size = _uid_of(item), item.get("RFC822.SIZE")
                 if uid in wanted and isinstance(size, str) and size.isdigit():
                     sizes[uid] = int(size)
@@ -638,23 +735,37 @@ class ImapSession:
         flags: dict[int, tuple[str, ...]] = {}
         for chunk in _chunks(uids, MAX_BATCH):
             wanted = set(chunk)
-            for item in await self._fetch(chunk, "(UID FLAGS)" + modifier):
+            for item in (await self._fetch(chunk, "(UID FLAGS)" + modifier))[0]:
                 uid, value = _uid_of(item), _flags_of(item)
                 if uid in wanted and value is not None:
                     flags[uid] = value
         return flags
 
-    async def fetch_messages(self, uids: Sequence[int], expected_bytes: int = 0) -> list[FetchedMessage]:
-        """Bodies of <= MAX_BATCH UIDs with BODY.PEEK[] (\\Seen untouched); missing UIDs are skipped."""
+    async def fetch_messages(
+        self,
+        uids: Sequence[int],
+        expected_bytes: int = 0,
+        spool_over: int | None = None,
+        spool_dir: str | None = None,
+    ) -> list[FetchedMessage]:
+        """Bodies of <= MAX_BATCH UIDs with BODY.PEEK[] (\\Seen untouched); missing UIDs are skipped.
+
+        A body over `spool_over` bytes is streamed to a temp file in `spool_dir` (None: the system's temp
+        directory; see worker.mail.spool);
+        `release` the returned bodies when done."""
         if len(uids) > MAX_BATCH:
             raise ValueError(f"at most {MAX_BATCH} messages per FETCH")
         wanted = set(uids)
         found: dict[int, FetchedMessage] = {}
-        for item in await self._fetch(uids, "(UID FLAGS BODY.PEEK[])", expected_bytes):
+        items, bodies = await self._fetch(uids, "(UID FLAGS BODY.PEEK[])", expected_bytes, spool_over, spool_dir)
+        for item in items:
             uid, body = _uid_of(item), item.get("BODY[]")
-            if uid in wanted and isinstance(body, bytes | str):
-                raw = body if isinstance(body, bytes) else body.encode()
-                found[uid] = FetchedMessage(uid, _flags_of(item) or (), raw)
+            if uid in wanted and isinstance(body, bytes | str | Spooled):
+                found[uid] = FetchedMessage(
+                    uid, _flags_of(item) or (), body.encode() if isinstance(body, str) else body
+                )
+        kept = {id(m.body) for m in found.values()}
+        release(b for b in bodies if id(b) not in kept)  # unsolicited or repeated ones
         return [found[uid] for uid in sorted(found)]
 
     async def logout(self) -> None:

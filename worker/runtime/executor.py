@@ -325,6 +325,17 @@ class Executor:
         ``claim`` = (n, lease_ms, rate, burst): also claim up to n new jobs, returned in claim.lua's format.
         ``groups`` = the group limits (concurrency, rate, burst) of a grouped queue: jobs go back into their group.
         """
+        return await self.finish_packed(queue, pack_for_lua(items), owner, claim, groups)
+
+    async def finish_packed(
+        self,
+        queue: str,
+        packed: bytes,
+        owner: str,
+        claim: tuple[int, int, float, int] = (0, 0, 0, 0),
+        groups: tuple[int, float, int] | None = None,
+    ) -> tuple[list[int], list[Any]]:
+        """:meth:`finish` with the items already packed (as kept in the outcome journal)."""
         res = await self.scripts.finish(
             keys=[
                 keys.queue(queue),
@@ -343,7 +354,7 @@ class Executor:
                 queue,
                 self.settings.dead_letter_max,
                 self.settings.idempotency_ttl,
-                pack_for_lua(items),
+                packed,
                 *claim,
                 *((1, *groups) if groups is not None else ()),
             ],

@@ -16,6 +16,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from redis.asyncio import Redis
@@ -26,8 +27,10 @@ from worker.runtime import keys
 from worker.runtime.client import new_job_id
 from worker.runtime.connection import connect, redis_address
 from worker.runtime.executor import Executor, Outcome
+from worker.runtime.journal import OutcomeJournal, redis_identity
 from worker.runtime.outage import Outage
 from worker.runtime.pipe import Pipe
+from worker.runtime.serializer import pack_for_lua
 from worker.runtime.spec import Registry, registry
 
 log = logging.getLogger("worker.runtime")
@@ -306,27 +309,33 @@ class QueueLoop:
         ``STOP_RECORD_S``): those jobs run again elsewhere (at least once).
         """
         w = self.w
+        packed = pack_for_lua(items)
+        held = 0  # journal sequence number once this batch has failed to reach Redis
         while not (w.stopping and time.monotonic() > w.stop_deadline):
             claims = not w.stopping and self._claims < self._max_claims
             n = self._claim_size(self.capacity - len(self.running) - self._reserved + len(items)) if claims else 0
             self._reserved += n
             self._claims += 1 if n else 0
             try:
-                flags, claimed = await w.executor.finish(
-                    self.queue, items, w.worker_id, (n, w.settings.lease_ms, self._rate, self._burst), self.groups
+                flags, claimed = await w.executor.finish_packed(
+                    self.queue, packed, w.worker_id, (n, w.settings.lease_ms, self._rate, self._burst), self.groups
                 )
             except RedisError as exc:
                 self._reserved -= n
                 self._claims -= 1 if n else 0
                 w.outage.failed(exc, f"recording outcomes on {self.queue}")
+                if not held:
+                    held = await w.hold_outcomes(self.queue, self.groups, packed)
                 await asyncio.sleep(w.outage.retry_delay())
                 continue
             w.outage.ok()
+            if held:
+                w.journal.release(held)
             self._reserved -= n - ((len(claimed) - 2) // CLAIM_STRIDE if claimed else 0)
             self._claims -= 1 if n else 0
             return flags, claimed
-        log.error("stopping with Redis unreachable: %d outcome(s) on %s not recorded (they run again)", len(items),
-                  self.queue)  # fmt: skip
+        fate = "kept in the outcome journal for the next worker on this host" if held else "they run again"
+        log.error("stopping with Redis unreachable: %d outcome(s) on %s not recorded; %s", len(items), self.queue, fate)
         return [0] * len(items), []
 
     async def renew(self) -> None:
@@ -409,6 +418,10 @@ class Worker:
         self.stopping = False
         self.stop_deadline = float("inf")  # on stop: give up recording outcomes after this (monotonic)
         self.outage = Outage()
+        jdir = Path(self.settings.outcome_journal_dir or Path(self.settings.data_dir) / "journal")
+        self.journal = OutcomeJournal(
+            jdir / redis_identity(url), self.worker_id, self.settings.outcome_journal_max_age_s
+        )
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopped = asyncio.Event()
 
@@ -427,6 +440,8 @@ class Worker:
                 self.outage.failed(exc, "starting the worker")
                 await asyncio.sleep(self.outage.retry_delay())
         self.outage.ok()
+        with contextlib.suppress(RedisError, OSError):  # else housekeeping replays them
+            await self.replay_orphans()
         for lp in self.loops:
             if lp.groups is None and await self.redis.exists(keys.group_ring(lp.queue)):
                 log.warning("%s holds grouped jobs but no job of it declares group=: claiming by group", lp.queue)
@@ -454,6 +469,7 @@ class Worker:
                     await lp.renew()
                 if time.monotonic() - last_reap >= REAP_EVERY_S and self.outage.connected_for() >= REAP_GRACE_S:
                     last_reap = time.monotonic()
+                    await self.replay_orphans()
                     for lp in self.loops:
                         n = await lp.reap()
                         if n:
@@ -466,6 +482,27 @@ class Worker:
             except Exception:
                 log.exception("housekeeping failed; retrying")
             await asyncio.sleep(min(hb, REAP_EVERY_S))
+
+    async def hold_outcomes(self, queue: str, groups: tuple[int, float, int] | None, packed: bytes) -> int:
+        """Journal a batch that could not be recorded (0 when the journal cannot be written: memory only)."""
+        try:
+            return await asyncio.to_thread(self.journal.hold, queue, self.worker_id, groups, packed)
+        except OSError as exc:
+            log.error("outcome journal %s not writable (%s): outcomes held in memory only", self.journal.path, exc)
+            return 0
+
+    async def replay_orphans(self) -> None:
+        """Record the journalled outcomes of dead worker processes on this host (see worker/runtime/journal.py)."""
+        for orphan in await asyncio.to_thread(self.journal.orphans):
+            replayed = False
+            try:
+                for h in orphan.held:
+                    flags, _ = await self.executor.finish_packed(h.queue, h.packed, h.owner, groups=h.groups)
+                    log.warning("outcome journal %s: recorded %d of %d outcome(s) of a dead worker on %s",
+                                orphan.path.name, sum(flags), len(flags), h.queue)  # fmt: skip
+                replayed = True
+            finally:
+                orphan.close(replayed)
 
     async def _periodic(self) -> None:
         now = time.time()
@@ -504,6 +541,7 @@ class Worker:
                 await pipe.aclose()
         await self.redis.aclose()
         await self.blocking.aclose()
+        self.journal.close()
 
     async def run_forever(self, on_signal: Callable[[], None] | None = None) -> None:
         """Start (waiting for Redis if need be), run until SIGTERM/SIGINT, then shut down gracefully.
