@@ -17,17 +17,18 @@ fmt:
     ruff format worker tests bench settings.py
     ruff check --fix worker tests bench settings.py
 
-# Run workers for all four queues in one process (embedded redis when REDIS_URL is unset).
+# Run workers for all four queues in one process (embedded redis when REDIS_URL is unset). A development
+# recipe: it accepts the development SECRET_KEY (ALLOW_DEV_SECRET=1); `python -m worker run` does not.
 run *ARGS:
-    python -m worker run {{ARGS}}
+    ALLOW_DEV_SECRET="${ALLOW_DEV_SECRET:-1}" python -m worker run {{ARGS}}
 
 # The end-to-end demo: local redis, SMTP sink, IMAP server, workers, API; prints a summary.
 demo:
     python -m worker demo
 
-# Serve the HTTP API and dashboard.
+# Serve the HTTP API and dashboard (development recipe: accepts the development SECRET_KEY, like `run`).
 api:
-    python -m worker api
+    ALLOW_DEV_SECRET="${ALLOW_DEV_SECRET:-1}" python -m worker api
 
 # Chaos runs (real workers and redis-server: SIGKILL loops, Redis restarts, a 30 s outage, a Sentinel failover).
 chaos *ARGS:

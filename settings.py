@@ -129,6 +129,9 @@ class Settings(BaseSettings):
         SecretStr(DEV_SECRET_KEY),
         description="encrypts stored credentials; several comma-separated keys: the first encrypts, all decrypt",
     )
+    allow_dev_secret: bool = Field(
+        False, description="ALLOW_DEV_SECRET=1: accept the development default SECRET_KEY (local dev, demo, tests)"
+    )
     api_admin_token: SecretStr = Field(SecretStr("dev-admin-token"))
 
     oauth_refresh_margin_s: float = Field(
@@ -188,6 +191,19 @@ class Settings(BaseSettings):
     def queue(self, name: str) -> QueuePolicy:
         """Policy of one queue (defaults for unknown names)."""
         return self.queues.get(name) or QueuePolicy()
+
+
+def dev_secret_refusal(settings: Settings) -> str | None:
+    """Why the worker and the API must not start: SECRET_KEY's encrypting (first) key is the development
+    default and ALLOW_DEV_SECRET is not set; None when they may. (A later, decrypt-only dev key is fine: that
+    is how a deployment rotates away from it.)"""
+    keys = [k.strip() for k in settings.secret_key.get_secret_value().split(",") if k.strip()]  # as SecretBox
+    if keys[:1] != [DEV_SECRET_KEY] or settings.allow_dev_secret:
+        return None
+    return (
+        "SECRET_KEY is the development default: set SECRET_KEY to a random secret (e.g. `openssl rand -hex 32`), "
+        "or ALLOW_DEV_SECRET=1 for local development and demos"
+    )
 
 
 @lru_cache(maxsize=1)

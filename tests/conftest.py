@@ -20,6 +20,9 @@ from worker.devstack import PostgresServer, RedisServer
 os.environ.pop("ANTHROPIC_API_KEY", None)
 os.environ.pop("DATABASE_URL", None)
 os.environ["DATA_DIR"] = tempfile.mkdtemp(prefix="worker-test-data-")  # an embedded store never lands in the repo
+# Workers and APIs started by tests (in-process or as subprocesses) may use the development SECRET_KEY; the
+# refusal without this flag is tested with it removed (tests/test_entrypoints.py).
+os.environ["ALLOW_DEV_SECRET"] = "1"
 # The backend of the job, API and CLI tests (the store's contract tests run on both): postgresql | sqlite.
 TEST_DATABASE = os.environ.get("TEST_DATABASE", "postgresql")
 

@@ -18,13 +18,14 @@ _PER_QUEUE = {
 
 
 def _checked(cls: Any) -> Any:
-    """arq settings whose startup first checks the store's schema (as `worker run` does)."""
+    """arq settings whose startup first checks SECRET_KEY and the store's schema (as `worker run` does)."""
     from settings import get_settings
-    from worker.cli_store import check_store
+    from worker.cli_store import check_secret, check_store
 
     start = cls.on_startup
 
     async def on_startup(ctx: dict[str, Any]) -> None:
+        check_secret(get_settings())
         await check_store(get_settings())
         await start(ctx)
 

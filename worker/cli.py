@@ -46,7 +46,7 @@ class CliError(Exception):
 
 
 def _run(args: argparse.Namespace) -> int:
-    from worker.cli_store import check_store
+    from worker.cli_store import check_secret, check_store
     from worker.runtime import Worker, registry
     from worker.runtime.local import ensure_redis
 
@@ -61,6 +61,7 @@ def _run(args: argparse.Namespace) -> int:
 
     async def main() -> None:
         if not args.imports or "worker.jobs" in args.imports:  # the product's jobs need the store at its schema
+            check_secret(settings)  # and a real SECRET_KEY (or ALLOW_DEV_SECRET)
             await check_store(settings)  # else one line naming `worker db upgrade`
         async with ensure_redis(settings) as url:
             worker = Worker(url, queues=queues, concurrency=args.concurrency, settings=settings)
@@ -552,7 +553,7 @@ def _api(args: argparse.Namespace) -> int:
     import uvicorn
 
     from worker.api import create_app
-    from worker.cli_store import check_store
+    from worker.cli_store import check_secret, check_store
     from worker.runtime.local import ensure_redis
 
     settings = get_settings()
@@ -561,6 +562,7 @@ def _api(args: argparse.Namespace) -> int:
         raise CliError(f"refusing to serve on {args.host} with the development admin token: set API_ADMIN_TOKEN", 2)
 
     async def main() -> None:
+        check_secret(settings)
         await check_store(settings)
         async with ensure_redis(settings) as url:
             config = uvicorn.Config(
@@ -685,10 +687,11 @@ def build_parser() -> argparse.ArgumentParser:
     purge.add_argument("--older-than", type=duration, metavar="AGE", help="delete those older than AGE (e.g. 7d)")
     purge.set_defaults(func=with_redis(_dlq_purge))
 
-    from worker import cli_outbox, cli_quarantine, cli_watch
+    from worker import cli_messages, cli_outbox, cli_quarantine, cli_watch
 
     cli_outbox.register(sub, common)
     cli_quarantine.register(sub, common)
+    cli_messages.register(sub, common)
     cli_watch.register(sub, common)
 
     enq = sub.add_parser(

@@ -22,6 +22,15 @@ def where(settings: Settings) -> str:
     return database_url(settings).render_as_string(hide_password=True)
 
 
+def check_secret(settings: Settings) -> None:
+    """The worker and the API refuse the development SECRET_KEY unless ALLOW_DEV_SECRET is set."""
+    from settings import dev_secret_refusal
+
+    refusal = dev_secret_refusal(settings)
+    if refusal is not None:
+        raise StoreCommandError(refusal)
+
+
 async def check_store(settings: Settings) -> str:
     """The startup check: schema at head (an empty embedded database is created). Raises StoreCommandError."""
     from sqlalchemy.exc import SQLAlchemyError

@@ -13,13 +13,14 @@ from redis.asyncio import Redis
 def _watch(args: argparse.Namespace) -> int:
     from settings import get_settings
     from worker.cli import CliError, _install_loop, redis_url
-    from worker.cli_store import StoreCommandError, check_store
+    from worker.cli_store import StoreCommandError, check_secret, check_store
     from worker.watch.service import run_watch_service
 
     settings = get_settings()
     url = redis_url(args)
 
     async def main() -> None:
+        check_secret(settings)  # a real SECRET_KEY (or ALLOW_DEV_SECRET), as for `worker run`
         await check_store(settings)
         await run_watch_service(url, settings)
 

@@ -462,7 +462,8 @@ async def run_demo(serve_after: bool | None = None, settings: Settings | None = 
     if missing:
         console.print(f"The demo needs {' and '.join(missing)}: pip install -e '.[test]' (or bash .ci/run demo)")
         return 2
-    config: Settings = settings or get_settings()
+    # the demo runs on the development SECRET_KEY unless one is set: it is the explicit dev/demo case
+    config: Settings = (settings or get_settings()).model_copy(update={"allow_dev_secret": True})
     main = asyncio.current_task()
     if main is not None:  # SIGTERM (e.g. a CI timeout) unwinds like Ctrl-C, so everything started is stopped
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)

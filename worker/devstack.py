@@ -188,10 +188,11 @@ class PostgresServer:
             stderr=subprocess.PIPE,
         )
 
-    def stop(self, *, remove: bool = False) -> None:
-        """Stop the server (fast shutdown: open connections are cut); `remove` deletes the cluster."""
+    def stop(self, *, remove: bool = False, mode: str = "fast") -> None:
+        """Stop the server (fast shutdown: open connections are cut; `immediate`: as if it crashed, recovery at
+        the next start); `remove` deletes the cluster."""
         if self.workdir is not None and (self.workdir / "data" / "postmaster.pid").exists():
-            self._pg_ctl("-m", "fast", "stop")
+            self._pg_ctl("-m", mode, "stop")
         if remove and self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None

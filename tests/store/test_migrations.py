@@ -22,7 +22,7 @@ from tests.support import db
 from worker.devstack import PostgresServer
 from worker.store import SchemaOutdated, SqlStore, prepare_store
 from worker.store.sql.engine import create_engine
-from worker.store.sql.schema import current, downgrade, head, upgrade
+from worker.store.sql.schema import current, downgrade, head, include_name, upgrade
 from worker.store.sql.tables import TENANT_TABLES, metadata
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,11 +37,11 @@ async def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 def _diff(conn: Connection) -> list[Any]:
-    return list(compare_metadata(MigrationContext.configure(conn), metadata))
+    return list(compare_metadata(MigrationContext.configure(conn, opts={"include_name": include_name}), metadata))
 
 
 def _tables(conn: Connection) -> set[str]:
-    return set(inspect(conn).get_table_names()) - {"alembic_version"}
+    return {t for t in inspect(conn).get_table_names() if include_name(t, "table", {})} - {"alembic_version"}
 
 
 async def test_empty_to_head_matches_the_code_then_round_trips(empty_url: str) -> None:
@@ -119,5 +119,32 @@ async def test_store_works_after_round_trip_on_shared_template(sqlite_url: str) 
     store = SqlStore.from_settings(store_settings(sqlite_url))
     try:
         assert await current(store.engine) == head()
+    finally:
+        await store.aclose()
+
+
+async def test_0002_upgrades_existing_messages(backend_url: str) -> None:
+    """Messages stored before 0002 get their sort date (date, else stored_at) and become searchable."""
+    from tests.store.test_listing import mail, store_mails
+    from worker.store import MessageQuery
+
+    store = SqlStore.from_settings(store_settings(backend_url))
+    try:
+        acc = await store.create_account("t1", _account())
+        dated, undated = await store_mails(
+            store,
+            "t1",
+            acc.id,
+            "INBOX",
+            [mail(1, subject="quarterly report"), mail(2).model_copy(update={"date": None})],
+        )
+        await downgrade(store.engine, "0001")
+        await upgrade(store.engine)
+        page = await store.list_messages("t1", MessageQuery())
+        assert [m.id for m in page.items] == [undated, dated]
+        undated_msg = await store.get_message("t1", undated)
+        assert undated_msg is not None and page.items[0].sort_date == undated_msg.stored_at
+        found = await store.list_messages("t1", MessageQuery(q="quarterly"))
+        assert [m.id for m in found.items] == [dated]
     finally:
         await store.aclose()

@@ -14,9 +14,9 @@ from fastapi.staticfiles import StaticFiles
 from redis.asyncio import Redis
 
 import worker.jobs  # noqa: F401  (registers the product's jobs)
-from settings import Settings, get_settings
+from settings import Settings, dev_secret_refusal, get_settings
 from worker import metrics
-from worker.api import errors, jobs, mail, oauth, ops, outbox, watches
+from worker.api import errors, jobs, mail, messages, oauth, ops, outbox, watches
 from worker.api.deps import Services, index_tenant_jobs
 from worker.runtime import Client, DeadLetters, create_pool, registry
 from worker.runtime.connection import connect, redis_address
@@ -40,13 +40,15 @@ class ApiConfig:
 
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Create the store (schema checked), Redis client, runtime Client and arq pool; run the metric samplers;
-    close everything on exit.
+    """Refuse the development SECRET_KEY (unless ALLOW_DEV_SECRET); create the store (schema checked), Redis
+    client, runtime Client and arq pool; run the metric samplers; close everything on exit.
 
     Usable as the lifespan of your own app: routes can then depend on ``worker.api.get_client``.
     """
     cfg: ApiConfig = getattr(app.state, "worker_config", None) or ApiConfig()
     settings = cfg.settings or get_settings()
+    if (refusal := dev_secret_refusal(settings)) is not None:
+        raise RuntimeError(refusal)
     url = redis_address(settings, cfg.redis_url) or DEFAULT_REDIS_URL
     store = await prepare_store(settings)
     redis: Redis = connect(url)  # no I/O yet: the API starts while Redis is down (/ready says 503 until it answers)
@@ -106,6 +108,7 @@ def create_app(
     app.include_router(ops.probes)
     app.include_router(jobs.router)
     app.include_router(mail.router)
+    app.include_router(messages.router)
     app.include_router(oauth.router)
     app.include_router(outbox.router)
     app.include_router(outbox.admin)

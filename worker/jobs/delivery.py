@@ -11,6 +11,7 @@ resent once (recorded); otherwise the item stays `ambiguous` and needs a decisio
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import timedelta
 from typing import Any, Literal
@@ -43,6 +44,15 @@ def send_key(tenant_id: str, outbox_id: str) -> str:
     return f"send:{tenant_id}:{outbox_id}"
 
 
+_ADDRESS = re.compile(r"[^\s<>()\[\],;:\"'@]+@[^\s<>()\[\],;:\"'@]+")
+
+
+def redact(text: str) -> str:
+    """Text bound for Redis (job errors and results, events): every email address replaced by `[address]`.
+    SMTP replies echo recipients; the full text stays in the store's outbox item (history, last_error)."""
+    return _ADDRESS.sub("[address]", text)
+
+
 async def emit(redis: Redis, maxlen: int, item: OutboxItem, note: str) -> None:
     """An `outbox` event on the runtime's event stream (tied to the item's send job for tenant filtering)."""
     fields = {
@@ -54,7 +64,7 @@ async def emit(redis: Redis, maxlen: int, item: OutboxItem, note: str) -> None:
         "outbox_id": item.id,
         "status": item.status.value,
         "step": item.delivery_step.value if item.delivery_step else "",
-        "note": note[:300],
+        "note": redact(note)[:300],
     }
     await redis.xadd(keys.EVENTS, fields, maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
 
@@ -147,7 +157,7 @@ async def _needs_decision(ctx: JobContext, store: Store, item: OutboxItem, reaso
         item.tenant_id, item.id, last_error=note, history=item.noted(OutboxStatus.AMBIGUOUS, note)
     )
     await _emit(ctx, updated, note)
-    return {"status": "ambiguous", "needs_decision": True, "reason": reason}
+    return {"status": "ambiguous", "needs_decision": True, "reason": redact(reason)}
 
 
 async def settle_sent(

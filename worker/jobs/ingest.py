@@ -2,8 +2,9 @@
 
 A batch is parsed in the parse pool and stored in one call. A message the parser cannot get through is
 quarantined; when storing the batch fails, each message is stored on its own and the ones that still fail
-are quarantined (location, size and error: enough to fetch it again with the retry job). If recording the
-quarantine fails too, the store itself is down: that error propagates and the job retries.
+are quarantined (location, size and error: enough to fetch it again with the retry job). A database outage
+(StoreUnavailable) is never blamed on a message: it propagates at once and the job runs again after it; so
+does a failure to record the quarantine.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from worker.mail.imap import FetchedMessage
 from worker.mail.message import ParsedMessage
 from worker.mail.parsepool import Classifier, ParseFailure, ParsePool
 from worker.mail.spool import Spooled, size_of
-from worker.store import InsertResult, Store
+from worker.store import InsertResult, Store, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -87,11 +88,15 @@ async def ingest(
     try:
         out.results = await _insert(store, where, items)
         return out
+    except StoreUnavailable:  # the database is down, not this batch: the job runs again after the outage
+        raise
     except Exception as exc:
         log.warning("storing a batch of %d messages failed (%s); storing them one by one", len(items), _error(exc))
     for item in items:
         try:
             out.results += await _insert(store, where, [item])
+        except StoreUnavailable:
+            raise
         except Exception as exc:
             log.exception("storing uid %d of account %s failed", item[0], where.account_id)
             await where.quarantine(store, item[0], item[2].size, f"store: {_error(exc)}")

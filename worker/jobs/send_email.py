@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from worker.jobs.delivery import emit, mark_ambiguous, send_key
+from worker.jobs.delivery import emit, mark_ambiguous, redact, send_key
 from worker.jobs.deps import get_store, smtp_config
 from worker.jobs.mail_auth import AuthFailed, AuthUnavailable, send_as_account
 from worker.mail import smtp
@@ -89,17 +89,18 @@ def _outcomes(recipients: dict[str, smtp.RecipientResult]) -> dict[str, Recipien
     group=lambda p: f"{p.tenant_id}:{p.account_id}",
 )
 async def send_email(ctx: JobContext, payload: SendEmail) -> dict[str, Any]:
-    """Deliver the outbox item; the result lists what each recipient's server answered."""
+    """Deliver the outbox item; the result counts accepted and refused recipients (each one's answer is in the
+    outbox item). Errors and results that go to Redis have their addresses redacted."""
     store = get_store(ctx)
     item = await store.get_outbox(payload.tenant_id, payload.outbox_id)
     if item is None or item.account_id != payload.account_id:
         raise PermanentError(f"outbox item {payload.outbox_id} not found for this account")
     if item.status in FINAL_STATUSES or item.status is OutboxStatus.AMBIGUOUS:
-        return {"status": item.status.value, "message_id": item.message_id, "already": True}
+        return {"status": item.status.value, "outbox_id": item.id, "already": True}
     if item.status is OutboxStatus.SENDING and item.delivery_step is DeliveryStep.DATA_END:
         note = "an earlier attempt died after the end of DATA was sent, before the reply was recorded"
         await mark_ambiguous(ctx, store, item, note)
-        return {"status": OutboxStatus.AMBIGUOUS.value, "message_id": item.message_id, "reason": note}
+        return {"status": OutboxStatus.AMBIGUOUS.value, "outbox_id": item.id, "reason": note}
     resumed = item.status is OutboxStatus.SENDING  # an earlier attempt died before the end of DATA
     now = utcnow()
     first_start = item.send_started_at or now
@@ -142,7 +143,7 @@ async def send_email(ctx: JobContext, payload: SendEmail) -> dict[str, Any]:
         )
     except ValueError as exc:  # missing account, bad TLS config, invalid address, header injection
         await _finish(ctx, store, owned, OutboxStatus.FAILED, str(exc), resolution="invalid")
-        raise PermanentError(str(exc)) from None
+        raise PermanentError(redact(str(exc))) from None
 
     async def record_step(step: DeliveryStep) -> None:
         nonlocal owned
@@ -193,27 +194,28 @@ async def send_email(ctx: JobContext, payload: SendEmail) -> dict[str, Any]:
         raise
     except AuthFailed as exc:
         await _finish(ctx, store, owned, OutboxStatus.FAILED, str(exc), resolution="auth")
-        raise
+        raise AuthFailed(redact(str(exc))) from None
     except smtp.AmbiguousSmtpError as exc:
         await mark_ambiguous(ctx, store, owned, str(exc))
-        return {"status": OutboxStatus.AMBIGUOUS.value, "message_id": owned.message_id, "reason": str(exc)}
+        return {"status": OutboxStatus.AMBIGUOUS.value, "outbox_id": owned.id, "reason": redact(str(exc))}
     except smtp.PermanentSmtpError as exc:
         status = OutboxStatus.FAILED if exc.stage in ("connect", "auth") else OutboxStatus.BOUNCED
         answers = {"recipients": _outcomes(exc.recipients)} if exc.recipients else {}
         await _finish(
             ctx, store, owned, status, str(exc), resolution="smtp", delivery_step=DeliveryStep.REPLIED, **answers
         )
-        raise PermanentError(f"{status.value}: {exc}") from None
+        raise PermanentError(f"{status.value}: {redact(str(exc))}") from None
     except smtp.TransientSmtpError as exc:
         last = ctx.attempt >= ctx.max_attempts
         status = OutboxStatus.FAILED if last else OutboxStatus.QUEUED
         fields: dict[str, Any] = {"resolution": "smtp"} if last else {"send_attempt": None, "delivery_step": None}
         await _finish(ctx, store, owned, status, str(exc), **fields)
-        raise
+        raise smtp.TransientSmtpError(redact(str(exc)), exc.code, exc.stage) from None
+    # counts only: the recipients' addresses and answers are in the outbox item (Redis keeps no addresses)
     return {
         "status": OutboxStatus.SENT.value,
-        "message_id": owned.message_id,
-        "accepted": result.accepted,
-        "refused": {a: r.code for a, r in result.recipients.items() if r.state != "accepted"},
+        "outbox_id": owned.id,
+        "accepted": len(result.accepted),
+        "refused": sum(r.state != "accepted" for r in result.recipients.values()),
         "lateness_s": lateness,
     }

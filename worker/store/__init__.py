@@ -6,6 +6,7 @@ Account secrets are encrypted with AES-GCM (`crypto.SecretBox`, tenant and accou
 data) and are only ever handed out as SecretStr. Redis keeps no mail data, only coordination (`locks`).
 
 - `models`: the records and their validation.       - `protocol`: the `Store` protocol.
+- `listing`: the message listing's query, rows and cursor.
 - `crypto`: encryption of secrets at rest, rotation. - `locks`: per-tenant leases in Redis.
 - `sql`: the SQL backend and its migrations (`worker/store/migrations`).
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 from settings import Settings
 from worker.store.crypto import SecretBox
+from worker.store.listing import BadCursor, MessagePage, MessageQuery, MessageSummary
 from worker.store.locks import Locks
 from worker.store.models import (
     FINAL_STATUSES,
@@ -63,9 +65,13 @@ __all__ = [
     "STORED",
     "Account",
     "AccountIn",
+    "BadCursor",
     "DeliveryStep",
     "InsertResult",
     "Locks",
+    "MessagePage",
+    "MessageQuery",
+    "MessageSummary",
     "OutboxEvent",
     "OutboxIn",
     "OutboxItem",

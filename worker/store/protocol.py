@@ -9,6 +9,7 @@ from typing import Any, Protocol
 from pydantic import SecretStr
 
 from worker.mail.message import ParsedMessage
+from worker.store.listing import MessagePage, MessageQuery
 from worker.store.models import (
     Account,
     AccountIn,
@@ -81,6 +82,10 @@ class Store(Protocol):
         items: Sequence[tuple[int, tuple[str, ...], ParsedMessage]],
     ) -> list[InsertResult]: ...
     async def get_message(self, tenant_id: str, message_id: str) -> StoredMessage | None: ...
+    async def list_messages(self, tenant_id: str, query: MessageQuery) -> MessagePage:
+        """A page of the tenant's messages matching the filters (and words), newest first; keyset cursor."""
+        ...
+
     async def count_messages(self, tenant_id: str, account_id: str) -> int: ...
     async def known_uids(self, tenant_id: str, account_id: str, mailbox: str, uidvalidity: int) -> list[int]: ...
     async def get_flags(

@@ -1,7 +1,8 @@
 """The SQL implementation of `Store` on SQLAlchemy 2 Core (asyncio): PostgreSQL via asyncpg, SQLite via aiosqlite.
 
 - `engine`: URLs, pools, SQLite pragmas.   - `tables`: the schema.   - `base`: transactions, RLS scope, outages.
-- `accounts`, `outbox`, `messages`, `analyses`, `quarantine`: the methods, one module per table group.
+- `accounts`, `outbox`, `messages`, `analyses`, `quarantine`: the methods, one module per table group;
+  `search`: the message listing and full-text search.
 - `schema`: Alembic migrations (upgrade, current, the startup check).
 """
 
@@ -17,9 +18,10 @@ from worker.store.sql.messages import MessagesMixin
 from worker.store.sql.oauth import OAuthMixin
 from worker.store.sql.outbox import OutboxMixin
 from worker.store.sql.quarantine import QuarantineMixin
+from worker.store.sql.search import SearchMixin
 
 
-class SqlStore(AccountsMixin, OutboxMixin, MessagesMixin, AnalysesMixin, QuarantineMixin, OAuthMixin):
+class SqlStore(AccountsMixin, OutboxMixin, MessagesMixin, SearchMixin, AnalysesMixin, QuarantineMixin, OAuthMixin):
     """The store on a SQL database; `aclose()` closes its pool."""
 
     @classmethod

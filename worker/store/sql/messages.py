@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import and_, bindparam, func, select, update
@@ -46,11 +46,12 @@ def location_id(tenant_id: str, account_id: str, mailbox: str, uidvalidity: int,
     return "m" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
-def _row(parsed: ParsedMessage) -> dict[str, Any]:
+def _row(parsed: ParsedMessage, now: datetime) -> dict[str, Any]:
     doc = parsed.model_dump(mode="json")
     row: dict[str, Any] = {col: clean_json(doc.pop(field)) for field, col in _COLUMNS.items()}
     date = parsed.date
     row["date"] = date.replace(tzinfo=UTC) if date is not None and date.tzinfo is None else date
+    row["sort_date"] = row["date"] or now  # the listing's order: the message's date, else when it was stored
     row["extra"] = clean_json(doc)
     return row
 
@@ -88,7 +89,7 @@ class MessagesMixin(SqlBase):
         mailbox = clean(mailbox)
         now = utcnow()
         rows = [
-            _row(parsed)
+            _row(parsed, now)
             | {
                 "tenant_id": tenant_id,
                 "id": location_id(tenant_id, account_id, mailbox, uidvalidity, uid),
