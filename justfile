@@ -49,3 +49,9 @@ bench-quick:
 # Chaos run of send-email: workers SIGKILLed at random points of sends; reports deliveries and final states.
 send-chaos *ARGS:
     python -m bench.send_chaos {{ARGS}}
+
+# IMAP IDLE watch benchmarks (moderate sizes for a shared machine; pass larger --watches/--mailboxes by hand).
+bench-watch:
+    python -m bench.watch_latency --mailboxes 100 --rate 5 --duration 40 --connect-rate 25
+    python -m bench.watch_fleet --watches 300 --processes 3 --connect-rate 40
+    python -m bench.watch_scale --watches 1000 --rate 40 --idle-s 30

@@ -169,6 +169,21 @@ class Settings(BaseSettings):
     ai_tenant_rate_limit: int = Field(60, ge=1, description="analyses per tenant per ai_tenant_rate_period_s")
     ai_tenant_rate_period_s: float = Field(60.0, gt=0)
 
+    watch_enabled: bool = Field(True, description="`worker run` also runs IMAP IDLE watchers when it serves email-sync")
+    watch_max_per_process: int = Field(10_000, ge=0, description="most mailboxes one process watches")
+    watch_max_per_account: int = Field(5, ge=1, le=50, description="watch connections per account (INBOX first)")
+    watch_idle_refresh_s: float = Field(1500.0, gt=0, le=1740, description="IDLE is re-issued this often (< 29 min)")
+    watch_poll_s: float = Field(15.0, gt=0, description="NOOP interval on servers without IDLE")
+    watch_debounce_s: float = Field(1.0, ge=0, description="changes within this window share one sync")
+    watch_lease_ms: int = Field(5000, ge=500, description="a dead process's watches are taken over after this")
+    watch_scan_s: float = Field(1.0, gt=0, description="lease renewal and take-over of free watches")
+    watch_reconcile_s: float = Field(30.0, gt=0, description="re-read the accounts (notifications act at once)")
+    watch_connect_rate: float = Field(20.0, gt=0, description="connection attempts per second per IMAP host, fleet")
+    watch_connect_burst: int = Field(20, ge=1)
+    watch_backoff_base_s: float = Field(1.0, gt=0, description="reconnect backoff per watch (jittered, doubling)")
+    watch_backoff_cap_s: float = Field(300.0, gt=0)
+    watch_keepalive_s: int = Field(60, ge=1, description="TCP keepalive idle time: a dead peer is found in ~1.75x")
+
     @field_validator("queues", mode="before")
     @classmethod
     def _merge_queue_overrides(cls, value: Any) -> Any:

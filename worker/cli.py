@@ -64,7 +64,17 @@ def _run(args: argparse.Namespace) -> int:
             check_secret(settings)  # and a real SECRET_KEY (or ALLOW_DEV_SECRET)
             await check_store(settings)  # else one line naming `worker db upgrade`
         async with ensure_redis(settings) as url:
-            await Worker(url, queues=queues, concurrency=args.concurrency, settings=settings).run_forever()
+            worker = Worker(url, queues=queues, concurrency=args.concurrency, settings=settings)
+            if (
+                settings.watch_enabled
+                and "email-sync" in queues
+                and (not args.imports or "worker.jobs" in args.imports)
+            ):
+                from worker.watch.service import run_worker_with_watchers
+
+                await run_worker_with_watchers(worker, url, settings)  # IMAP IDLE watchers beside the queues
+            else:
+                await worker.run_forever()
 
     _install_loop()
     try:
@@ -677,11 +687,12 @@ def build_parser() -> argparse.ArgumentParser:
     purge.add_argument("--older-than", type=duration, metavar="AGE", help="delete those older than AGE (e.g. 7d)")
     purge.set_defaults(func=with_redis(_dlq_purge))
 
-    from worker import cli_messages, cli_outbox, cli_quarantine
+    from worker import cli_messages, cli_outbox, cli_quarantine, cli_watch
 
     cli_outbox.register(sub, common)
     cli_quarantine.register(sub, common)
     cli_messages.register(sub, common)
+    cli_watch.register(sub, common)
 
     enq = sub.add_parser(
         "enqueue",
@@ -748,7 +759,7 @@ def main(argv: list[str] | None = None) -> None:
         level=logging.DEBUG
         if args.verbose
         else logging.WARNING
-        if args.command not in ("run", "api")
+        if args.command not in ("run", "api", "watch")
         else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )

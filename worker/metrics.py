@@ -31,6 +31,7 @@ from worker.runtime.spec import Registry
 log = logging.getLogger("worker.metrics")
 THROUGHPUT_WINDOW_S = 60
 SAMPLE_KEEP_S = 300
+WATCH_BUCKETS = (0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30, 60, 300)
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 
@@ -166,6 +167,12 @@ class EventObserver:
         self.deferrals = Counter(
             "worker_deferrals", "Jobs deferred without using an attempt (any reason)", ["queue"], registry=registry
         )
+        self.watch_latency = Histogram(
+            "worker_watch_arrival_to_stored_seconds",
+            "From a watcher seeing a change (IMAP IDLE push or poll) to the end of the first sync started after it",
+            buckets=WATCH_BUCKETS,
+            registry=registry,
+        )
         self.outbox = Counter(
             "worker_outbox_transitions",
             "Outbox items entering a state (sent, bounced, failed, ambiguous, queued for a resend)",
@@ -178,6 +185,9 @@ class EventObserver:
         kind, job_id, queue = fields.get("type"), fields.get("job_id", ""), fields.get("queue", "")
         if kind == "outbox":
             self.outbox.labels(fields.get("status", "?")).inc()
+            return
+        if kind == "watch_stored":
+            self.watch_latency.observe(float(fields.get("latency_s", 0)))
             return
         if kind == "started":
             self._started[job_id] = at
@@ -245,10 +255,28 @@ class _Snapshot(Collector):
         yield from (jobs, retries, depth, paused, groups, limited, dead)
 
 
-def render(ov: Overview, process_registry: CollectorRegistry | None = None) -> bytes:
-    """The Prometheus text exposition of an overview plus this process's event-derived metrics."""
+class _Watches(Collector):
+    """Watched mailboxes of the whole fleet by state (from the processes' summaries in Redis)."""
+
+    def __init__(self, counts: dict[str, int]) -> None:
+        self.counts = counts
+
+    def collect(self) -> Iterator[Metric]:
+        g = GaugeMetricFamily("worker_watches", "Mailboxes watched with IMAP IDLE, by state", labels=["state"])
+        for state in ("watched", "connected", "backing_off", "auth_error"):
+            g.add_metric([state], self.counts.get(state, 0))
+        yield g
+        yield GaugeMetricFamily("worker_watch_processes", "Live watch processes", value=self.counts.get("processes", 0))
+
+
+def render(
+    ov: Overview, process_registry: CollectorRegistry | None = None, watches: dict[str, int] | None = None
+) -> bytes:
+    """The Prometheus text exposition of an overview (and watch counts) plus this process's event metrics."""
     reg = CollectorRegistry(auto_describe=False)
     reg.register(_Snapshot(ov))
+    if watches is not None:
+        reg.register(_Watches(watches))
     out = generate_latest(reg)
     if process_registry is not None:
         out += generate_latest(process_registry)

@@ -221,6 +221,7 @@ class DovecotServer(ImapServer):
     special_use: dict[str, str] = field(default_factory=dict)  # mailbox name -> RFC 6154 attribute, e.g. \\Sent
     # XOAUTH2 + OAUTHBEARER via Dovecot's oauth2 passdb, validating tokens at this RFC 7662 endpoint
     oauth2_introspection_url: str | None = None
+    extra_conf: str = ""  # appended to dovecot.conf, e.g. an imap_capability without IDLE
 
     def _run_as(self) -> dict[str, object]:
         if os.geteuid() != 0:
@@ -264,6 +265,7 @@ class DovecotServer(ImapServer):
                     gid=gr.gr_gid,
                     namespace=self._namespace(),
                 )
+                + self.extra_conf
             )
             (d / "users").write_text(f"{self.user}:{{PLAIN}}{self.password}::::\n")
             for sub in ("run", "state", "mail"):

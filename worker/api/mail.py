@@ -19,6 +19,7 @@ from worker.api.jobs import Accepted, When, enqueue_as
 from worker.jobs.scheduled_emails import cancel_scheduled_email, reschedule_email, schedule_email
 from worker.jobs.send_email import enqueue_send
 from worker.store import Account, AccountIn, OutboxEvent, OutboxIn, OutboxItem, RecipientOutcome, StoredMessage
+from worker.watch.notify import notify_accounts_changed
 
 router = APIRouter(prefix="/v1/tenants/{tenant_id}", tags=["mail"])
 
@@ -78,7 +79,9 @@ async def _account(svc: Services, tenant: str, account_id: str) -> Account:
 @router.post("/accounts", status_code=201, response_model=AccountOut, summary="Register a mail account")
 async def create_account(tenant_id: Tenant, body: AccountIn, svc: Svc) -> AccountOut:
     """The secret (password or app token) is stored encrypted and never returned."""
-    return AccountOut.of(await svc.store.create_account(tenant_id, body))
+    account = await svc.store.create_account(tenant_id, body)
+    await notify_accounts_changed(svc.redis)  # its INBOX is watched within seconds
+    return AccountOut.of(account)
 
 
 @router.get("/accounts", response_model=list[AccountOut], summary="The tenant's accounts")
@@ -95,6 +98,7 @@ async def get_account(tenant_id: Tenant, account_id: str, svc: Svc) -> AccountOu
 async def update_account(tenant_id: Tenant, account_id: str, body: AccountPatch, svc: Svc) -> AccountOut:
     await _account(svc, tenant_id, account_id)
     await svc.store.set_account_active(tenant_id, account_id, body.active)
+    await notify_accounts_changed(svc.redis)
     return AccountOut.of(await _account(svc, tenant_id, account_id))
 
 
@@ -102,6 +106,7 @@ async def update_account(tenant_id: Tenant, account_id: str, body: AccountPatch,
 async def delete_account(tenant_id: Tenant, account_id: str, svc: Svc) -> Response:
     await _account(svc, tenant_id, account_id)
     await svc.store.delete_account(tenant_id, account_id)
+    await notify_accounts_changed(svc.redis)
     return Response(status_code=204)
 
 

@@ -28,6 +28,7 @@ from worker.mail.oauth import TokenManager, TokenRevoked, TokenUnavailable
 from worker.mail.oauth_providers import OAuthClientConfig, OAuthGrant
 from worker.mail.smtp import TlsMode
 from worker.store import AccountIn, SecretBox, check_id
+from worker.watch.notify import notify_accounts_changed
 
 router = APIRouter(tags=["oauth"])
 CALLBACK_PATH = "/v1/oauth/callback"
@@ -152,6 +153,7 @@ async def _link(
     grant = OAuthGrant(**client.model_dump(), refresh_token=SecretStr(refresh_token))
     await svc.store.put_oauth_grant(tenant, account_id, grant)
     await _tokens(svc).forget(tenant, account_id)
+    await notify_accounts_changed(svc.redis)  # a new grant clears auth_error: its watches reconnect
     return account_id, created
 
 

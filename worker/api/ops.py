@@ -34,6 +34,7 @@ from worker.api.views import EVENT_SCAN, JobView, decode_fields, event_view, job
 from worker.runtime import DeadLetter, keys
 from worker.runtime.bounded import clip, displayable
 from worker.runtime.client import GroupCounts, QueueGroups, group_key
+from worker.watch.view import summary as watch_summary
 
 router = APIRouter(prefix="/v1")
 probes = APIRouter(tags=["health"])
@@ -385,6 +386,8 @@ async def ready(svc: Svc, response: Response) -> dict[str, Any]:
 async def prometheus(svc: Svc) -> Response:
     try:
         ov = await metrics.overview(svc.redis, svc.queues)
+        watching = (await watch_summary(svc.redis)).model_dump()
     except RedisError as exc:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"redis unavailable: {exc}") from exc
-    return Response(metrics.render(ov, svc.metrics), media_type="text/plain; version=0.0.4; charset=utf-8")
+    body = metrics.render(ov, svc.metrics, watching)
+    return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -203,7 +203,9 @@ async def requeue(
         return None
     suffix = f":resend{resends}" if automatic else f":op{uuid.uuid4().hex[:12]}"
     job_id = await enqueue_send_job(client, done, suffix)
-    done = await store.update_outbox(item.tenant_id, item.id, send_job_id=job_id)
+    await store.update_outbox(item.tenant_id, item.id, send_job_id=job_id)
+    # the row as this decision left it: a fast worker may already have claimed the new job and moved it on
+    done = done.model_copy(update={"send_job_id": job_id})
     await emit(redis, maxlen, done, note)
     return done
 

@@ -39,6 +39,7 @@ from worker.mail.parsepool import NICE, ParsePool
 from worker.mail.spool import SPOOL_BYTES, release
 from worker.runtime import Defer, JobContext, PermanentError, job
 from worker.store import InsertResult, Store, SyncState, mailbox_key, utcnow
+from worker.watch.trigger import remember_folders, report_stored, take_arrival
 
 log = logging.getLogger(__name__)
 
@@ -291,6 +292,7 @@ async def sync_mailbox(ctx: JobContext, payload: SyncMailbox) -> dict[str, Any]:
     locks = get_locks(ctx)
     if not await locks.acquire(payload.tenant_id, lock, ctx.job_id, LOCK_TTL_S):
         raise Defer("this mailbox is being synced by another job", delay=LOCK_RETRY_S)
+    arrived = await take_arrival(ctx.redis, payload.tenant_id, payload.account_id, payload.mailbox)
 
     async def request_analysis(r: InsertResult) -> None:
         await ctx.enqueue(
@@ -336,6 +338,10 @@ async def sync_mailbox(ctx: JobContext, payload: SyncMailbox) -> dict[str, Any]:
         raise
     finally:
         await locks.release(payload.tenant_id, lock, ctx.job_id)
+    if arrived is not None:  # a watcher saw the change: arrival -> stored latency (the API's histogram)
+        await report_stored(
+            ctx.redis, arrived, payload.tenant_id, payload.account_id, report.new, ctx.settings.events_maxlen
+        )
     return asdict(report)
 
 
@@ -360,6 +366,7 @@ async def sync_account(ctx: JobContext, payload: SyncAccount) -> dict[str, Any]:
         return {"skipped": f"auth_error: {account.auth_error}"}
     async with account_imap(ctx, store, account) as session:
         plan = await discover(session, account.mailboxes)
+    await remember_folders(ctx.redis, payload.tenant_id, payload.account_id, plan.sync, ctx.settings.sync_interval_s)
     jobs: list[str] = []
     for mailbox in plan.sync:
         key = f"sync:{payload.tenant_id}:{payload.account_id}:{mailbox_key(mailbox)}"

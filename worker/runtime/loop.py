@@ -14,7 +14,7 @@ import signal
 import socket
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -544,12 +544,20 @@ class Worker:
         await self.blocking.aclose()
         self.journal.close()
 
-    async def run_forever(self) -> None:
-        """Start (waiting for Redis if need be), run until SIGTERM/SIGINT, then shut down gracefully."""
+    async def run_forever(self, on_signal: Callable[[], None] | None = None) -> None:
+        """Start (waiting for Redis if need be), run until SIGTERM/SIGINT, then shut down gracefully.
+
+        `on_signal` is called at once when the signal arrives (e.g. to stop services running beside the worker)."""
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+
+        def stop_now() -> None:
+            stop.set()
+            if on_signal is not None:
+                on_signal()
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, stop_now)
         starting = asyncio.create_task(self.start())
         stopped = asyncio.create_task(stop.wait())
         await asyncio.wait([starting, stopped], return_when=asyncio.FIRST_COMPLETED)

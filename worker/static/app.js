@@ -292,6 +292,36 @@ async function retryQuarantined(tenant, id) {
   flash(`Retrying ${id} as job ${r.job_id}`);
 }
 
+// -- watches: IMAP IDLE watchers of the fleet ---------------------------------------------------------
+
+function showWatches() {
+  ui.view = "watches";
+  for (const s of document.querySelectorAll("main > section")) s.hidden = s.id !== "watches-view";
+  refreshWatches().catch(report);
+}
+
+const WATCH_STATE_CLASS = { connected: "completed", backing_off: "retrying", auth_error: "dead" };
+
+async function refreshWatches() {
+  const fleet = await api("/v1/watches?limit=2000");
+  const s = fleet.summary;
+  $("watches-count").textContent = `${s.connected}/${s.watched}`;
+  if (ui.view !== "watches") return;
+  $("watches-summary").textContent = `${s.processes} process(es): ${s.watched} watched, ${s.connected} connected, ` +
+    `${s.backing_off} backing off, ${s.auth_error} in auth_error`;
+  $("watches").replaceChildren(...fleet.watches.map((w) => el("tr", { dataset: { account: w.account_id, mailbox: w.mailbox } },
+    el("td", {}, w.tenant_id),
+    el("td", { class: "mono" }, w.account_id),
+    el("td", {}, w.mailbox),
+    el("td", { dataset: { field: "state" } }, el("span", { class: `state ${WATCH_STATE_CLASS[w.state] || ""}` }, w.state)),
+    el("td", {}, w.mode || ""),
+    el("td", { class: "mono" }, w.owner || ""),
+    el("td", { title: w.connected_since || "" }, w.connected_since ? ago(w.connected_since) : ""),
+    el("td", { title: w.last_event || "" }, w.last_event ? ago(w.last_event) : ""),
+    el("td", { class: "error" }, w.last_error || ""))));
+  $("watches-empty").hidden = fleet.watches.length > 0;
+}
+
 // -- outbox: ambiguous sends -------------------------------------------------------------------------
 
 function showOutbox() {
@@ -397,6 +427,7 @@ async function tick() {
     else if (ui.view === "quarantine") await refreshQuarantine();
     else if (ui.view === "accounts") await refreshAccounts();
     await refreshOutbox();
+    await refreshWatches();
     setStatus(`live · ${new Date().toLocaleTimeString()}`, true);
   } catch (err) {
     report(err);
@@ -430,6 +461,10 @@ document.addEventListener("DOMContentLoaded", () => {
   $("quarantine-link").addEventListener("click", (e) => { e.preventDefault(); showQuarantine(); });
   $("quarantine-form").addEventListener("submit", (e) => { e.preventDefault(); refreshQuarantine().catch(report); });
   $("outbox-link").addEventListener("click", (e) => { e.preventDefault(); showOutbox(); });
+  $("watches-link").addEventListener("click", (e) => { e.preventDefault(); showWatches(); });
+  document.querySelector("nav").addEventListener("click", (e) => {  // any other view hides the watches
+    if (e.target.closest("a") && !e.target.closest("#watches-link")) $("watches-view").hidden = true;
+  });
   $("purge-all").addEventListener("click", () => purgeDead(null).catch(report));
   $("accounts-link").addEventListener("click", (e) => { e.preventDefault(); showAccounts(); });
   $("accounts-form").addEventListener("submit", (e) => {
