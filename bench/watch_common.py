@@ -60,6 +60,11 @@ class ManyUsers(DovecotServer):
         self.n = n
 
     def start(self) -> ManyUsers:
+        limit = int(Path("/proc/sys/fs/inotify/max_user_instances").read_text())
+        if self.n > limit:
+            fix = "sysctl -w fs.inotify.max_user_instances=8192"
+            print(f"warning: fs.inotify.max_user_instances is {limit} (< {self.n} sessions): past it Dovecot "
+                  f"neither pushes nor hibernates; raise it with `{fix}`", flush=True)  # fmt: skip
         super().start()
         assert self.workdir is not None
         users = "".join(f"{user(i)}:{{PLAIN}}{PASSWORD}::::\n" for i in range(self.n))

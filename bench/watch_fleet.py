@@ -108,6 +108,8 @@ async def run(n: int, procs: int, rate: float, lease_ms: int) -> dict[str, objec
 
             takeover_s = await until(taken_over, 120)
             spread_after = sorted((await owners(redis, n)).values())
+            print(f"all connected {first_s:.1f} s; SIGKILLed process held {victim_count}; all connected elsewhere "
+                  f"{takeover_s:.2f} s later; peak server connections so far {peak}", flush=True)  # fmt: skip
             dovecot.kill()
             await asyncio.sleep(1.0)
             opened_before = len(dovecot.logins())
