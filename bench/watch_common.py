@@ -62,7 +62,7 @@ class ManyUsers(DovecotServer):
     def start(self) -> ManyUsers:
         limit = int(Path("/proc/sys/fs/inotify/max_user_instances").read_text())
         if self.n > limit:
-            fix = "sysctl -w fs.inotify.max_user_instances=8192"
+            fix = f"sysctl -w fs.inotify.max_user_instances={max(8192, 2 * self.n)}"
             print(f"warning: fs.inotify.max_user_instances is {limit} (< {self.n} sessions): past it Dovecot "
                   f"neither pushes nor hibernates; raise it with `{fix}`", flush=True)  # fmt: skip
         super().start()

@@ -171,208 +171,6 @@ def duration(text: str) -> dt.timedelta:
     return dt.timedelta(**{unit: int(m.group(1))})
 
 
-# -- stats / health / pause ------------------------------------------------------------------------
-
-
-def _queues(args: argparse.Namespace) -> list[str]:
-    """The product queues plus those of --import modules (the product's jobs need not be imported: faster)."""
-    from worker import metrics
-    from worker.runtime import registry
-
-    _import_jobs(args, product=False)
-    return metrics.known_queues(get_settings(), registry)
-
-
-async def _stats(args: argparse.Namespace, redis: Redis) -> int:
-    from worker import metrics
-
-    queues = _queues(args)
-    while True:
-        ov = await metrics.overview(redis, queues)
-        if args.json:
-            _dump(ov.model_dump())
-            return 0
-        table = Table(title=f"Queues at {dt.datetime.now():%H:%M:%S}", title_justify="left")
-        for col in ("queue", "waiting", "delayed", "active", "completed", "retried", "dead", "jobs/min"):
-            table.add_column(col, justify="left" if col == "queue" else "right")
-        for q in ov.queues:
-            name = f"{q.name} [yellow](paused)[/]" if q.paused else q.name
-            rate = "-" if q.throughput is None else f"{q.throughput:g}"
-            table.add_row(
-                name, *(str(v) for v in (q.waiting, q.delayed, q.active, q.completed, q.retried, q.dead)), rate
-            )
-        out.print(table)
-        out.print(f"dead letters: {ov.dead_letters}")
-        if not args.watch:
-            return 0
-        await asyncio.sleep(args.watch)
-
-
-async def _health(args: argparse.Namespace, redis: Redis) -> int:
-    from worker import metrics
-
-    queues = _queues(args)
-    ov = await metrics.overview(redis, queues)
-    problems = []
-    if args.max_waiting is not None:
-        problems += [
-            f"{q.name}: {q.waiting} waiting > {args.max_waiting}" for q in ov.queues if q.waiting > args.max_waiting
-        ]
-    if args.max_dead is not None and ov.dead_letters > args.max_dead:
-        problems.append(f"{ov.dead_letters} dead letters > {args.max_dead}")
-    report = {
-        "healthy": not problems,
-        "redis": "ok",
-        "problems": problems,
-        "waiting": sum(q.waiting for q in ov.queues),
-        "active": sum(q.active for q in ov.queues),
-        "dead_letters": ov.dead_letters,
-    }
-    if args.json:
-        _dump(report)
-    elif problems:
-        err.print("unhealthy: " + "; ".join(problems))
-    else:
-        out.print(
-            f"healthy: redis ok, {report['waiting']} waiting, {report['active']} active, {ov.dead_letters} dead letters"
-        )
-    return 0 if not problems else 1
-
-
-def _health_command(args: argparse.Namespace) -> int:
-    """Like the others, but an unreachable Redis is a health verdict (exit 1), said plainly."""
-    try:
-        return with_redis(_health)(args)
-    except CliError as exc:
-        if args.json:
-            _dump({"healthy": False, "redis": "unreachable", "problems": [str(exc)]})
-        else:
-            err.print(f"unhealthy: {exc}", markup=False)
-        return 1
-
-
-async def _pause(args: argparse.Namespace, redis: Redis) -> int:
-    from worker.runtime import Client
-
-    queues = _queues(args)
-    if args.queue not in queues:
-        raise CliError(f"unknown queue {args.queue!r} (known: {', '.join(queues)})", 2)
-    client = Client(redis, get_settings())
-    verb = "paused" if args.command == "pause" else "resumed"
-    if args.group is not None:
-        try:
-            await (client.pause_group if args.command == "pause" else client.resume_group)(args.queue, args.group)
-        except ValueError as exc:
-            raise CliError(str(exc), 2) from None
-        out.print(f"{args.queue}: group {args.group} {verb}")
-        return 0
-    await (client.pause(args.queue) if args.command == "pause" else client.resume(args.queue))
-    out.print(f"{args.queue}: {verb}")
-    return 0
-
-
-async def _groups(args: argparse.Namespace, redis: Redis) -> int:
-    from worker.runtime import Client
-
-    queues = _queues(args)
-    if args.queue not in queues:
-        raise CliError(f"unknown queue {args.queue!r} (known: {', '.join(queues)})", 2)
-    page = await Client(redis, get_settings()).groups(args.queue, limit=args.limit)
-    if args.json:
-        _dump(page.model_dump())
-        return 0
-    table = Table(
-        title=f"{args.queue}: {page.groups} group(s) with work, the busiest {len(page.items)}", title_justify="left"
-    )
-    for col in ("group", "waiting", "delayed", "active"):
-        table.add_column(col, justify="left" if col == "group" else "right")
-    for g in page.items:
-        name = escape(g.group) + (" [yellow](paused)[/]" if g.paused else "")
-        table.add_row(name, str(g.waiting), str(g.delayed), str(g.active))
-    out.print(table)
-    return 0
-
-
-# -- dead letters ----------------------------------------------------------------------------------
-
-
-async def _dlq_list(args: argparse.Namespace, redis: Redis) -> int:
-    from worker.api.ops import DeadLetterView
-    from worker.runtime import DeadLetters
-
-    dlq = DeadLetters(redis)
-    items = [DeadLetterView.of(e) for e in await dlq.list(limit=args.limit, queue=args.queue)]  # JSON-safe, cut
-    if args.json:
-        _dump([e.model_dump(mode="json") for e in items])
-        return 0
-    if not items:
-        out.print("no dead letters")
-        return 0
-    table = Table(title=f"Dead letters ({await dlq.count()} in total, newest first)", title_justify="left")
-    for col in ("job id", "function", "queue", "attempts", "failed at (UTC)"):
-        table.add_column(col, no_wrap=True)
-    table.add_column("error", overflow="fold")
-    for e in items:
-        table.add_row(e.job_id, e.function, e.queue, str(e.attempts), _when(e.failed_at.isoformat()), e.error)
-    out.print(table)
-    return 0
-
-
-async def _dlq_show(args: argparse.Namespace, redis: Redis) -> int:
-    from worker.api.ops import DeadLetterView
-    from worker.runtime import DeadLetters
-
-    found = await DeadLetters(redis).get(args.job_id)
-    if found is None:
-        raise CliError(f"no dead letter {args.job_id}")
-    entry = DeadLetterView.of(found)  # payload redacted, JSON-safe whatever bytes it held, texts cut
-    data = entry.model_dump(mode="json")
-    if args.json:
-        _dump(data)
-        return 0
-    for key in ("job_id", "function", "queue", "attempts", "enqueued_at", "failed_at", "error"):
-        out.print(f"[bold]{key:>12}[/]  {data[key]}")
-    out.print("[bold]     payload[/]  " + json.dumps(data["payload"]))
-    if entry.traceback:
-        out.print("[bold]   traceback[/]")
-        out.print(entry.traceback.rstrip(), markup=False)
-    return 0
-
-
-async def _dlq_retry(args: argparse.Namespace, redis: Redis) -> int:
-    from worker.runtime import Client, DeadLetters
-
-    _import_jobs(args)
-    dlq = DeadLetters(redis, Client(redis, get_settings()))
-    ids = args.job_ids or ([e.job_id for e in await dlq.list(limit=100_000)] if args.all else [])
-    if not ids:
-        raise CliError("give job ids or --all", 2)
-    failed = 0
-    for job_id in ids:
-        try:
-            enq = await dlq.retry(job_id)
-            out.print(f"{job_id} -> re-enqueued as {enq.job_id}")
-        except KeyError:
-            err.print(f"{job_id}: no such dead letter")
-            failed += 1
-        except (ValueError, LookupError) as exc:
-            err.print(f"{job_id}: {exc}")
-            failed += 1
-    return 1 if failed else 0
-
-
-async def _dlq_purge(args: argparse.Namespace, redis: Redis) -> int:
-    from worker.runtime import DeadLetters
-
-    chosen = sum((bool(args.job_ids), args.all, args.older_than is not None))
-    if chosen != 1:
-        raise CliError("give exactly one of: job ids, --all, --older-than", 2)
-    older = dt.datetime.now(dt.UTC) - args.older_than if args.older_than is not None else None
-    n = await DeadLetters(redis).purge(job_ids=args.job_ids or None, older_than=older)
-    out.print(f"purged {n} dead letter(s)")
-    return 0
-
-
 # -- enqueue / status ------------------------------------------------------------------------------
 
 
@@ -588,6 +386,17 @@ def _demo(args: argparse.Namespace) -> int:
     return _arun(run_demo(serve_after=args.serve))
 
 
+def imports_option(parser: argparse.ArgumentParser) -> None:
+    """The --import option of commands that read queues or jobs of extra modules."""
+    parser.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        metavar="MODULE",
+        help="extra module(s) that register jobs or queues",
+    )
+
+
 # -- parser ----------------------------------------------------------------------------------------
 
 
@@ -622,73 +431,10 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     api.set_defaults(func=_api)
 
-    def imports(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument(
-            "--import",
-            dest="imports",
-            action="append",
-            metavar="MODULE",
-            help="extra module(s) that register jobs or queues",
-        )
+    from worker import cli_dlq, cli_messages, cli_outbox, cli_quarantine, cli_queues, cli_watch
 
-    stats = sub.add_parser(
-        "stats", parents=[common], help="queue counts: waiting, delayed, active, completed, retried, dead"
-    )
-    stats.add_argument("--json", action="store_true", help="machine-readable output")
-    stats.add_argument("--watch", type=float, metavar="SECONDS", help="refresh every SECONDS until Ctrl-C")
-    imports(stats)
-    stats.set_defaults(func=with_redis(_stats))
-
-    health = sub.add_parser(
-        "health",
-        parents=[common],
-        help="check Redis and queue thresholds; exit 0 healthy, 1 unhealthy",
-        description="For orchestration probes: exit 0 when healthy, 1 when not.",
-    )
-    health.add_argument("--max-waiting", type=int, metavar="N", help="unhealthy when a queue has more waiting jobs")
-    health.add_argument("--max-dead", type=int, metavar="N", help="unhealthy when there are more dead letters")
-    health.add_argument("--json", action="store_true", help="machine-readable output")
-    imports(health)
-    health.set_defaults(func=_health_command)
-
-    for name, verb in (("pause", "stop workers from starting jobs of"), ("resume", "resume")):
-        cmd = sub.add_parser(name, parents=[common], help=f"{verb} a queue (or one job group of it)")
-        cmd.add_argument("queue")
-        cmd.add_argument("--group", metavar="GROUP", help="only this job group (~default = jobs without a group)")
-        imports(cmd)
-        cmd.set_defaults(func=with_redis(_pause))
-
-    groups = sub.add_parser("groups", parents=[common], help="job groups of a queue: waiting, delayed, active")
-    groups.add_argument("queue")
-    groups.add_argument("--limit", type=int, default=50, help="how many, busiest first (default: 50)")
-    groups.add_argument("--json", action="store_true", help="machine-readable output")
-    imports(groups)
-    groups.set_defaults(func=with_redis(_groups))
-
-    dlq = sub.add_parser("dlq", parents=[common], help="dead letters: list, show, retry, purge")
-    dsub = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
-    ls = dsub.add_parser("list", parents=[common], help="newest dead letters first")
-    ls.add_argument("--queue", help="only this queue")
-    ls.add_argument("--limit", type=int, default=50, help="how many (default: 50)")
-    ls.add_argument("--json", action="store_true", help="machine-readable output")
-    ls.set_defaults(func=with_redis(_dlq_list))
-    show = dsub.add_parser("show", parents=[common], help="one dead letter with its error and traceback")
-    show.add_argument("job_id")
-    show.add_argument("--json", action="store_true", help="machine-readable output")
-    show.set_defaults(func=with_redis(_dlq_show))
-    retry = dsub.add_parser("retry", parents=[common], help="re-enqueue dead letters as new jobs")
-    retry.add_argument("job_ids", nargs="*", metavar="JOB_ID")
-    retry.add_argument("--all", action="store_true", help="retry every dead letter")
-    imports(retry)
-    retry.set_defaults(func=with_redis(_dlq_retry))
-    purge = dsub.add_parser("purge", parents=[common], help="delete dead letters")
-    purge.add_argument("job_ids", nargs="*", metavar="JOB_ID")
-    purge.add_argument("--all", action="store_true", help="delete every dead letter")
-    purge.add_argument("--older-than", type=duration, metavar="AGE", help="delete those older than AGE (e.g. 7d)")
-    purge.set_defaults(func=with_redis(_dlq_purge))
-
-    from worker import cli_messages, cli_outbox, cli_quarantine, cli_watch
-
+    cli_queues.register(sub, common)
+    cli_dlq.register(sub, common)
     cli_outbox.register(sub, common)
     cli_quarantine.register(sub, common)
     cli_messages.register(sub, common)
@@ -709,13 +455,13 @@ def build_parser() -> argparse.ArgumentParser:
     enq.add_argument("--priority", type=int, help="0..9, higher first")
     enq.add_argument("--idempotency-key", metavar="KEY", help="the same key returns the same job")
     enq.add_argument("--wait", type=float, metavar="SECONDS", help="wait for the result (exit 1 if it fails)")
-    imports(enq)
+    imports_option(enq)
     enq.set_defaults(func=with_redis(_enqueue))
 
     status = sub.add_parser("status", parents=[common], help="a job's state, attempts, progress, result or error")
     status.add_argument("job_id")
     status.add_argument("--events", action="store_true", help="include the traceback and its events")
-    imports(status)
+    imports_option(status)
     status.set_defaults(func=with_redis(_status))
 
     accounts = sub.add_parser(
