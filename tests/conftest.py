@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 
 from settings import get_settings
 from tests.support import db
+from tests.support.imap import DovecotServer, PymapServer
 from worker.devstack import PostgresServer, RedisServer
 
 # Tests never talk to a model API on the network, whatever the developer's shell exports.
@@ -87,3 +88,17 @@ def database_url(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
     get_settings.cache_clear()
     yield url
     get_settings.cache_clear()
+
+
+@pytest.fixture
+def dovecot() -> Iterator[DovecotServer]:
+    """A private Dovecot on a free port (`.ci/run` installs dovecot-imapd; without it this fails, never skips)."""
+    with DovecotServer().start() as server:
+        yield server  # type: ignore[misc]
+
+
+@pytest.fixture
+def pymap() -> Iterator[PymapServer]:
+    """A private pymap IMAP server (dict backend) on a free port."""
+    with PymapServer().start() as server:
+        yield server  # type: ignore[misc]

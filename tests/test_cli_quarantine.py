@@ -8,7 +8,7 @@ import json
 import pytest
 from redis.asyncio import Redis
 
-from tests.mail.conftest import dovecot, imap_config  # noqa: F401  (the dovecot fixture)
+from tests.mail.conftest import imap_config
 from tests.support import job_registry, job_settings, mail_account
 from tests.support.imap import DovecotServer, make_mail
 from tests.test_cli import run, url  # noqa: F401  (the url fixture)
@@ -56,7 +56,7 @@ def test_quarantine_list_and_retry(
     capsys: pytest.CaptureFixture[str],
     url: str,  # noqa: F811
     database_url: str,
-    dovecot: DovecotServer,  # noqa: F811
+    dovecot: DovecotServer,
 ) -> None:
     account, q = asyncio.run(quarantined_big(dovecot))
     code, out, _ = run(capsys, "quarantine", "list", "--tenant", "t1", "--redis-url", url)
@@ -85,7 +85,7 @@ def test_quarantine_retry_of_an_unknown_or_foreign_id_is_a_one_line_error(
     capsys: pytest.CaptureFixture[str],
     url: str,  # noqa: F811
     database_url: str,
-    dovecot: DovecotServer,  # noqa: F811
+    dovecot: DovecotServer,
 ) -> None:
     _, q = asyncio.run(quarantined_big(dovecot))
     for tenant, qid in (("t1", "qnope"), ("t2", q.id)):  # t2 cannot retry t1's message

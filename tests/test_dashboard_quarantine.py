@@ -10,7 +10,6 @@ from redis.asyncio import Redis
 
 from tests.api.conftest import ADMIN, api_settings
 from tests.helpers import eventually
-from tests.mail.conftest import dovecot  # noqa: F401  (the dovecot fixture)
 from tests.support import job_registry, job_settings
 from tests.support.imap import DovecotServer
 from tests.test_cli_quarantine import quarantined_big
@@ -28,7 +27,7 @@ async def test_dashboard_shows_and_retries_a_quarantined_message(
     redis: Redis,
     redis_url: str,
     database_url: str,
-    dovecot: DovecotServer,  # noqa: F811
+    dovecot: DovecotServer,
 ) -> None:
     settings = api_settings()
     account, q = await quarantined_big(dovecot)

@@ -4,7 +4,7 @@ Prometheus shows the watch gauges."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -12,16 +12,8 @@ import pytest
 from settings import Settings
 from tests.api.test_mail_api import account_body
 from tests.helpers import eventually
-from tests.support.imap import PASSWORD, DovecotServer, dovecot_available
+from tests.support.imap import PASSWORD, DovecotServer
 from worker.watch.service import WatchService
-
-
-@pytest.fixture
-def dovecot() -> Iterator[DovecotServer]:
-    if not dovecot_available():
-        pytest.skip("dovecot-imapd is not installed")
-    with DovecotServer().start() as server:
-        yield server  # type: ignore[misc]
 
 
 @pytest.fixture

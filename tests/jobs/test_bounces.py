@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from redis.asyncio import Redis
 
 from tests.jobs.test_email_sync import report, sync
 from tests.jobs.test_send_email import outbox
 from tests.support import mail_account
-from tests.support.imap import DovecotServer, dovecot_available, make_mail
+from tests.support.imap import DovecotServer, make_mail
 from tests.support.smtp import SmtpServer
 from worker.jobs.send_email import enqueue_send
 from worker.runtime import Client, Events, Worker
@@ -19,14 +17,6 @@ from worker.store import OutboxItem, OutboxStatus, SqlStore
 
 WORKER_QUEUES = ["email-sync", "send-email"]
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "bounces" / "flufl"
-
-
-@pytest.fixture
-def dovecot() -> Iterator[DovecotServer]:
-    if not dovecot_available():
-        pytest.skip("dovecot-imapd is not installed")
-    with DovecotServer().start() as server:
-        yield server  # type: ignore[misc]
 
 
 def bounce_for(sample: str, original_id: str, item: OutboxItem) -> bytes:

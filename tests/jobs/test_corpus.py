@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterator
 
-import pytest
 from redis.asyncio import Redis
 
 from tests.jobs.test_email_sync import analyses, report, sync
 from tests.support import mail_account
 from tests.support.corpus import Sample, reference, variants, vendored
-from tests.support.imap import DovecotServer, dovecot_available
+from tests.support.imap import DovecotServer
 from worker.mail.decode import is_clean
 from worker.mail.message import ParsedMessage, content_id
 from worker.runtime import Client, Worker
@@ -29,14 +27,6 @@ from worker.store.sql.messages import location_id
 WORKER_QUEUES = ["email-sync"]
 _CTRL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 COPIES = 25  # samples appended a second time to "Copies", and 5 a second time to INBOX
-
-
-@pytest.fixture
-def dovecot() -> Iterator[DovecotServer]:
-    if not dovecot_available():
-        pytest.skip("dovecot-imapd is not installed")
-    with DovecotServer().start() as server:
-        yield server  # type: ignore[misc]
 
 
 def append_each(server: DovecotServer, samples: list[Sample], mailbox: str = "INBOX") -> list[Sample]:

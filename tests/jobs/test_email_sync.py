@@ -7,14 +7,13 @@ import json
 import logging
 import os
 import signal
-from collections.abc import Iterator
 
 import pytest
 from redis.asyncio import Redis
 
 from tests.helpers import eventually
 from tests.support import job_registry, job_settings, mail_account, spawn_worker
-from tests.support.imap import PASSWORD, DovecotServer, ImapServer, PymapServer, dovecot_available, make_mail
+from tests.support.imap import PASSWORD, DovecotServer, ImapServer, PymapServer, make_mail
 from tests.support.smtp import SmtpServer
 from worker.jobs.email_sync import SyncReport
 from worker.jobs.send_email import enqueue_send
@@ -27,20 +26,6 @@ from worker.store.sql.messages import location_id
 ANALYSIS_QUEUE = "ai-analysis"
 
 WORKER_QUEUES = ["email-sync"]
-
-
-@pytest.fixture
-def dovecot() -> Iterator[DovecotServer]:
-    if not dovecot_available():
-        pytest.skip("dovecot-imapd is not installed")
-    with DovecotServer().start() as server:
-        yield server  # type: ignore[misc]
-
-
-@pytest.fixture
-def pymap() -> Iterator[PymapServer]:
-    with PymapServer().start() as server:
-        yield server  # type: ignore[misc]
 
 
 @pytest.fixture(params=["dovecot", "pymap"])

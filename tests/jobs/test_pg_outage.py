@@ -16,7 +16,6 @@ from redis.asyncio import Redis
 
 from settings import get_settings
 from tests.helpers import eventually
-from tests.jobs.test_email_sync import dovecot  # noqa: F401  (the Dovecot fixture)
 from tests.support import db, job_settings, mail_account, spawn_worker
 from tests.support.imap import DovecotServer, make_mail
 from worker.devstack import PostgresServer
@@ -67,7 +66,7 @@ async def _rows(url: str) -> dict[str, int]:
 async def test_jobs_survive_a_postgres_crash_mid_sync(
     redis_url: str,
     redis: Redis,
-    dovecot: DovecotServer,  # noqa: F811
+    dovecot: DovecotServer,
     outage_pg: PostgresServer,
     outage_store: SqlStore,
 ) -> None:

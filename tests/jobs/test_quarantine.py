@@ -3,16 +3,15 @@ retried after a fix - against a real Dovecot, the real SQL store and real worker
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-import pytest
 from redis.asyncio import Redis
 
 from tests.jobs.test_email_sync import analyses
 from tests.mail.conftest import imap_config
 from tests.support import job_registry, job_settings, mail_account
-from tests.support.imap import DovecotServer, dovecot_available, make_mail
+from tests.support.imap import DovecotServer, make_mail
 from worker.jobs.email_sync import MailboxSync, SyncReport
 from worker.mail.imap import open_imap
 from worker.mail.message import ParsedMessage
@@ -20,14 +19,6 @@ from worker.runtime import Client, Worker
 from worker.store import InsertResult, Store
 
 WORKER_QUEUES: list[str] = []  # each test runs the workers it needs
-
-
-@pytest.fixture
-def dovecot() -> Iterator[DovecotServer]:
-    if not dovecot_available():
-        pytest.skip("dovecot-imapd is not installed")
-    with DovecotServer().start() as server:
-        yield server  # type: ignore[misc]
 
 
 async def run_job(client: Client, function: str, payload: dict[str, Any]) -> dict[str, Any]:

@@ -11,7 +11,6 @@ import json
 from redis.asyncio import Redis
 
 from tests.helpers import eventually
-from tests.jobs.test_email_sync import dovecot  # noqa: F401  (the Dovecot fixture)
 from tests.support import mail_account
 from tests.support.imap import DovecotServer
 from worker.runtime import Client, Worker
@@ -113,7 +112,7 @@ async def test_no_mail_content_in_redis_after_sync_and_analysis(
     worker: Worker,
     client: Client,
     store: SqlStore,
-    dovecot: DovecotServer,  # noqa: F811
+    dovecot: DovecotServer,
     redis: Redis,
 ) -> None:
     dovecot.append([_mail(i) for i in range(12)])

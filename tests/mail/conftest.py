@@ -7,18 +7,10 @@ from collections.abc import Iterator
 import pytest
 from pydantic import SecretStr
 
-from tests.support.imap import PASSWORD, USER, DovecotServer, ImapServer, PymapServer, dovecot_available
+from tests.support.imap import PASSWORD, USER, ImapServer, PymapServer
 from tests.support.smtp import Certificate, SmtpServer
 from worker.mail.imap import ImapConfig
 from worker.mail.smtp import SmtpConfig, TlsMode
-
-
-@pytest.fixture
-def dovecot() -> Iterator[DovecotServer]:
-    if not dovecot_available():
-        pytest.skip("dovecot-imapd is not installed")
-    with DovecotServer().start() as server:
-        yield server  # type: ignore[misc]
 
 
 @pytest.fixture(scope="module")

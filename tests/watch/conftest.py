@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 
 from settings import Settings
 from tests.support import FAST, QUEUES, ROOT, SECRET_KEY, job_registry, job_settings
-from tests.support.imap import DovecotServer, PymapServer, dovecot_available
+from tests.support.imap import DovecotServer
 from tests.support.tcprelay import TcpRelay
 from worker.runtime import Worker
 from worker.store import SqlStore, open_store
@@ -50,20 +50,6 @@ async def store(database_url: str) -> AsyncIterator[SqlStore]:
     s = open_store(job_settings())
     yield s
     await s.aclose()
-
-
-@pytest.fixture
-def dovecot() -> Iterator[DovecotServer]:
-    if not dovecot_available():
-        pytest.skip("dovecot-imapd is not installed")
-    with DovecotServer().start() as server:
-        yield server  # type: ignore[misc]
-
-
-@pytest.fixture
-def pymap() -> Iterator[PymapServer]:
-    with PymapServer().start() as server:
-        yield server  # type: ignore[misc]
 
 
 @pytest.fixture
