@@ -217,6 +217,11 @@ async def test_arqs_own_loop_runs_grouped_jobs_round_robin(redis_url: str, redis
         assert (await client.wait(b.job_id, timeout=20)).state == "complete"
         await eventually(lambda: _len_is(redis, "t:gorder", 21), within=30)
     finally:
+
+        async def idle() -> bool:  # let arq record the last results before close() cancels its tasks
+            return not w.tasks
+
+        await eventually(idle)
         await w.close()
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
