@@ -247,21 +247,19 @@ async def _status(args: argparse.Namespace, redis: Redis) -> int:
 
 
 async def _accounts(args: argparse.Namespace, redis: Redis) -> int:
-    from worker.store import check_id, open_store
+    from worker.cli_store import opened_store
+    from worker.store import check_id
 
     try:
         tenant = check_id("tenant id", args.tenant)
     except ValueError as exc:
         raise CliError(str(exc), 2) from None
-    store = open_store(get_settings())
     rows: list[dict[str, Any]] = []
-    try:
+    async with opened_store() as store:
         accounts = [
             (a, await store.get_oauth_grant(tenant, a.id) if a.auth_type == "oauth2" else None)
             for a in await store.list_accounts(tenant)
         ]
-    finally:
-        await store.aclose()
     for a, grant in accounts:
         rows.append(
             {

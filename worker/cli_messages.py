@@ -52,23 +52,20 @@ def _query(args: argparse.Namespace) -> MessageQuery:
 
 async def _pages(args: argparse.Namespace, query: MessageQuery) -> list[MessagePage]:
     from settings import get_settings
-    from worker.cli_store import check_store
-    from worker.store import check_id, open_store
+    from worker.cli_store import check_store, opened_store
+    from worker.store import check_id
 
     settings = get_settings()
     check_id("tenant id", args.tenant)
     await check_store(settings)
-    store = open_store(settings)
     pages = []
-    try:
+    async with opened_store(settings) as store:
         while True:
             page = await store.list_messages(args.tenant, query)
             pages.append(page)
             if not args.all or page.next_cursor is None:
                 return pages
             query = query.model_copy(update={"cursor": page.next_cursor})
-    finally:
-        await store.aclose()
 
 
 def _messages(args: argparse.Namespace) -> int:

@@ -4,26 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 from redis.asyncio import Redis
 
+from worker.cli_store import opened_store
+
 if TYPE_CHECKING:
-    from worker.store import OutboxItem, Store
-
-
-@asynccontextmanager
-async def _store(redis: Redis) -> AsyncIterator[Store]:
-    from settings import get_settings
-    from worker.store import open_store
-
-    store = open_store(get_settings())
-    try:
-        yield store
-    finally:
-        await store.aclose()
+    from worker.store import OutboxItem
 
 
 def _row(item: OutboxItem) -> list[str]:
@@ -61,7 +49,7 @@ def _print(items: list[OutboxItem], title: str, as_json: bool) -> None:
 async def _pending(args: argparse.Namespace, redis: Redis) -> int:
     from worker.store import OutboxStatus, utcnow
 
-    async with _store(redis) as store:
+    async with opened_store() as store:
         items = await store.unfinished_outbox([OutboxStatus.AMBIGUOUS], utcnow(), args.limit)
     _print(items, "Ambiguous sends waiting for a decision (all tenants)", args.json)
     return 0
@@ -71,7 +59,7 @@ async def _list(args: argparse.Namespace, redis: Redis) -> int:
     from worker.store import OutboxStatus
 
     status = OutboxStatus(args.status) if args.status else None
-    async with _store(redis) as store:
+    async with opened_store() as store:
         items = await store.list_outbox(args.tenant, status=status, account_id=args.account, limit=args.limit)
     _print(items, f"Outbox of {args.tenant}, newest first", args.json)
     return 0
@@ -80,7 +68,7 @@ async def _list(args: argparse.Namespace, redis: Redis) -> int:
 async def _show(args: argparse.Namespace, redis: Redis) -> int:
     from worker.cli import CliError, _dump
 
-    async with _store(redis) as store:
+    async with opened_store() as store:
         item = await store.get_outbox(args.tenant, args.outbox_id)
     if item is None:
         raise CliError(f"no outbox item {args.outbox_id} for tenant {args.tenant}")
@@ -95,7 +83,7 @@ async def _resolve(args: argparse.Namespace, redis: Redis) -> int:
     from worker.runtime import Client
 
     settings = get_settings()
-    async with _store(redis) as store:
+    async with opened_store() as store:
         item = await store.get_outbox(args.tenant, args.outbox_id)
         if item is None:
             raise CliError(f"no outbox item {args.outbox_id} for tenant {args.tenant}")

@@ -3,26 +3,14 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 from redis.asyncio import Redis
 
+from worker.cli_store import opened_store
+
 if TYPE_CHECKING:
-    from worker.store import Store
-
-
-@asynccontextmanager
-async def _store(redis: Redis) -> AsyncIterator[Store]:
-    from settings import get_settings
-    from worker.store import open_store
-
-    store = open_store(get_settings())
-    try:
-        yield store
-    finally:
-        await store.aclose()
+    pass
 
 
 async def _list(args: argparse.Namespace, redis: Redis) -> int:
@@ -30,7 +18,7 @@ async def _list(args: argparse.Namespace, redis: Redis) -> int:
 
     from worker.cli import _dump, out
 
-    async with _store(redis) as store:
+    async with opened_store() as store:
         items = await store.list_quarantined(args.tenant, args.account, include_resolved=args.all, limit=args.limit)
     if args.json:
         _dump([q.model_dump(mode="json") for q in items])
@@ -64,7 +52,7 @@ async def _retry(args: argparse.Namespace, redis: Redis) -> int:
     from worker.runtime import Client
 
     client = Client(redis, get_settings())
-    async with _store(redis) as store:
+    async with opened_store() as store:
         for qid in args.ids:
             if await store.get_quarantined(args.tenant, qid) is None:
                 raise CliError(f"no quarantined message {qid} in tenant {args.tenant}")

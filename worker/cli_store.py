@@ -5,14 +5,30 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the CLI registers these commands on every start: SQLAlchemy is imported only to run one
     from settings import Settings
+    from worker.store.sql import SqlStore
 
 
 class StoreCommandError(Exception):
     """A one-line failure of a store command."""
+
+
+@asynccontextmanager
+async def opened_store(settings: Settings | None = None) -> AsyncIterator[SqlStore]:
+    """The store for one CLI command (from the current settings unless given), closed afterwards."""
+    from settings import get_settings
+    from worker.store import open_store
+
+    store = open_store(settings or get_settings())
+    try:
+        yield store
+    finally:
+        await store.aclose()
 
 
 def where(settings: Settings) -> str:
