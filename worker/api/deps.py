@@ -10,8 +10,9 @@ import logging
 import re
 import secrets
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from arq.connections import ArqRedis
 from fastapi import Depends, HTTPException, Path, Request, status
@@ -239,3 +240,17 @@ def _payload_tenant(raw: bytes | None) -> str | None:
     kwargs = record.get("k") if isinstance(record, dict) else None
     tenant = kwargs.get("tenant_id") if isinstance(kwargs, dict) else None
     return tenant if isinstance(tenant, str) and TENANT_RE.match(tenant) else None
+
+
+T = TypeVar("T")
+
+
+async def found(lookup: Awaitable[T | None], what: str) -> T:
+    """The record a store lookup returns, or a 404 naming it (a malformed id is not found either)."""
+    try:
+        record = await lookup
+    except ValueError:
+        record = None
+    if record is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no {what}")
+    return record

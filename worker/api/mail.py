@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from pydantic import BaseModel, Field
 
-from worker.api.deps import Principal, Services, Svc, Tenant, record_owner
+from worker.api.deps import Principal, Services, Svc, Tenant, found, record_owner
 from worker.api.errors import InvalidInput
 from worker.api.idempotency import IdempotencyKey, idempotent
 from worker.api.jobs import Accepted, When, enqueue_as
@@ -67,13 +67,7 @@ async def accepted(svc: Services, tenant: str, job_id: str, duplicate: bool = Fa
 
 
 async def _account(svc: Services, tenant: str, account_id: str) -> Account:
-    try:
-        account = await svc.store.get_account(tenant, account_id)
-    except ValueError:
-        account = None
-    if account is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no account {account_id}")
-    return account
+    return await found(svc.store.get_account(tenant, account_id), f"account {account_id}")
 
 
 @router.post("/accounts", status_code=201, response_model=AccountOut, summary="Register a mail account")
@@ -187,13 +181,7 @@ class OutboxOut(BaseModel):
 
 
 async def _outbox(svc: Services, tenant: str, outbox_id: str) -> OutboxItem:
-    try:
-        item = await svc.store.get_outbox(tenant, outbox_id)
-    except ValueError:
-        item = None
-    if item is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no outbox item {outbox_id}")
-    return item
+    return await found(svc.store.get_outbox(tenant, outbox_id), f"outbox item {outbox_id}")
 
 
 @router.post("/outbox", status_code=202, response_model=SendAccepted, summary="Send an email now or schedule it")
@@ -257,13 +245,7 @@ async def reschedule_send(tenant_id: Tenant, outbox_id: str, when: When, svc: Sv
 
 
 async def _message(svc: Services, tenant: str, message_id: str) -> StoredMessage:
-    try:
-        msg = await svc.store.get_message(tenant, message_id)
-    except ValueError:
-        msg = None
-    if msg is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no message {message_id}")
-    return msg
+    return await found(svc.store.get_message(tenant, message_id), f"message {message_id}")
 
 
 class MessageOut(BaseModel):
@@ -363,12 +345,7 @@ async def retry_quarantine(
     """Enqueue ``retry_quarantined``: the message is fetched again, parsed and stored; resolved when that works."""
 
     async def produce() -> tuple[int, dict[str, Any]]:
-        try:
-            found = await svc.store.get_quarantined(tenant_id, quarantine_id)
-        except ValueError:
-            found = None
-        if found is None:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no quarantined message {quarantine_id}")
+        await found(svc.store.get_quarantined(tenant_id, quarantine_id), f"quarantined message {quarantine_id}")
         payload = {"tenant_id": tenant_id, "quarantine_id": quarantine_id}
         return 202, (await enqueue_as(svc, _caller(tenant_id), "retry_quarantined", payload)).model_dump()
 

@@ -20,14 +20,14 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, status
 from pydantic import BaseModel, Field, SecretStr, ValidationError
 
-from worker.api.deps import Services, Svc, Tenant
+from worker.api.deps import Services, Svc, Tenant, found
 from worker.api.errors import InvalidInput, error_responses
 from worker.api.mail import AccountOut
 from worker.mail import oauth_flow
 from worker.mail.oauth import TokenManager, TokenRevoked, TokenUnavailable
 from worker.mail.oauth_providers import OAuthClientConfig, OAuthGrant
 from worker.mail.smtp import TlsMode
-from worker.store import AccountIn, SecretBox, check_id
+from worker.store import AccountIn, SecretBox
 from worker.watch.notify import notify_accounts_changed
 
 router = APIRouter(tags=["oauth"])
@@ -125,12 +125,7 @@ async def _check_target(svc: Services, tenant: str, target: _Target, client: OAu
     if (target.account is None) == (target.account_id is None):
         raise InvalidInput.message(["account"], "give exactly one of account (a new account) or account_id")
     if target.account_id is not None:
-        try:
-            account = await svc.store.get_account(tenant, check_id("account id", target.account_id))
-        except ValueError:
-            account = None
-        if account is None:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no account {target.account_id}")
+        await found(svc.store.get_account(tenant, target.account_id), f"account {target.account_id}")
     else:
         assert target.account is not None
         _account_in(client, target.account)
