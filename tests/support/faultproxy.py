@@ -22,45 +22,28 @@ import threading
 from collections.abc import Callable
 from typing import Literal
 
-from worker.devstack import free_port
+from tests.support.relay import LoopbackRelay
 
 Point = Literal["before_data", "mid_data", "end_of_data", "end_of_data_lost", "reply"]
 POINTS: tuple[Point, ...] = ("before_data", "mid_data", "end_of_data", "end_of_data_lost", "reply")
 
 
-class SmtpFaultProxy:
+class SmtpFaultProxy(LoopbackRelay):
     """Listens on a free loopback port and relays to `upstream_port`; fires once, at `point` of the
     conversation after the first `skip` ones."""
 
     def __init__(self, upstream_port: int, point: Point, action: Callable[[], None], skip: int = 0) -> None:
-        self.upstream_port = upstream_port
+        super().__init__(upstream_port)
         self.skip = skip  # conversations relayed untouched before the target one
         self.point = point
         self.action = action
-        self.port = free_port()
         self.fired = threading.Event()
-        self._listener = socket.create_server(("127.0.0.1", self.port))
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)  # a full buffer stalls the client
-        self._stop = threading.Event()
         self._sessions = 0
         self._count_lock = threading.Lock()
-        self._thread = threading.Thread(target=self._accept, daemon=True)
 
-    def start(self) -> SmtpFaultProxy:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._listener.close()
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._session, args=(client,), daemon=True).start()
+    def _accepted(self, client: socket.socket) -> None:
+        threading.Thread(target=self._session, args=(client,), daemon=True).start()
 
     def _fire(self) -> None:
         if not self.fired.is_set():

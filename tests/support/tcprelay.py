@@ -14,40 +14,25 @@ import threading
 import time
 from collections import Counter
 
-from worker.devstack import free_port
+from tests.support.relay import LoopbackRelay
 
 _COMMAND = re.compile(rb"^[A-Za-z0-9.]+ ([A-Za-z]+)", re.M)
 
 
-class TcpRelay:
+class TcpRelay(LoopbackRelay):
     """Listens on a free loopback port and relays every connection to `upstream_port`."""
 
     def __init__(self, upstream_port: int) -> None:
-        self.upstream_port = upstream_port
-        self.port = free_port()
+        super().__init__(upstream_port)
         self.commands: Counter[str] = Counter()
         self.opened: list[float] = []  # monotonic time of every accepted connection
         self._open: set[socket.socket] = set()
         self._frozen: set[socket.socket] = set()
         self._lock = threading.Lock()
-        self._listener = socket.create_server(("127.0.0.1", self.port))
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-
-    def start(self) -> TcpRelay:
-        self._thread.start()
-        return self
 
     def stop(self) -> None:
-        self._stop.set()
-        self._listener.close()
+        super().stop()
         self.drop_all()
-
-    def __enter__(self) -> TcpRelay:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     @property
     def open_connections(self) -> int:
@@ -70,22 +55,17 @@ class TcpRelay:
         with self._lock:
             self._frozen.update(self._open)
 
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            try:
-                server = socket.create_connection(("127.0.0.1", self.upstream_port))
-            except OSError:
-                client.close()
-                continue
-            with self._lock:
-                self.opened.append(time.monotonic())
-                self._open.update((client, server))
-            threading.Thread(target=self._pump, args=(client, server, True), daemon=True).start()
-            threading.Thread(target=self._pump, args=(server, client, False), daemon=True).start()
+    def _accepted(self, client: socket.socket) -> None:
+        try:
+            server = socket.create_connection(("127.0.0.1", self.upstream_port))
+        except OSError:
+            client.close()
+            return
+        with self._lock:
+            self.opened.append(time.monotonic())
+            self._open.update((client, server))
+        threading.Thread(target=self._pump, args=(client, server, True), daemon=True).start()
+        threading.Thread(target=self._pump, args=(server, client, False), daemon=True).start()
 
     def _pump(self, src: socket.socket, dst: socket.socket, from_client: bool) -> None:
         try:
