@@ -10,7 +10,7 @@ from email import policy
 import pytest
 
 from tests.support.imap import make_mail
-from worker.mail.decode import clean, decode_bytes, is_clean
+from worker.mail.decode import charset_codec, clean, decode_bytes, is_clean
 from worker.mail.message import (
     HeaderInjectionError,
     InvalidAddressError,
@@ -201,6 +201,13 @@ def test_decode_bytes_order_utf8_declared_detected_replacement() -> None:
     assert decode_bytes("Это текст.".encode("koi8-r"), "koi8-r") == "Это текст."
     assert is_clean(decode_bytes(b"\\ud800", "unicode_escape"))  # not a mail charset: never used
     assert clean("a\udcff\ud800b") and is_clean(clean("a\udcff\ud800b"))
+
+
+@pytest.mark.parametrize("name", ["unicode-escape", "unicode_escape", "raw-unicode-escape", "idna", "punycode"])
+def test_python_codecs_that_are_not_mail_charsets_are_never_used(name: str) -> None:
+    assert charset_codec(name) is None
+    # not UTF-8 (the 0xe9), so the declared charset would be tried: its escapes must stay text
+    assert "\\x41" in decode_bytes(b"caf\xe9 \\x41", name)
 
 
 def test_parse_odd_charsets_and_defects() -> None:

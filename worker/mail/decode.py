@@ -40,7 +40,7 @@ def charset_codec(name: str | None) -> str | None:
         info = codecs.lookup(name.strip().strip('"').lower())
     except (LookupError, ValueError, TypeError):
         return None
-    if info.name in _NOT_CHARSETS or not getattr(info, "_is_text_encoding", True):
+    if info.name.replace("-", "_") in _NOT_CHARSETS or not getattr(info, "_is_text_encoding", True):
         return None
     return info.name
 
