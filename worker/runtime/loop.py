@@ -225,9 +225,18 @@ class QueueLoop:
         drain gives those jobs back instead of leaving them leased to a stopped worker."""
         if self._claim_settled.is_set() or self._wake_pipe is None or self._wake_pipe.client_id is None:
             return
-        await self.w.redis.client_unblock(self._wake_pipe.client_id)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._claim_settled.wait(), 5)
+            await asyncio.wait_for(self._unblock(self._wake_pipe.client_id), 5)
+
+    async def _unblock(self, client_id: int) -> None:
+        """CLIENT UNBLOCK until the claim settles. It goes out on another connection, so it can reach Redis
+        before the BLPOP does (then it unblocks nothing and the BLPOP would wait the whole poll): retry."""
+        while not self._claim_settled.is_set():
+            if not await self.w.redis.client_unblock(client_id):
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._claim_settled.wait(), 0.01)
+                continue
+            await self._claim_settled.wait()
 
     def _start(self, res: list[Any]) -> int:
         """Take the jobs of a claim reply ({retry_after, next_due, id, payload, attempt, prio, fence, ...})."""
