@@ -176,7 +176,7 @@ class Settings(BaseSettings):
     watch_poll_s: float = Field(15.0, gt=0, description="NOOP interval on servers without IDLE")
     watch_debounce_s: float = Field(1.0, ge=0, description="changes within this window share one sync")
     watch_lease_ms: int = Field(5000, ge=500, description="a dead process's watches are taken over after this")
-    watch_scan_s: float = Field(1.0, gt=0, description="lease renewal and take-over of free watches")
+    watch_scan_s: float = Field(1.0, gt=0, description="heartbeat (keeps the leases) and take-over of free watches")
     watch_reconcile_s: float = Field(30.0, gt=0, description="re-read the accounts (notifications act at once)")
     watch_connect_rate: float = Field(20.0, gt=0, description="connection attempts per second per IMAP host, fleet")
     watch_connect_burst: int = Field(20, ge=1)

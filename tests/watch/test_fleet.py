@@ -167,3 +167,45 @@ async def test_per_host_connect_rate_holds_across_processes(
     gaps = [b - a for a, b in itertools.pairwise(opened)]
     assert min(gaps) >= 0.25 * 0.8, gaps
     assert await redis.exists(keys.host_rate("127.0.0.1"))
+
+
+async def test_a_paused_process_gives_up_what_was_taken_over_when_it_resumes(
+    store: SqlStore,
+    redis: Redis,
+    redis_url: str,
+    dovecot: DovecotServer,
+    relay: TcpRelay,
+    processes: list[subprocess.Popen[bytes]],
+) -> None:
+    """SIGSTOP for longer than a lease: the other process takes every watch; after SIGCONT the paused one finds
+    its leases gone, closes those connections and the two share the watches again, none watched twice."""
+    await accounts(store, relay.port)
+    processes += [spawn_watch(redis_url), spawn_watch(redis_url)]
+
+    async def split() -> bool:
+        c = await owners(redis)
+        return sum(c.values()) == N and len(c) == 2
+
+    await eventually(split, within=30)
+    first_owner = next(iter(await owners(redis)))
+    paused = next(p for p in processes if p.pid == pid_of(first_owner))
+    other = next(p for p in processes if p is not paused)
+    os.killpg(paused.pid, signal.SIGSTOP)
+    try:
+
+        async def all_on_other() -> bool:
+            leases = await lease_owners(redis)
+            return sum(leases.values()) == N and {pid_of(o) for o in leases} == {other.pid}
+
+        await eventually(all_on_other, within=15)
+    finally:
+        os.killpg(paused.pid, signal.SIGCONT)
+
+    async def shared_again() -> bool:  # the resumed process's first scan closes its stale connections
+        c = await owners(redis)
+        return sum(c.values()) == N and sorted(c.values()) == [N // 2, N // 2] and relay.open_connections == N
+
+    await eventually(shared_again, within=20)
+    for _ in range(10):
+        await no_double_watch(redis, relay)
+        await asyncio.sleep(0.1)

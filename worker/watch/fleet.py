@@ -4,16 +4,18 @@ The watches are every active account's INBOX plus the folders discovery chose fo
 to `wt:folders:<tenant>:<account>`), at most `watch_max_per_account` per account. Every process computes that set
 from the store (on a notification, else every `watch_reconcile_s`) and, every `watch_scan_s`:
 
-1. heartbeats in `wt:procs` (a process missing for one lease TTL no longer counts);
-2. renews its leases (every third of their TTL) in one script call per 2,000; a lease found lost stops its
-   watcher at once;
-3. releases watches that no longer exist, and any above its fair share `ceil(watches / live processes)`
+1. heartbeats in `wt:procs`, which keeps all its leases alive (`lease.py`): a process missing for one lease TTL
+   no longer counts, and its leases are free; a few times per key TTL it also refreshes its lease keys in bulk,
+   which reports any lease that is no longer its own (that watcher stops at once);
+2. releases watches that no longer exist, and any above its fair share `ceil(watches / live processes)`
    (capped by `watch_max_per_process`), so a process that joins gets work within a scan or two;
-4. takes free watches (random order, so processes do not collide) up to its share, at most ACQUIRE_PER_SCAN
+3. takes free watches (random order, so processes do not collide) up to its share, at most ACQUIRE_PER_SCAN
    per scan.
 
-If renewals fail for longer than 60 % of the TTL (Redis unreachable), the process stops all its watchers itself:
-by the time another process may take them over, this one no longer watches them (no mailbox watched twice).
+If heartbeats fail for longer than 60 % of the TTL (Redis unreachable), the process stops all its watchers itself:
+by the time another process may take them over, this one no longer watches them (no mailbox watched twice). A
+heartbeat that finds the process had lapsed anyway (paused for a whole TTL) refreshes at once: once it is live
+again nobody can take its leases, so the refresh finds exactly those taken meanwhile, and their watchers stop.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from worker.watch.watcher import WatchContext, Watcher, WatchSpec
 log = logging.getLogger(__name__)
 ACQUIRE_CONCURRENCY = 50
 ACQUIRE_PER_SCAN = 250  # a scan stays short, so renewals keep up while thousands of watches are taken
-RENEWALS_PER_TTL = 3  # leases are renewed every third of their TTL (the scan itself runs more often)
+REFRESHES_PER_KEY_TTL = 3  # lease keys are refreshed (and checked) every third of their TTL
 
 
 @dataclass
@@ -66,8 +68,9 @@ class Fleet:
         self.settings = ctx.settings
         self.desired: dict[str, WatchSpec] = {}
         self.held: dict[str, Held] = {}
-        self.live = 1
-        self._renewed = 0.0  # monotonic time of the last successful renewal
+        self.live: frozenset[str] = frozenset()  # the live processes at the last heartbeat
+        self._beat = 0.0  # monotonic time of the last successful heartbeat
+        self._refreshed = 0.0  # ... and of the last refresh of the lease keys
         self.ready = asyncio.Event()  # the first reconcile is done
 
     # -- what exists -----------------------------------------------------------------------------
@@ -98,27 +101,26 @@ class Fleet:
     def target(self) -> int:
         if not self.desired:
             return 0
-        return min(self.settings.watch_max_per_process, math.ceil(len(self.desired) / max(1, self.live)))
+        return min(self.settings.watch_max_per_process, math.ceil(len(self.desired) / max(1, len(self.live))))
 
     async def scan(self) -> None:
-        """One round: heartbeat, renew, drop what is gone, rebalance, take free watches."""
-        s = self.settings
-        ttl = s.watch_lease_ms
-        now_ms = time.time() * 1000
-        redis = self.ctx.redis
+        """One round: heartbeat (and refresh), drop what is gone, rebalance, take free watches."""
+        ttl_s = self.settings.watch_lease_ms / 1000
+        leases = self.ctx.leases
         try:
-            await redis.zadd(keys.PROCS, {self.ctx.owner: now_ms + ttl})
-            await redis.zremrangebyscore(keys.PROCS, "-inf", now_ms)
-            self.live = int(await redis.zcard(keys.PROCS))
+            beat = await leases.heartbeat()
+            self._beat = time.monotonic()
             lost: list[str] = []
-            if time.monotonic() - self._renewed >= ttl / 1000 / RENEWALS_PER_TTL:
-                lost = await self.ctx.leases.renew({wid: h.lease for wid, h in self.held.items()})
-                self._renewed = time.monotonic()
+            due = self._beat - self._refreshed >= leases.key_ttl_ms / 1000 / REFRESHES_PER_KEY_TTL
+            if beat.lapsed or due:  # after a lapse, exactly the leases taken over meanwhile are no longer ours
+                lost = await leases.refresh({wid: h.lease for wid, h in self.held.items()})
+                self._refreshed = self._beat
         except (RedisError, OSError) as exc:
-            if self.held and time.monotonic() - self._renewed > ttl / 1000 * 0.6:
-                log.warning("watch leases cannot be renewed (%s): stopping %d watchers", exc, len(self.held))
+            if self.held and time.monotonic() - self._beat > ttl_s * 0.6:
+                log.warning("watch heartbeats fail (%s): stopping %d watchers", exc, len(self.held))
                 await self._stop([*self.held], release=False)
             raise
+        self.live = beat.live
         if lost:
             log.warning("lost the lease of %d watch(es): stopped", len(lost))
             await self._stop(lost, release=False)
@@ -135,8 +137,7 @@ class Fleet:
 
     async def _take(self, n: int) -> None:
         free = [wid for wid in self.desired if wid not in self.held]
-        owners = await self.ctx.leases.owners(free)
-        candidates = [wid for wid in free if owners.get(wid) is None]
+        candidates = await self.ctx.leases.takeable(free, self.live)
         random.shuffle(candidates)
         sem = asyncio.Semaphore(ACQUIRE_CONCURRENCY)
         taken = 0

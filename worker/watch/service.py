@@ -30,7 +30,7 @@ from worker.watch.watcher import WatchContext
 
 log = logging.getLogger(__name__)
 MAX_REDIS_CONNECTIONS = 16
-STATE_TTL_FACTOR = 12  # a state record outlives its lease by this much (then the view forgets a dead watch)
+KEY_TTL_FACTOR = 12  # lease keys and state records outlive a lease by this much (then a dead watch is forgotten)
 
 
 def _connect(url: str) -> Redis:
@@ -58,7 +58,7 @@ class WatchService:
             store=self.store,
             client=Client(self.redis, settings),
             settings=settings,
-            leases=Leases(self.redis, self.owner, ttl, max(60_000, ttl * STATE_TTL_FACTOR)),
+            leases=Leases(self.redis, self.owner, ttl, max(60_000, ttl * KEY_TTL_FACTOR)),
             host_rate=HostRate(self.redis, settings.watch_connect_rate, settings.watch_connect_burst),
             owner=self.owner,
         )
