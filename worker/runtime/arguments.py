@@ -7,6 +7,7 @@ import datetime as dt
 import functools
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel
@@ -104,19 +105,44 @@ def _scalar_fields(model: type[BaseModel]) -> tuple[tuple[str, ...], tuple[str, 
     return tuple(ints), tuple(floats)
 
 
-def check_dump(model: type[BaseModel], dumped: dict[str, Any]) -> None:
-    """ValueError unless a model's JSON dump is plain JSON data (64-bit ints, finite floats, ...); cheap for
-    flat models (ids-only payloads check nothing), ``check_json`` for the others."""
+@functools.cache
+def checker(model: type[BaseModel]) -> Callable[[dict[str, Any]], None] | None:
+    """What a model's JSON dump still needs checked to be plain JSON data (64-bit ints, finite floats, ...), or
+    None when nothing does (string and bool fields only): its int and float fields for flat models, else the
+    full ``check_json`` walk. Raises ValueError."""
     plan = _scalar_fields(model)
     if plan is None:
-        check_json(dumped)
-        return
+        return check_json
     ints, floats = plan
-    for name in ints:
-        v = dumped.get(name)
-        if v is not None and not INT_MIN <= v <= INT_MAX:
-            raise ValueError(f"{name}: integer {brief(v, 40)} is out of the 64-bit range a payload may hold")
-    for name in floats:
-        v = dumped.get(name)
-        if v is not None and v - v != 0.0:  # inf - inf and nan - nan are nan
-            raise ValueError(f"{name}: {v} is not a JSON number")
+    if not ints and not floats:
+        return None
+
+    def check(dumped: dict[str, Any]) -> None:
+        for name in ints:
+            v = dumped.get(name)
+            if v is not None and not INT_MIN <= v <= INT_MAX:
+                raise ValueError(f"{name}: integer {brief(v, 40)} is out of the 64-bit range a payload may hold")
+        for name in floats:
+            v = dumped.get(name)
+            if v is not None and v - v != 0.0:  # inf - inf and nan - nan are nan
+                raise ValueError(f"{name}: {v} is not a JSON number")
+
+    return check
+
+
+@functools.cache
+def dumper(model: type[BaseModel]) -> Callable[[Any], dict[str, Any]]:
+    """payload (an instance, a dict or None) -> the model's validated JSON dump, checked: one closure per model,
+    built once, since it runs for every enqueued job (pydantic-core's validator and serializer directly: half
+    the cost of model_validate + model_dump). Raises ValidationError or ValueError."""
+    validate = model.__pydantic_validator__.validate_python
+    to_python = model.__pydantic_serializer__.to_python
+    check = checker(model)
+
+    def dump(payload: Any) -> dict[str, Any]:
+        out: dict[str, Any] = to_python(payload if isinstance(payload, model) else validate(payload or {}), mode="json")
+        if check is not None:
+            check(out)
+        return out
+
+    return dump

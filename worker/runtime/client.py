@@ -160,15 +160,8 @@ class Client:
         """The payload validated against the function's model, as JSON-compatible kwargs (ValueError for
         anything else: non-string keys, non-finite floats, ints beyond 64 bits, other types)."""
         if spec.payload is not None:
-            if isinstance(payload, spec.payload):
-                out = payload.model_dump(mode="json")
-            else:
-                # pydantic-core's validator and serializer directly: half the cost of model_validate + model_dump
-                model = spec.payload.__pydantic_validator__.validate_python(payload or {})
-                out = cast(dict[str, Any], spec.payload.__pydantic_serializer__.to_python(model, mode="json"))
-            arguments.check_dump(spec.payload, out)
-            return out
-        elif isinstance(payload, BaseModel):
+            return arguments.dumper(spec.payload)(payload)
+        if isinstance(payload, BaseModel):
             out = payload.model_dump(mode="json")
         elif payload is None or isinstance(payload, dict):
             out = dict(payload or {})
@@ -257,12 +250,10 @@ class Client:
     def _pack_all(self, kwargs: list[dict[str, Any]]) -> list[bytes]:
         """msgpack of each payload; ValueError for one over ``JOB_MAX_PAYLOAD_BYTES``."""
         limit = self.settings.job_max_payload_bytes
-        packed = []
-        for k in kwargs:
-            data = pack(k)
-            if len(data) > limit:
-                raise ValueError(f"payload is {len(data)} bytes packed, more than {limit} (JOB_MAX_PAYLOAD_BYTES)")
-            packed.append(data)
+        packed = [pack(k) for k in kwargs]
+        if packed and max(map(len, packed)) > limit:
+            size = next(n for n in map(len, packed) if n > limit)
+            raise ValueError(f"payload is {size} bytes packed, more than {limit} (JOB_MAX_PAYLOAD_BYTES)")
         return packed
 
     def _prepare(
@@ -270,17 +261,23 @@ class Client:
     ) -> tuple[list[dict[str, Any]], list[str] | None]:
         """Validated kwargs of every payload, and their group keys when the job is grouped (else None)."""
         if spec.group is None:
-            kwargs = [self._kwargs(spec, p) for p in payloads]
+            if spec.payload is not None:
+                dump = arguments.dumper(spec.payload)
+                kwargs = [dump(p) for p in payloads]
+            else:
+                kwargs = [self._kwargs(spec, p) for p in payloads]
             field = self.settings.queue(spec.queue).group_by
             return kwargs, None if field is None else [group_key(k.get(field)) for k in kwargs]
         fn, model_cls = spec.group, spec.payload
+        check = arguments.checker(model_cls) if model_cls is not None else None
         kwargs, groups = [], []
         for p in payloads:
             model: Any
             if model_cls is not None:
                 model = p if isinstance(p, model_cls) else model_cls.__pydantic_validator__.validate_python(p or {})
                 kwargs.append(cast(dict[str, Any], model_cls.__pydantic_serializer__.to_python(model, mode="json")))
-                arguments.check_dump(model_cls, kwargs[-1])
+                if check is not None:
+                    check(kwargs[-1])
             else:
                 model = self._kwargs(spec, p)
                 kwargs.append(model)
