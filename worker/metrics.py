@@ -22,8 +22,8 @@ from redis.exceptions import RedisError
 
 from settings import QUEUE_NAMES, Settings
 from worker.runtime import keys
-from worker.runtime.client import group_counts
 from worker.runtime.events import Events
+from worker.runtime.groups import group_counts
 from worker.runtime.outage import Outage
 from worker.runtime.scripts import Scripts
 from worker.runtime.spec import Registry

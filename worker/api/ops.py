@@ -33,7 +33,7 @@ from worker.api.jobs import Accepted
 from worker.api.views import EVENT_SCAN, JobView, decode_fields, event_view, job_payload, job_view, redact
 from worker.runtime import DeadLetter, keys
 from worker.runtime.bounded import clip, displayable
-from worker.runtime.client import GroupCounts, QueueGroups, group_key
+from worker.runtime.groups import GroupCounts, QueueGroups, group_key
 from worker.watch.view import summary as watch_summary
 
 router = APIRouter(prefix="/v1")

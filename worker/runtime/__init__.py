@@ -5,9 +5,9 @@ from worker.runtime.context import JobContext
 from worker.runtime.deadletter import DeadLetter, DeadLetters
 from worker.runtime.errors import Defer, InvalidData, PermanentError, RetryLater, UnknownFunction
 from worker.runtime.events import Events
-from worker.runtime.loop import Worker
 from worker.runtime.pipe import Pipe
 from worker.runtime.spec import JobSpec, Registry, job, registry
+from worker.runtime.worker import Worker
 
 __all__ = [
     "Client",

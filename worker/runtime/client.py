@@ -25,6 +25,7 @@ from worker.runtime import arguments, keys
 from worker.runtime.bounded import check_json
 from worker.runtime.connection import connection_pool
 from worker.runtime.errors import UnknownFunction
+from worker.runtime.groups import GroupCounts, QueueGroups, group_arg, group_counts, group_key, group_name
 from worker.runtime.pipe import Pipe
 from worker.runtime.scripts import Scripts
 from worker.runtime.serializer import PayloadError, map_prefix, pack, unpack
@@ -56,46 +57,6 @@ class Enqueued:
 
     job_id: str
     duplicate: bool
-
-
-class GroupCounts(BaseModel):
-    """One job group of a grouped queue (``~default`` = the jobs without a group)."""
-
-    group: str
-    waiting: int
-    delayed: int
-    active: int
-    paused: bool
-
-
-class QueueGroups(BaseModel):
-    """The groups of one queue: how many have work (``groups``) and the busiest ``items`` (most jobs first)."""
-
-    queue: str
-    groups: int
-    items: list[GroupCounts]
-
-
-MAX_GROUP_KEY = 200
-
-
-def group_key(value: Any) -> str:
-    """A job's group key as stored ('' = the default group); ValueError for keys that cannot be one."""
-    if value is None or value == "":
-        return keys.DEFAULT_GROUP
-    text = str(value)
-    if len(text) > MAX_GROUP_KEY or text.startswith("~"):
-        raise ValueError(f"a group key is at most {MAX_GROUP_KEY} characters and does not start with '~'")
-    return text
-
-
-def _group_arg(name: str) -> str:
-    """A group named by an operator (``~default`` = the default group) as stored."""
-    return keys.DEFAULT_GROUP if name == keys.DEFAULT_GROUP_NAME else group_key(name)
-
-
-def _group_name(stored: str) -> str:
-    return stored or keys.DEFAULT_GROUP_NAME
 
 
 class JobStatus(BaseModel):
@@ -358,7 +319,7 @@ class Client:
             record = {}
         if record:
             if isinstance(record.get("g"), str):
-                st.group = _group_name(record["g"])
+                st.group = group_name(record["g"])
             st.function = _text(record.get("f"))
             st.enqueued_at = _ms_to_dt(record.get("et"))
             spec = self.registry.get(st.function or "")
@@ -490,7 +451,7 @@ class Client:
     async def _group_state(self, queue: str, group: str, op: str) -> int:
         return int(
             await self.scripts.group_state(
-                keys=[keys.queue(queue), keys.wake(queue)], args=[queue, _group_arg(group), op]
+                keys=[keys.queue(queue), keys.wake(queue)], args=[queue, group_arg(group), op]
             )
         )
 
@@ -502,29 +463,7 @@ class Client:
 
     async def group(self, queue: str, group: str) -> GroupCounts:
         """The counts of one group (all zero for a group without jobs)."""
-        return (await group_counts(self.scripts, queue, [_group_arg(group)], 1))[2][0]
-
-
-async def group_counts(
-    scripts: Scripts, queue: str, only: list[str], limit: int
-) -> tuple[int, tuple[int, int], list[GroupCounts]]:
-    """Groups in the ring; (waiting, run-time-ahead) jobs in the zsets of the groups other than the default one;
-    the counts of ``only``, or of the groups group_counts.lua collects (at most ``limit`` from the ring)."""
-    res = await scripts.group_counts(
-        keys=[keys.queue(queue), keys.delayed(queue), keys.active(queue)],
-        args=[queue, max(1, min(limit, 10_000)), *only],
-    )
-    items = [
-        GroupCounts(
-            group=_group_name(_s(res[i])),
-            waiting=int(res[i + 1]),
-            delayed=int(res[i + 2]),
-            active=int(res[i + 3]),
-            paused=bool(int(res[i + 4])),
-        )
-        for i in range(3, len(res), 5)
-    ]
-    return int(res[0]), (int(res[1]), int(res[2])), items
+        return (await group_counts(self.scripts, queue, [group_arg(group)], 1))[2][0]
 
 
 def _zset(queue: str, record: dict[str, Any]) -> str:
