@@ -429,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     api.set_defaults(func=_api)
 
-    from worker import cli_dlq, cli_messages, cli_outbox, cli_quarantine, cli_queues, cli_watch
+    from worker import cli_dlq, cli_journal, cli_messages, cli_outbox, cli_quarantine, cli_queues, cli_watch
 
     cli_queues.register(sub, common)
     cli_dlq.register(sub, common)
@@ -437,6 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_quarantine.register(sub, common)
     cli_messages.register(sub, common)
     cli_watch.register(sub, common)
+    cli_journal.register(sub, common)
 
     enq = sub.add_parser(
         "enqueue",

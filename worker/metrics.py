@@ -25,6 +25,7 @@ from worker.runtime import keys
 from worker.runtime.events import Events
 from worker.runtime.groups import group_counts
 from worker.runtime.outage import Outage
+from worker.runtime.replay import JournalTotals
 from worker.runtime.scripts import Scripts
 from worker.runtime.spec import Registry
 
@@ -269,14 +270,48 @@ class _Watches(Collector):
         yield GaugeMetricFamily("worker_watch_processes", "Live watch processes", value=self.counts.get("processes", 0))
 
 
+class _Journal(Collector):
+    """The fleet's totals of replayed outcome journals (from Redis)."""
+
+    def __init__(self, totals: JournalTotals) -> None:
+        self.totals = totals
+
+    def collect(self) -> Iterator[Metric]:
+        t = self.totals
+        yield CounterMetricFamily(
+            "worker_journal_replays", "Outcome journals of dead worker processes replayed", value=t.journals
+        )
+        outcomes = CounterMetricFamily(
+            "worker_journal_outcomes",
+            "Journalled outcomes of dead workers: recorded, discarded (fenced out) or expired (dropped, too old)",
+            labels=["result"],
+        )
+        for result in ("recorded", "discarded", "expired"):
+            outcomes.add_metric([result], getattr(t, result))
+        yield outcomes
+        yield CounterMetricFamily(
+            "worker_journal_expired_batches", "Journalled batches dropped as too old", value=t.expired_batches
+        )
+        at = t.last_replay_at.timestamp() if t.last_replay_at else 0
+        yield GaugeMetricFamily(
+            "worker_journal_last_replay_timestamp_seconds", "When a journal was last replayed (0: never)", value=at
+        )
+
+
 def render(
-    ov: Overview, process_registry: CollectorRegistry | None = None, watches: dict[str, int] | None = None
+    ov: Overview,
+    process_registry: CollectorRegistry | None = None,
+    watches: dict[str, int] | None = None,
+    journal: JournalTotals | None = None,
 ) -> bytes:
-    """The Prometheus text exposition of an overview (and watch counts) plus this process's event metrics."""
+    """The Prometheus text exposition of an overview (watch counts, journal totals) plus this process's event
+    metrics."""
     reg = CollectorRegistry(auto_describe=False)
     reg.register(_Snapshot(ov))
     if watches is not None:
         reg.register(_Watches(watches))
+    if journal is not None:
+        reg.register(_Journal(journal))
     out = generate_latest(reg)
     if process_registry is not None:
         out += generate_latest(process_registry)

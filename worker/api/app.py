@@ -17,7 +17,7 @@ from redis.exceptions import RedisError
 import worker.jobs  # noqa: F401  (registers the product's jobs)
 from settings import Settings, dev_secret_refusal, get_settings
 from worker import metrics
-from worker.api import errors, jobs, mail, messages, oauth, ops, outbox, watches
+from worker.api import errors, jobs, journal, mail, messages, oauth, ops, outbox, watches
 from worker.api.deps import Services, index_tenant_jobs
 from worker.api.limits import BodyLimit
 from worker.runtime import Client, DeadLetters, create_pool, registry
@@ -119,6 +119,7 @@ def create_app(
     app.include_router(outbox.admin)
     app.include_router(ops.router)
     app.include_router(watches.router)
+    app.include_router(journal.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_middleware(BodyLimit, limit=(settings or get_settings()).api_max_body_bytes)
     errors.declare_errors(app)  # on every route, whichever router added it

@@ -34,6 +34,7 @@ from worker.api.views import EVENT_SCAN, JobView, decode_fields, event_view, job
 from worker.runtime import DeadLetter, keys
 from worker.runtime.bounded import clip, displayable
 from worker.runtime.groups import GroupCounts, QueueGroups, group_key
+from worker.runtime.replay import totals as journal_totals
 from worker.watch.view import summary as watch_summary
 
 router = APIRouter(prefix="/v1")
@@ -387,7 +388,8 @@ async def prometheus(svc: Svc) -> Response:
     try:
         ov = await metrics.overview(svc.redis, svc.queues)
         watching = (await watch_summary(svc.redis)).model_dump()
+        journal = await journal_totals(svc.redis)
     except RedisError as exc:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"redis unavailable: {exc}") from exc
-    body = metrics.render(ov, svc.metrics, watching)
+    body = metrics.render(ov, svc.metrics, watching, journal)
     return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")

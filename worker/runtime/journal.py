@@ -10,6 +10,8 @@ address (so a journal is never replayed into another Redis). A file whose lock c
 process: any worker on the host replays its held batches through finish.lua (fencing decides, as for any late
 outcome: a batch whose job was re-run meanwhile is discarded, a completed idempotent job still leaves its
 idempotency record) and deletes the file. Records older than ``max_age_s`` are dropped unreplayed.
+``worker/runtime/replay.py`` replays them and keeps the fleet's totals in Redis; :func:`survey` lists a directory's
+journals for operators (``worker journal``).
 
 File format: records of a 4-byte big-endian length and a msgpack list, either
 ``["H", seq, unix_time, queue, owner, groups or nil, packed items]`` (held) or ``["R", seq]`` (released).
@@ -25,12 +27,15 @@ import os
 import re
 import struct
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import msgpack
+
+if TYPE_CHECKING:
+    from settings import Settings
 
 log = logging.getLogger("worker.runtime")
 
@@ -49,6 +54,11 @@ class Held:
     groups: tuple[int, float, int] | None
     packed: bytes
 
+    @property
+    def outcomes(self) -> int:
+        """How many job outcomes the batch holds."""
+        return len(msgpack.unpackb(self.packed, raw=True))
+
 
 def redis_identity(url: str) -> str:
     """A directory name for a Redis address: scheme, host, port, db and path, never credentials."""
@@ -56,6 +66,11 @@ def redis_identity(url: str) -> str:
     hosts = parts.netloc.rpartition("@")[2]  # a Sentinel URL lists several host:port pairs
     where = f"{parts.scheme}://{hosts}{parts.path}?{parts.query}"
     return hashlib.sha256(where.encode()).hexdigest()[:16]
+
+
+def journal_dir(settings: Settings, url: str) -> Path:
+    """The journal directory of the workers of one Redis address on this host."""
+    return Path(settings.outcome_journal_dir or Path(settings.data_dir) / "journal") / redis_identity(url)
 
 
 class OutcomeJournal:
@@ -128,15 +143,16 @@ class OutcomeJournal:
             if not path.exists():  # replayed and deleted by another worker between our open and lock
                 os.close(fd)
                 continue
-            found.append(Orphan(path, fd, self._fresh(read(path))))
+            found.append(Orphan(path, fd, *self._fresh(read(path))))
         return found
 
-    def _fresh(self, held: list[Held]) -> list[Held]:
+    def _fresh(self, held: list[Held]) -> tuple[list[Held], list[Held]]:
+        """The batches to replay, and those older than ``max_age_s`` (dropped: lost outcomes)."""
         cutoff = time.time() - self.max_age_s
         old = [h for h in held if h.at < cutoff]
         if old:
             log.warning("outcome journal: dropping %d batch(es) older than %.0f s", len(old), self.max_age_s)
-        return [h for h in held if h.at >= cutoff]
+        return [h for h in held if h.at >= cutoff], old
 
 
 @dataclass
@@ -146,6 +162,7 @@ class Orphan:
     path: Path
     fd: int
     held: list[Held]
+    expired: list[Held] = field(default_factory=list)  # older than max_age_s: dropped, not replayed
 
     def close(self, replayed: bool) -> None:
         """Unlock it; a replayed journal is deleted first (under the lock), another is left for a later try."""
@@ -153,6 +170,38 @@ class Orphan:
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
         os.close(self.fd)
+
+
+@dataclass(frozen=True)
+class JournalFile:
+    """One journal file as operators see it (``worker journal``)."""
+
+    name: str
+    alive: bool  # locked: its process runs (or another worker is replaying it right now)
+    batches: int
+    outcomes: int
+    oldest_at: float | None  # unix time of its oldest held batch
+
+
+def survey(directory: Path) -> list[JournalFile]:
+    """Every journal file in ``directory`` with its held batches; whether its process lives, the flock tells."""
+    files = []
+    for path in sorted(directory.glob("*" + SUFFIX)) if directory.is_dir() else []:
+        try:
+            held = read(path)
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:  # replayed and deleted meanwhile
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            alive = False
+        except BlockingIOError:
+            alive = True
+        finally:
+            os.close(fd)  # drops the lock at once if we took it
+        at = min((h.at for h in held), default=None)
+        files.append(JournalFile(path.name, alive, len(held), sum(h.outcomes for h in held), at))
+    return files
 
 
 def read(path: Path) -> list[Held]:

@@ -16,6 +16,7 @@ EVENTS = "rt:events"
 DEAD_LETTERS = "rt:dlq"
 PAUSED = "rt:paused"
 CRON_PREFIX = "rt:cron:"
+JOURNAL = "rt:journal"  # hash: fleet totals of replayed outcome journals (runtime/replay.py)
 
 
 def job(job_id: str) -> str:

@@ -13,18 +13,17 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from settings import Settings, get_settings
-from worker.runtime import keys
+from worker.runtime import keys, replay
 from worker.runtime.client import new_job_id
 from worker.runtime.connection import connect, redis_address
 from worker.runtime.executor import Executor
-from worker.runtime.journal import OutcomeJournal, redis_identity
+from worker.runtime.journal import OutcomeJournal, journal_dir
 from worker.runtime.loop import STOP_RECORD_S, QueueLoop
 from worker.runtime.outage import Outage
 from worker.runtime.pipe import Pipe
@@ -63,10 +62,8 @@ class Worker:
         self.stopping = False
         self.stop_deadline = float("inf")  # on stop: give up recording outcomes after this (monotonic)
         self.outage = Outage()
-        jdir = Path(self.settings.outcome_journal_dir or Path(self.settings.data_dir) / "journal")
-        self.journal = OutcomeJournal(
-            jdir / redis_identity(url), self.worker_id, self.settings.outcome_journal_max_age_s
-        )
+        max_age = self.settings.outcome_journal_max_age_s
+        self.journal = OutcomeJournal(journal_dir(self.settings, url), self.worker_id, max_age)
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopped = asyncio.Event()
 
@@ -136,18 +133,9 @@ class Worker:
             log.error("outcome journal %s not writable (%s): outcomes held in memory only", self.journal.path, exc)
             return 0
 
-    async def replay_orphans(self) -> None:
-        """Record the journalled outcomes of dead worker processes on this host (see worker/runtime/journal.py)."""
-        for orphan in await asyncio.to_thread(self.journal.orphans):
-            replayed = False
-            try:
-                for h in orphan.held:
-                    flags, _ = await self.executor.finish_packed(h.queue, h.packed, h.owner, groups=h.groups)
-                    log.warning("outcome journal %s: recorded %d of %d outcome(s) of a dead worker on %s",
-                                orphan.path.name, sum(flags), len(flags), h.queue)  # fmt: skip
-                replayed = True
-            finally:
-                orphan.close(replayed)
+    async def replay_orphans(self) -> list[replay.Replayed]:
+        """Record the journalled outcomes of dead worker processes on this host (see worker/runtime/replay.py)."""
+        return await replay.replay_orphans(self.journal, self.executor)
 
     async def _periodic(self) -> None:
         now = time.time()

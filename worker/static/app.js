@@ -362,6 +362,22 @@ async function decide(item, action) {
   await refreshOutbox();
 }
 
+// -- outcome journal: the fleet's totals of replayed journals of dead workers ----------------------
+
+const JOURNAL_FIELDS = [
+  ["journals", "Journals replayed"], ["recorded", "Outcomes recorded"], ["discarded", "Discarded (fenced out)"],
+  ["expired", "Expired (lost)"], ["expired_batches", "Batches dropped"],
+];
+
+async function refreshJournal() {
+  const t = await api("/v1/journal");
+  const last = t.last_replay_at ? `${ago(t.last_replay_at)} on ${t.last_replay_host}` : "never";
+  $("journal").replaceChildren(
+    ...JOURNAL_FIELDS.flatMap(([key, label]) => [el("dt", {}, label),
+      el("dd", { dataset: { field: key }, class: key.startsWith("expired") && t[key] ? "error" : "" }, String(t[key]))]),
+    el("dt", {}, "Last replay"), el("dd", { dataset: { field: "last" }, title: t.last_replay_at || "" }, last));
+}
+
 // -- live events (SSE over fetch, so the token travels in a header) --------------------------------
 
 async function followEvents() {
@@ -428,6 +444,7 @@ async function tick() {
     else if (ui.view === "accounts") await refreshAccounts();
     await refreshOutbox();
     await refreshWatches();
+    await refreshJournal();
     setStatus(`live · ${new Date().toLocaleTimeString()}`, true);
   } catch (err) {
     report(err);
