@@ -55,14 +55,10 @@ def pid_of(owner: str) -> int:
     return int(owner.split(":")[1])
 
 
-async def test_sigkilled_process_watches_are_taken_over(
-    store: SqlStore,
-    redis: Redis,
-    redis_url: str,
-    dovecot: DovecotServer,
-    relay: TcpRelay,
-    processes: list[subprocess.Popen[bytes]],
-) -> None:
+async def split_over_two(
+    store: SqlStore, redis: Redis, redis_url: str, relay: TcpRelay, processes: list[subprocess.Popen[bytes]]
+) -> tuple[subprocess.Popen[bytes], subprocess.Popen[bytes]]:
+    """N accounts watched by two new `worker watch` processes, once both hold some: (one of them, the other)."""
     await accounts(store, relay.port)
     processes += [spawn_watch(redis_url), spawn_watch(redis_url)]
 
@@ -71,10 +67,21 @@ async def test_sigkilled_process_watches_are_taken_over(
         return sum(c.values()) == N and len(c) == 2
 
     await eventually(split, within=30)
-    await no_double_watch(redis, relay)
     first_owner = next(iter(await owners(redis)))
-    victim = next(p for p in processes if p.pid == pid_of(first_owner))
-    survivor = next(p for p in processes if p is not victim)
+    one = next(p for p in processes if p.pid == pid_of(first_owner))
+    return one, next(p for p in processes if p is not one)
+
+
+async def test_sigkilled_process_watches_are_taken_over(
+    store: SqlStore,
+    redis: Redis,
+    redis_url: str,
+    dovecot: DovecotServer,
+    relay: TcpRelay,
+    processes: list[subprocess.Popen[bytes]],
+) -> None:
+    victim, survivor = await split_over_two(store, redis, redis_url, relay, processes)
+    await no_double_watch(redis, relay)
     os.killpg(victim.pid, signal.SIGKILL)
     victim.wait()
     killed = time.monotonic()
@@ -179,17 +186,7 @@ async def test_a_paused_process_gives_up_what_was_taken_over_when_it_resumes(
 ) -> None:
     """SIGSTOP for longer than a lease: the other process takes every watch; after SIGCONT the paused one finds
     its leases gone, closes those connections and the two share the watches again, none watched twice."""
-    await accounts(store, relay.port)
-    processes += [spawn_watch(redis_url), spawn_watch(redis_url)]
-
-    async def split() -> bool:
-        c = await owners(redis)
-        return sum(c.values()) == N and len(c) == 2
-
-    await eventually(split, within=30)
-    first_owner = next(iter(await owners(redis)))
-    paused = next(p for p in processes if p.pid == pid_of(first_owner))
-    other = next(p for p in processes if p is not paused)
+    paused, other = await split_over_two(store, redis, redis_url, relay, processes)
     os.killpg(paused.pid, signal.SIGSTOP)
     try:
 
