@@ -10,7 +10,7 @@ from redis.asyncio import Redis
 
 from settings import Settings
 from tests.runtime.journals import finished_by_dead_worker, write_dead_journal
-from worker.runtime import Client
+from worker.runtime import Client, keys
 from worker.runtime.executor import Executor
 from worker.runtime.journal import OutcomeJournal
 from worker.runtime.replay import replay_orphans
@@ -63,3 +63,16 @@ async def test_journal_totals_are_admin_only_and_exported_as_metrics(
     assert "worker_journal_expired_batches_total 1.0" in metrics
     operation = (await anon.get("/openapi.json")).json()["paths"]["/v1/journal"]["get"]
     assert {"200", "401", "403"} <= set(operation["responses"])
+
+
+async def test_damaged_totals_read_as_zero_not_500(
+    admin: httpx.AsyncClient, anon: httpx.AsyncClient, redis: Redis
+) -> None:
+    """The hash is written by any worker of the fleet (or by hand): values that are not numbers read as missing."""
+    await redis.hset(
+        keys.JOURNAL, mapping={"journals": "x" * 5000, "recorded": "7", "last_at": "nan", "last_host": b"\xff\xfe"}
+    )
+    r = await admin.get("/v1/journal")
+    assert r.status_code == 200, r.text
+    assert (r.json()["journals"], r.json()["recorded"], r.json()["last_replay_at"]) == (0, 7, None)
+    assert (await anon.get("/metrics")).status_code == 200

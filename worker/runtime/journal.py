@@ -85,11 +85,20 @@ class OutcomeJournal:
         self._held: set[int] = set()
 
     def _open(self) -> int:
-        if self._fd is None:
+        """Our file, locked. Between its creation and our lock another worker may probe it (it waits for that) or
+        take the empty file for a dead process's and delete it (then it is created again)."""
+        while self._fd is None:
             self.dir.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            self._fd = fd
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                self._fd = fd
+            else:
+                os.close(fd)
         return self._fd
 
     def _write(self, record: list[Any]) -> None:

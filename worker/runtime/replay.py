@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 from redis.asyncio import Redis
 
 from worker.runtime import keys
+from worker.runtime.bounded import brief
 from worker.runtime.executor import Executor
 from worker.runtime.journal import OutcomeJournal
 
@@ -93,10 +94,27 @@ async def _count(redis: Redis, events_maxlen: int, r: Replayed) -> None:
 
 async def totals(redis: Redis) -> JournalTotals:
     """The fleet's totals (zeros before any replay)."""
-    raw = {k.decode(): v.decode() for k, v in (await redis.hgetall(keys.JOURNAL)).items()}
-    at = raw.get("last_at")
+    raw = {
+        k.decode("utf-8", "replace"): v.decode("utf-8", "replace")
+        for k, v in (await redis.hgetall(keys.JOURNAL)).items()
+    }
     return JournalTotals(
-        **{k: int(raw.get(k, 0)) for k in COUNTS},
-        last_replay_at=dt.datetime.fromtimestamp(float(at), dt.UTC) if at else None,
-        last_replay_host=raw.get("last_host"),
+        **{k: _int(raw.get(k)) for k in COUNTS},
+        last_replay_at=_when(raw.get("last_at")),
+        last_replay_host=brief(raw["last_host"], 200) if "last_host" in raw else None,
     )
+
+
+def _int(text: str | None) -> int:
+    """A stored count; 0 for a missing or damaged one (the hash is written by any worker of the fleet)."""
+    try:
+        return int(text) if text is not None else 0
+    except ValueError:
+        return 0
+
+
+def _when(text: str | None) -> dt.datetime | None:
+    try:
+        return dt.datetime.fromtimestamp(float(text), dt.UTC) if text is not None else None
+    except (OverflowError, ValueError, OSError):
+        return None
