@@ -4,6 +4,7 @@ records, old batches dropped, one journal directory per Redis address without cr
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from worker.runtime.journal import OutcomeJournal, read, redis_identity
@@ -62,3 +63,16 @@ def test_journal_directory_is_per_redis_address_and_never_names_credentials() ->
     assert "s3cret" not in a
     sentinel = "redis+sentinel://:pw@127.0.0.1:26379,127.0.0.1:26380/mymaster/0"
     assert redis_identity(sentinel) == redis_identity("redis+sentinel://127.0.0.1:26379,127.0.0.1:26380/mymaster/0")
+
+
+def test_holds_from_many_threads_at_once_all_reach_the_journal(tmp_path: Path) -> None:
+    """The worker journals from several threads (asyncio.to_thread): the first holds race to create and lock the
+    file. Each batch must be in it (a lost one would mean a job run again), none may block the others."""
+    for attempt in range(20):  # the race is at the file's creation: start from no file each time
+        j = OutcomeJournal(tmp_path / str(attempt), "host:1:w", max_age_s=3600)
+        with ThreadPoolExecutor(8) as pool:
+            batches = [bytes([0x91, i]) for i in range(8)]
+            seqs = list(pool.map(j.hold, ["q"] * 8, ["w"] * 8, [None] * 8, batches))
+        assert sorted(seqs) == list(range(1, 9))
+        assert sorted(h.packed for h in read(j.path)) == batches
+        j.close()

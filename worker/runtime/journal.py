@@ -26,6 +26,7 @@ import logging
 import os
 import re
 import struct
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,10 +84,11 @@ class OutcomeJournal:
         self._fd: int | None = None
         self._seq = 0
         self._held: set[int] = set()
+        self._lock = threading.Lock()  # holds and releases come from several threads (asyncio.to_thread)
 
     def _open(self) -> int:
-        """Our file, locked. Between its creation and our lock another worker may probe it (it waits for that) or
-        take the empty file for a dead process's and delete it (then it is created again)."""
+        """Our file, locked (call under ``self._lock``). Between its creation and our lock another worker may probe
+        it (we wait for that) or take the empty file for a dead process's and delete it (then it is made again)."""
         while self._fd is None:
             self.dir.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
@@ -109,28 +111,31 @@ class OutcomeJournal:
 
     def hold(self, queue: str, owner: str, groups: tuple[int, float, int] | None, packed: bytes) -> int:
         """Append a batch that did not reach Redis; returns its sequence number for :meth:`release`."""
-        self._seq += 1
-        self._write(["H", self._seq, time.time(), queue, owner, list(groups) if groups else None, packed])
-        self._held.add(self._seq)
-        return self._seq
+        with self._lock:
+            self._seq += 1
+            self._write(["H", self._seq, time.time(), queue, owner, list(groups) if groups else None, packed])
+            self._held.add(self._seq)
+            return self._seq
 
     def release(self, seq: int) -> None:
         """The batch is recorded: forget it (the file is emptied once nothing is held)."""
-        self._held.discard(seq)
-        if self._held:
-            self._write(["R", seq])
-        elif self._fd is not None:
-            os.ftruncate(self._fd, 0)
+        with self._lock:
+            self._held.discard(seq)
+            if self._held:
+                self._write(["R", seq])
+            elif self._fd is not None:
+                os.ftruncate(self._fd, 0)
 
     def close(self) -> None:
         """Drop the lock; an empty journal is removed, a non-empty one is left for replay."""
-        if self._fd is None:
-            return
-        if not self._held:
-            with contextlib.suppress(OSError):
-                self.path.unlink()
-        os.close(self._fd)
-        self._fd = None
+        with self._lock:
+            if self._fd is None:
+                return
+            if not self._held:
+                with contextlib.suppress(OSError):
+                    self.path.unlink()
+            os.close(self._fd)
+            self._fd = None
 
     def orphans(self) -> list[Orphan]:
         """Journals of dead processes in this directory, each locked until the caller closes it."""
