@@ -11,7 +11,7 @@ from pydantic import BaseModel, ValidationError
 from redis.asyncio import Redis
 
 from worker.runtime import keys
-from worker.runtime.bounded import text_of
+from worker.runtime.bounded import displayable, text_of
 from worker.runtime.client import Client, Enqueued
 from worker.runtime.serializer import PayloadError, unpack
 
@@ -43,6 +43,9 @@ def _entry(job_id: str, raw: bytes) -> DeadLetter:
         for f in ("enqueued_at", "failed_at"):
             if d.get(f):
                 d[f] = dt.datetime.fromtimestamp(d[f] / 1000, tz=dt.UTC)
+        payload = d.get("payload")
+        if isinstance(payload, dict) and any(type(k) is not str for k in payload):  # an arbitrary producer's
+            d["payload"] = displayable(payload)  # shown with its keys as texts (it could not be retried as it is)
         return DeadLetter.model_validate(d)
     except (PayloadError, ValidationError, TypeError, ValueError, OverflowError) as exc:
         return DeadLetter(
