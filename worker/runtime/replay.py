@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 from redis.asyncio import Redis
 
 from worker.runtime import keys
-from worker.runtime.bounded import brief
+from worker.runtime.bounded import clip
 from worker.runtime.executor import Executor
 from worker.runtime.journal import OutcomeJournal
 
@@ -101,7 +101,7 @@ async def totals(redis: Redis) -> JournalTotals:
     return JournalTotals(
         **{k: _int(raw.get(k)) for k in COUNTS},
         last_replay_at=_when(raw.get("last_at")),
-        last_replay_host=brief(raw["last_host"], 200) if "last_host" in raw else None,
+        last_replay_host=clip(raw["last_host"], 200) if "last_host" in raw else None,
     )
 
 
