@@ -18,7 +18,8 @@ def _decode(entries: list[Any]) -> list[Event]:
 
 class Events:
     """Read or follow lifecycle events: enqueued, started, progress, retrying, deferred, requeued, stalled,
-    completed, dead, cancelled, rescheduled."""
+    completed, dead, cancelled, rescheduled, journal_replayed (and the product's: outbox, watch_stored,
+    account_auth_error)."""
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
