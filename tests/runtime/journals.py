@@ -17,22 +17,9 @@ from worker.runtime.journal import SUFFIX
 from worker.runtime.serializer import pack_for_lua
 
 
-def _claim_keys(queue: str) -> list[str]:
-    return [
-        keys.queue(queue),
-        keys.delayed(queue),
-        keys.active(queue),
-        keys.EVENTS,
-        keys.ratelimit(f"queue:{queue}"),
-        keys.PAUSED,
-        keys.wake(queue),
-        keys.stats(queue),
-    ]
-
-
 async def _claim(ex: Executor, queue: str, owner: str) -> tuple[str, int]:
     """Claim the queue's next job as worker ``owner``: (job id, fencing token)."""
-    res = await ex.scripts.claim(keys=_claim_keys(queue), args=[1, 60_000, owner, 1000, 0, 10, queue])
+    res = await ex.scripts.claim(keys=keys.claim_keys(queue), args=[1, 60_000, owner, 1000, 0, 10, queue])
     assert len(res) == 7, res
     return res[2].decode(), int(res[6])
 

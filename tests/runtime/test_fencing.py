@@ -16,16 +16,7 @@ from worker.runtime.executor import Executor, Outcome
 from worker.runtime.serializer import unpack
 
 Q = "rt-test"
-QKEYS = [
-    keys.queue(Q),
-    keys.delayed(Q),
-    keys.active(Q),
-    keys.EVENTS,
-    keys.ratelimit(f"queue:{Q}"),
-    keys.PAUSED,
-    keys.wake(Q),
-    keys.stats(Q),
-]
+QKEYS = keys.claim_keys(Q)
 
 
 async def _claim(ex: Executor, owner: str, n: int = 1) -> list[tuple[str, int]]:

@@ -97,3 +97,17 @@ def group_jobs(name: str) -> str:
 
 def group_paused(name: str) -> str:
     return f"rt:gp:{name}"
+
+
+def claim_keys(name: str) -> list[str]:
+    """The KEYS of claim.lua (and claim_group.lua, which adds its groups' after them) for queue ``name``."""
+    return [
+        queue(name),
+        delayed(name),
+        active(name),
+        EVENTS,
+        ratelimit(f"queue:{name}"),
+        PAUSED,
+        wake(name),
+        stats(name),
+    ]

@@ -80,16 +80,7 @@ class QueueLoop:
         self._finished: list[tuple[str, Outcome, _Running | None]] = []
         self._flush = asyncio.Event()
         self._claim_script = worker.scripts.claim
-        self._keys = [
-            keys.queue(queue),
-            keys.delayed(queue),
-            keys.active(queue),
-            keys.EVENTS,
-            keys.ratelimit(f"queue:{queue}"),
-            keys.PAUSED,
-            keys.wake(queue),
-            keys.stats(queue),
-        ]
+        self._keys = keys.claim_keys(queue)
         self._rate = policy.rate_limit or 0
         self._burst = policy.rate_burst
         # Job groups: round-robin claims between groups and per-group limits (claim_group.lua); None = the plain
