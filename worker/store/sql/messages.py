@@ -21,7 +21,6 @@ from worker.store.sql.tables import messages as t
 from worker.store.sql.tables import sync_state as s
 from worker.store.sql.text import clean, clean_json
 
-LOCATION = ("tenant_id", "account_id", "mailbox", "uidvalidity", "uid")
 # ParsedMessage field -> column (fields not listed go to the `extra` JSON column)
 _COLUMNS = {
     "message_id_header": "message_id_header",
@@ -104,7 +103,10 @@ class MessagesMixin(SqlBase):
             for uid, flags, parsed in items
         ]
         content_ids = sorted({r["content_id"] for r in rows})
-        stmt = self.insert(t).on_conflict_do_nothing(index_elements=list(LOCATION)).returning(t.c.id)
+        # No conflict target: the id is a function of the location, so a concurrent insert of the same location
+        # collides on the primary key as well as on the location's unique index, and a target naming only one
+        # would let PostgreSQL raise on the other (seen under load: UniqueViolationError on pk_messages).
+        stmt = self.insert(t).on_conflict_do_nothing().returning(t.c.id)
         async with self.tx(tenant_id) as conn:
             known_q = select(t.c.content_id).where(
                 t.c.tenant_id == tenant_id, t.c.account_id == account_id, t.c.content_id.in_(content_ids)
