@@ -8,11 +8,13 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+from redis.asyncio import Redis
 
 from settings import Settings
 from tests.api.test_mail_api import account_body
 from tests.helpers import eventually
 from tests.support.imap import PASSWORD, DovecotServer
+from worker.watch import keys
 from worker.watch.service import WatchService
 
 
@@ -70,3 +72,18 @@ async def test_tenant_sees_only_its_watches_and_admin_sees_the_fleet(
 async def test_watches_need_a_token(anon: httpx.AsyncClient) -> None:
     assert (await anon.get("/v1/watches")).status_code == 401
     assert (await anon.get("/v1/tenants/acme/watches")).status_code == 401
+
+
+async def test_a_watch_record_with_unusable_times_is_listed_without_them(
+    admin: httpx.AsyncClient, redis: Redis
+) -> None:
+    """State records live in Redis, where anything may have written them: times that are not usable epoch seconds
+    (far out of range, NaN, text) read as missing instead of failing the listing."""
+    name = keys.state("acme:a1:x")
+    fields = {"tenant": "acme", "account": "a1", "mailbox": "INBOX", "state": "connected"}
+    await redis.hset(name, mapping=fields | {"connected_since": "1e300", "last_event": "nan", "updated_at": "soon"})
+    await redis.sadd(keys.ALL, name)
+    r = await admin.get("/v1/watches")
+    assert r.status_code == 200, r.text
+    [w] = [w for w in r.json()["watches"] if (w["tenant_id"], w["account_id"]) == ("acme", "a1")]
+    assert (w["connected_since"], w["last_event"], w["updated_at"]) == (None, None, None)

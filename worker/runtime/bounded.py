@@ -3,6 +3,7 @@ JSON-safe whatever bytes they held. One place, used by the executor, the dead le
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from typing import Any
 
@@ -91,3 +92,14 @@ def check_json(value: Any, depth: int = 0) -> None:
         check_json(int(value), depth)
         return
     raise ValueError(f"a payload holds JSON data only, not {kind.__name__}")
+
+
+def epoch_datetime(text: str | None) -> dt.datetime | None:
+    """A time stored as epoch seconds in text (a Redis hash field); None when missing or unusable (any process,
+    or a person, may have written it: a non-number, NaN, or far outside the datetime range)."""
+    if not text:
+        return None
+    try:
+        return dt.datetime.fromtimestamp(float(text), dt.UTC)
+    except (OverflowError, ValueError, OSError):
+        return None

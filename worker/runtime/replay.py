@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 from redis.asyncio import Redis
 
 from worker.runtime import keys
-from worker.runtime.bounded import clip
+from worker.runtime.bounded import clip, epoch_datetime
 from worker.runtime.executor import Executor
 from worker.runtime.journal import OutcomeJournal
 
@@ -100,7 +100,7 @@ async def totals(redis: Redis) -> JournalTotals:
     }
     return JournalTotals(
         **{k: _int(raw.get(k)) for k in COUNTS},
-        last_replay_at=_when(raw.get("last_at")),
+        last_replay_at=epoch_datetime(raw.get("last_at")),
         last_replay_host=clip(raw["last_host"], 200) if "last_host" in raw else None,
     )
 
@@ -111,10 +111,3 @@ def _int(text: str | None) -> int:
         return int(text) if text is not None else 0
     except ValueError:
         return 0
-
-
-def _when(text: str | None) -> dt.datetime | None:
-    try:
-        return dt.datetime.fromtimestamp(float(text), dt.UTC) if text is not None else None
-    except (OverflowError, ValueError, OSError):
-        return None

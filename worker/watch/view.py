@@ -7,6 +7,7 @@ import datetime as dt
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
+from worker.runtime.bounded import epoch_datetime
 from worker.watch import keys
 
 SUMMARY_FIELDS = ("watched", "connected", "backing_off", "auth_error")
@@ -37,13 +38,6 @@ class WatchSummary(BaseModel):
     auth_error: int
 
 
-def _when(value: str | None) -> dt.datetime | None:
-    try:
-        return dt.datetime.fromtimestamp(float(value), dt.UTC) if value else None
-    except ValueError:
-        return None
-
-
 def _of(doc: dict[str, str]) -> WatchOut:
     return WatchOut(
         tenant_id=doc.get("tenant", ""),
@@ -52,10 +46,10 @@ def _of(doc: dict[str, str]) -> WatchOut:
         state=doc.get("state", "unknown"),
         mode=doc.get("mode") or None,
         owner=doc.get("owner") or None,
-        connected_since=_when(doc.get("connected_since")) if doc.get("state") == "connected" else None,
-        last_event=_when(doc.get("last_event")),
+        connected_since=epoch_datetime(doc.get("connected_since")) if doc.get("state") == "connected" else None,
+        last_event=epoch_datetime(doc.get("last_event")),
         last_error=doc.get("last_error") or None,
-        updated_at=_when(doc.get("updated_at")),
+        updated_at=epoch_datetime(doc.get("updated_at")),
     )
 
 
